@@ -1,0 +1,16 @@
+// SPDX-License-Identifier: MIT
+// Copyright (c) 2026 The attn authors
+#pragma once
+
+/// \file attn.hpp
+/// The umbrella header: everything attn offers.
+
+#include "cross_attention.hpp"
+#include "error.hpp"
+#include "mask.hpp"
+#include "multi_head.hpp"
+#include "parallel.hpp"
+#include "scaled_dot_product.hpp"
+#include "self_attention.hpp"
+#include "types.hpp"
+#include "version.hpp"

@@ -1,0 +1,180 @@
+// SPDX-License-Identifier: MIT
+// Copyright (c) 2026 The attn authors
+#pragma once
+
+/// \file cross_attention.hpp
+/// attn::CrossAttention: multi-head attention whose queries come from the target (the sequence
+/// being produced) and whose keys AND values both come from the source (the context).
+
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "detail/multi_head_core.hpp"
+#include "error.hpp"
+#include "mask.hpp"
+#include "multi_head.hpp"
+#include "parallel.hpp"
+#include "types.hpp"
+
+namespace attn {
+
+template <typename Scalar_>
+class CrossAttention;
+
+/// A source projected to keys and values once, to be attended to by many target calls (every
+/// step of a decoder). Made by CrossAttention::remember; holds its own copy, so it outlives the
+/// source it was made from. Usable only with a functor of the same config.
+template <typename Scalar_>
+class CrossAttentionMemory {
+ public:
+  using Scalar = Scalar_;
+
+  /// Source rows (all sequences).
+  Index rows() const { return m_keys_values.rows(); }
+  /// Rows of each packed source sequence.
+  const std::vector<Index>& lengths() const { return m_lengths; }
+  /// Projected keys (m, kv_dim), heads as column blocks.
+  ConstMatrixView<Scalar> keys() const { return detail::column_block(all(), 0, kv_dim()); }
+  /// Projected values (m, kv_dim), heads as column blocks.
+  ConstMatrixView<Scalar> values() const { return detail::column_block(all(), kv_dim(), kv_dim()); }
+
+ private:
+  friend class CrossAttention<Scalar>;
+  CrossAttentionMemory(Matrix<Scalar> keys_values, std::vector<Index> lengths,
+                       std::vector<Index> offsets)
+      : m_keys_values(std::move(keys_values)), m_lengths(std::move(lengths)), m_offsets(std::move(offsets)) {}
+  ConstMatrixRef<Scalar> all() const { return m_keys_values; }
+  Index kv_dim() const { return m_keys_values.cols() / 2; }
+
+  Matrix<Scalar> m_keys_values;  // [K | V], (m, 2·kv_dim)
+  std::vector<Index> m_lengths;
+  std::vector<Index> m_offsets;
+};
+
+/// Multi-head cross-attention, as torch.nn.MultiheadAttention(target, source, source) with
+/// kdim = vdim = source_dim:
+/// \f$y = \mathrm{concat}_h\big(\mathrm{softmax}(Q_h K_{g(h)}^\top/\sqrt{d} + \mathrm{mask})V_{g(h)}\big) W_o^\top + b_o\f$
+/// with Q = target·Wqᵀ + bq from the target (n × E), and K = source·Wkᵀ + bk and
+/// V = source·Wvᵀ + bv both from the source (m × S).
+///
+/// Immutable after construction: one instance may be called from many threads at once.
+///
+/// \tparam Scalar_ float or double.
+///
+/// \code
+/// attn::MultiHeadConfig cfg{/*model_dim*/ 64, /*num_heads*/ 4};
+/// cfg.source_dim = 48;                                            // encoder width
+/// auto w = attn::MultiHeadWeights<float>::from_pytorch(q_proj_weight, k_proj_weight, v_proj_weight,
+///                                                       in_proj_bias, out_proj_weight, out_proj_bias);
+/// attn::CrossAttention<float> cross(cfg, w);
+/// attn::Matrix<float> source = attn::Matrix<float>::Random(30, 48);  // e.g. encoder output
+/// attn::Matrix<float> target = attn::Matrix<float>::Random(5, 64);   // decoder states
+/// attn::Matrix<float> y = cross(target, source);                    // 5 × 64
+/// auto memory = cross.remember(source);                             // K and V once
+/// attn::Matrix<float> step = cross(target.bottomRows(1), memory);   // per decoding step
+/// \endcode
+template <typename Scalar_>
+class CrossAttention {
+  static_assert(detail::is_supported_scalar<Scalar_>, "attn::CrossAttention: Scalar must be float or double");
+
+ public:
+  using Scalar = Scalar_;
+  using Memory = CrossAttentionMemory<Scalar>;
+
+  /// \param config  model_dim E, num_heads, num_kv_heads, source_dim S (0 means E), bias.
+  /// \param weights PyTorch layout (see MultiHeadWeights); copied into the functor.
+  /// \param executor where the kernel's work items run (empty: default_executor).
+  /// \throws ShapeError if the config is inconsistent or a weight has the wrong shape.
+  CrossAttention(const MultiHeadConfig& config, MultiHeadWeights<Scalar> weights, Executor executor = {})
+      : m_core("CrossAttention", config, std::move(weights), std::move(executor)) {}
+
+  /// Projects a source (m, S) to keys and values once.
+  /// \throws ShapeError if source.cols() ≠ S.
+  template <typename Derived>
+  Memory remember(const Eigen::MatrixBase<Derived>& source) const {
+    return remember(source, std::vector<Index>{source.rows()});
+  }
+
+  /// Projects a batch of sources packed row-wise, lengths[b] rows each.
+  /// \throws ShapeError if source.cols() ≠ S or the lengths do not sum to source.rows().
+  template <typename Derived>
+  Memory remember(const Eigen::MatrixBase<Derived>& source, const std::vector<Index>& lengths) const {
+    static_assert(std::is_same_v<typename Derived::Scalar, Scalar>,
+                  "attn::CrossAttention: source must have the functor's Scalar; use .cast<Scalar>()");
+    const MultiHeadConfig& cfg = m_core.config();
+    if (source.cols() != cfg.source_features()) {
+      detail::throw_shape_error(who, ": source is ", detail::shape_string(source),
+                                ", expected source.cols() = source_dim ", cfg.source_features());
+    }
+    std::vector<Index> offsets = detail::sequence_offsets(who, "source_lengths", lengths, source.rows());
+    return Memory(m_core.project_keys_values(source), lengths, std::move(offsets));
+  }
+
+  /// Cross-attention of a target (n, E) over a source (m, S).
+  /// \param mask structured or explicit (n × m); causal is bottom-right aligned.
+  /// \return (n, E).
+  /// \throws ShapeError if target.cols() ≠ E, source.cols() ≠ S, or the mask is not n × m.
+  template <typename DT, typename DS>
+  Matrix<Scalar> operator()(const Eigen::MatrixBase<DT>& target, const Eigen::MatrixBase<DS>& source,
+                            const Mask& mask = Mask()) const {
+    return (*this)(target, remember(source), mask);
+  }
+
+  /// Cross-attention of a target (n, E) over a remembered source: costs only the query projection,
+  /// the kernel and the output projection.
+  template <typename DT>
+  Matrix<Scalar> operator()(const Eigen::MatrixBase<DT>& target, const Memory& memory,
+                            const Mask& mask = Mask()) const {
+    return (*this)(target, std::vector<Index>{target.rows()}, memory, mask);
+  }
+
+  /// Batched cross-attention: target sequence b (target_lengths[b] rows, packed row-wise) attends
+  /// only to source sequence b (source_lengths[b] rows).
+  /// \throws ShapeError if the lengths disagree with the rows or with each other in count.
+  template <typename DT, typename DS>
+  Matrix<Scalar> operator()(const Eigen::MatrixBase<DT>& target, const std::vector<Index>& target_lengths,
+                            const Eigen::MatrixBase<DS>& source, const std::vector<Index>& source_lengths,
+                            const Mask& mask = Mask()) const {
+    return (*this)(target, target_lengths, remember(source, source_lengths), mask);
+  }
+
+  /// Batched cross-attention over a remembered batch of sources.
+  template <typename DT>
+  Matrix<Scalar> operator()(const Eigen::MatrixBase<DT>& target, const std::vector<Index>& target_lengths,
+                            const Memory& memory, const Mask& mask = Mask()) const {
+    static_assert(std::is_same_v<typename DT::Scalar, Scalar>,
+                  "attn::CrossAttention: target must have the functor's Scalar; use .cast<Scalar>()");
+    const MultiHeadConfig& cfg = m_core.config();
+    if (target.cols() != cfg.model_dim) {
+      detail::throw_shape_error(who, ": target is ", detail::shape_string(target),
+                                ", expected target.cols() = model_dim ", cfg.model_dim);
+    }
+    if (memory.m_keys_values.cols() != 2 * cfg.kv_dim()) {
+      detail::throw_shape_error(who, ": memory holds keys and values of width ", memory.kv_dim(),
+                                ", expected kv_dim ", cfg.kv_dim(), " (a memory of another functor?)");
+    }
+    if (target_lengths.size() != memory.lengths().size()) {
+      detail::throw_shape_error(who, ": target_lengths has ", target_lengths.size(),
+                                " sequences, expected the ", memory.lengths().size(),
+                                " of source_lengths");
+    }
+    const std::vector<Index> offsets =
+        detail::sequence_offsets(who, "target_lengths", target_lengths, target.rows());
+    m_core.check_mask(who, mask, target_lengths, memory.lengths());
+    const Matrix<Scalar> q = m_core.project_queries(target);
+    return m_core.attend_and_project(detail::column_block(ConstMatrixRef<Scalar>(q), 0, cfg.model_dim),
+                                     memory.keys(), memory.values(), offsets, memory.m_offsets, mask);
+  }
+
+  const MultiHeadConfig& config() const { return m_core.config(); }
+
+ private:
+  static constexpr const char* who = "CrossAttention";
+  detail::MultiHeadCore<Scalar> m_core;
+};
+
+using CrossAttentionf = CrossAttention<float>;
+using CrossAttentiond = CrossAttention<double>;
+
+}  // namespace attn

@@ -1,0 +1,174 @@
+// SPDX-License-Identifier: MIT
+// Copyright (c) 2026 The attn authors
+#pragma once
+
+/// \file multi_head.hpp
+/// Multi-head configuration and weights, in PyTorch nn.MultiheadAttention's layout so weights port
+/// unchanged.
+
+#include <type_traits>
+#include <utility>
+
+#include "error.hpp"
+#include "types.hpp"
+
+namespace attn {
+
+/// Shape of a multi-head attention layer.
+///
+/// model_dim E is split into num_heads H heads of head_dim E / H. Keys and values have
+/// num_kv_heads Hkv heads of the same head_dim (grouped-query attention when Hkv < H; query head
+/// h reads kv head h / (H / Hkv)). source_dim is the feature size of the sequence keys and values
+/// are projected from in cross-attention (PyTorch's kdim = vdim).
+struct MultiHeadConfig {
+  /// E: feature size of queries, of the attention output and of the layer's output.
+  Index model_dim = 0;
+  /// H: query heads; must divide model_dim.
+  Index num_heads = 1;
+  /// Hkv: key/value heads; 0 means num_heads. Must divide num_heads.
+  Index num_kv_heads = 0;
+  /// Feature size of the cross-attention source; 0 means model_dim. Self-attention needs E.
+  Index source_dim = 0;
+  /// Whether the four projections have biases.
+  bool bias = true;
+
+  Index kv_heads() const { return num_kv_heads == 0 ? num_heads : num_kv_heads; }
+  Index head_dim() const { return num_heads > 0 ? model_dim / num_heads : 0; }
+  /// Width of the projected keys (and of the values): Hkv · head_dim.
+  Index kv_dim() const { return kv_heads() * head_dim(); }
+  Index source_features() const { return source_dim == 0 ? model_dim : source_dim; }
+
+  /// \throws ShapeError naming `who` and the offending numbers.
+  void validate(const char* who) const {
+    if (model_dim < 1) detail::throw_shape_error(who, ": model_dim is ", model_dim, ", expected >= 1");
+    if (num_heads < 1) detail::throw_shape_error(who, ": num_heads is ", num_heads, ", expected >= 1");
+    if (model_dim % num_heads != 0) {
+      detail::throw_shape_error(who, ": model_dim ", model_dim, " is not divisible by num_heads ",
+                                num_heads);
+    }
+    if (kv_heads() < 1 || num_heads % kv_heads() != 0) {
+      detail::throw_shape_error(who, ": num_heads ", num_heads,
+                                " is not a multiple of num_kv_heads ", kv_heads());
+    }
+    if (source_dim < 0) detail::throw_shape_error(who, ": source_dim is ", source_dim, ", expected >= 0");
+  }
+};
+
+/// Weights of a multi-head attention layer in PyTorch's layout: every projection is a Linear with
+/// weight (out_features × in_features) and y = x·Wᵀ + b.
+///
+/// | member     | shape            | PyTorch                                    |
+/// |------------|------------------|--------------------------------------------|
+/// | q_weight   | E × E            | in_proj_weight[0:E] or q_proj_weight       |
+/// | k_weight   | Hkv·d × S        | in_proj_weight[E:2E] or k_proj_weight      |
+/// | v_weight   | Hkv·d × S        | in_proj_weight[2E:3E] or v_proj_weight     |
+/// | out_weight | E × E            | out_proj.weight                            |
+/// | q/k/v_bias | E, Hkv·d, Hkv·d  | in_proj_bias split in three                |
+/// | out_bias   | E                | out_proj.bias                              |
+///
+/// S is the source dim (E for self-attention). Biases are empty when the layer has none.
+/// \tparam Scalar_ float or double.
+template <typename Scalar_>
+struct MultiHeadWeights {
+  static_assert(detail::is_supported_scalar<Scalar_>, "attn::MultiHeadWeights: Scalar must be float or double");
+  using Scalar = Scalar_;
+
+  Matrix<Scalar> q_weight;
+  Matrix<Scalar> k_weight;
+  Matrix<Scalar> v_weight;
+  Matrix<Scalar> out_weight;
+  Vector<Scalar> q_bias;
+  Vector<Scalar> k_bias;
+  Vector<Scalar> v_bias;
+  Vector<Scalar> out_bias;
+
+  /// From nn.MultiheadAttention with kdim = vdim = embed_dim: in_proj_weight (E + 2·Hkv·d) × E
+  /// (3E × E for PyTorch), in_proj_bias of its row count or empty, out_proj.weight E × E,
+  /// out_proj.bias E or empty.
+  /// \throws ShapeError if in_proj_weight cannot be split into q, k, v rows.
+  template <typename DW, typename DB, typename DO, typename DOB>
+  static MultiHeadWeights from_pytorch(const Eigen::MatrixBase<DW>& in_proj_weight,
+                                       const Eigen::MatrixBase<DB>& in_proj_bias,
+                                       const Eigen::MatrixBase<DO>& out_proj_weight,
+                                       const Eigen::MatrixBase<DOB>& out_proj_bias) {
+    const Index e = in_proj_weight.cols();
+    const Index rows = in_proj_weight.rows();
+    if (rows < e || (rows - e) % 2 != 0) {
+      detail::throw_shape_error("MultiHeadWeights::from_pytorch: in_proj_weight is ",
+                                detail::shape_string(in_proj_weight),
+                                ", expected (E + 2*kv_dim) x E, e.g. 3E x E = ",
+                                detail::shape_string(3 * e, e));
+    }
+    const Index kv = (rows - e) / 2;
+    return from_pytorch(in_proj_weight.topRows(e), in_proj_weight.middleRows(e, kv),
+                        in_proj_weight.bottomRows(kv), in_proj_bias, out_proj_weight, out_proj_bias);
+  }
+
+  /// From nn.MultiheadAttention with kdim/vdim ≠ embed_dim (separate projection weights):
+  /// q_proj_weight E × E, k_proj_weight and v_proj_weight Hkv·d × S, in_proj_bias E + 2·Hkv·d or
+  /// empty, out_proj.weight E × E, out_proj.bias E or empty.
+  /// \throws ShapeError if in_proj_bias's length is neither 0 nor the sum of the weights' rows.
+  template <typename DQ, typename DK, typename DV, typename DB, typename DO, typename DOB>
+  static MultiHeadWeights from_pytorch(const Eigen::MatrixBase<DQ>& q_proj_weight,
+                                       const Eigen::MatrixBase<DK>& k_proj_weight,
+                                       const Eigen::MatrixBase<DV>& v_proj_weight,
+                                       const Eigen::MatrixBase<DB>& in_proj_bias,
+                                       const Eigen::MatrixBase<DO>& out_proj_weight,
+                                       const Eigen::MatrixBase<DOB>& out_proj_bias) {
+    MultiHeadWeights w;
+    w.q_weight = q_proj_weight;
+    w.k_weight = k_proj_weight;
+    w.v_weight = v_proj_weight;
+    w.out_weight = out_proj_weight;
+    const Index qr = w.q_weight.rows();
+    const Index kr = w.k_weight.rows();
+    const Index vr = w.v_weight.rows();
+    if (in_proj_bias.size() != 0) {
+      if (in_proj_bias.size() != qr + kr + vr) {
+        detail::throw_shape_error("MultiHeadWeights::from_pytorch: in_proj_bias has ",
+                                  in_proj_bias.size(), " elements, expected 0 or ", qr + kr + vr,
+                                  " (q, k and v weight rows)");
+      }
+      const Vector<Scalar> b = in_proj_bias.reshaped();
+      w.q_bias = b.head(qr);
+      w.k_bias = b.segment(qr, kr);
+      w.v_bias = b.tail(vr);
+    }
+    if (out_proj_bias.size() != 0) w.out_bias = out_proj_bias.reshaped();
+    return w;
+  }
+};
+
+namespace detail {
+
+/// Checks that w fits cfg; names `who`, the member, and both shapes.
+template <typename Scalar>
+void validate_weights(const char* who, const MultiHeadConfig& cfg, const MultiHeadWeights<Scalar>& w) {
+  const Index e = cfg.model_dim;
+  const Index kv = cfg.kv_dim();
+  const Index s = cfg.source_features();
+  const auto check = [who](const char* name, const Matrix<Scalar>& m, Index rows, Index cols) {
+    if (m.rows() != rows || m.cols() != cols) {
+      throw_shape_error(who, ": weights.", name, " is ", shape_string(m), ", expected ",
+                        shape_string(rows, cols));
+    }
+  };
+  check("q_weight", w.q_weight, e, e);
+  check("k_weight", w.k_weight, kv, s);
+  check("v_weight", w.v_weight, kv, s);
+  check("out_weight", w.out_weight, e, e);
+  const auto check_bias = [who, &cfg](const char* name, const Vector<Scalar>& b, Index size) {
+    const Index expected = cfg.bias ? size : 0;
+    if (b.size() != expected) {
+      throw_shape_error(who, ": weights.", name, " has ", b.size(), " elements, expected ", expected,
+                        cfg.bias ? "" : " (config.bias is false)");
+    }
+  };
+  check_bias("q_bias", w.q_bias, e);
+  check_bias("k_bias", w.k_bias, kv);
+  check_bias("v_bias", w.v_bias, kv);
+  check_bias("out_bias", w.out_bias, e);
+}
+
+}  // namespace detail
+}  // namespace attn

@@ -1,0 +1,166 @@
+// SPDX-License-Identifier: MIT
+// Copyright (c) 2026 The attn authors
+#pragma once
+
+/// \file scaled_dot_product.hpp
+/// attn::scaled_dot_product_attention: the one kernel behind every attention in the library.
+
+#include <cmath>
+#include <optional>
+#include <type_traits>
+
+#include "detail/flash_kernel.hpp"
+#include "error.hpp"
+#include "mask.hpp"
+#include "parallel.hpp"
+#include "types.hpp"
+
+namespace attn {
+
+/// Options of scaled_dot_product_attention beyond the mask.
+struct AttentionOptions {
+  /// Query heads H: q's columns are H blocks of head_dim.
+  Index num_heads = 1;
+  /// Key/value heads Hkv (H must be a multiple); 0 means H. Query head h reads kv head
+  /// h / (H / Hkv): Hkv = 1 is multi-query, 1 < Hkv < H grouped-query attention.
+  Index num_kv_heads = 0;
+  /// Factor on q·k; empty means 1/√head_dim (1 when head_dim is 0).
+  std::optional<double> scale;
+  /// Logit soft-capping: logits become softcap·tanh(logits/softcap) before bias and masking;
+  /// 0 turns it off.
+  double softcap = 0;
+  /// Where the work items run; empty means default_executor (OpenMP if compiled in, else serial).
+  Executor executor;
+
+  /// num_kv_heads with 0 resolved to num_heads.
+  Index kv_heads() const { return num_kv_heads == 0 ? num_heads : num_kv_heads; }
+};
+
+namespace detail {
+
+/// Validates shapes and options and fills an AttentionProblem; `who` prefixes every message.
+template <typename Scalar>
+AttentionProblem<Scalar> make_problem(const char* who, const ConstMatrixRef<Scalar>& q,
+                                      const ConstMatrixRef<Scalar>& k,
+                                      const ConstMatrixRef<Scalar>& v, MatrixRef<Scalar>& out,
+                                      const Mask& mask, const AttentionOptions& options) {
+  const Index heads = options.num_heads;
+  const Index kv_heads = options.kv_heads();
+  if (heads < 1) throw_shape_error(who, ": num_heads is ", heads, ", expected >= 1");
+  if (kv_heads < 1 || heads % kv_heads != 0) {
+    throw_shape_error(who, ": num_kv_heads is ", kv_heads, ", expected a divisor of num_heads ",
+                      heads);
+  }
+  if (q.cols() % heads != 0) {
+    throw_shape_error(who, ": q is ", shape_string(q), ", expected q.cols() a multiple of num_heads ",
+                      heads);
+  }
+  const Index d = q.cols() / heads;
+  if (k.cols() != kv_heads * d) {
+    throw_shape_error(who, ": k is ", shape_string(k), " and q is ", shape_string(q),
+                      ", expected k.cols() = num_kv_heads*head_dim = ", kv_heads, "*", d, " = ",
+                      kv_heads * d);
+  }
+  if (v.rows() != k.rows()) {
+    throw_shape_error(who, ": v is ", shape_string(v), " and k is ", shape_string(k),
+                      ", expected v.rows() = k.rows() = ", k.rows());
+  }
+  if (v.cols() % kv_heads != 0) {
+    throw_shape_error(who, ": v is ", shape_string(v),
+                      ", expected v.cols() a multiple of num_kv_heads ", kv_heads);
+  }
+  const Index dv = v.cols() / kv_heads;
+  if (out.rows() != q.rows() || out.cols() != heads * dv) {
+    throw_shape_error(who, ": out is ", shape_string(out), ", expected ",
+                      shape_string(q.rows(), heads * dv), " (q.rows() x num_heads*value_dim)");
+  }
+  mask.check_shape(who, q.rows(), k.rows());
+  const double scale = options.scale ? *options.scale : (d > 0 ? 1.0 / std::sqrt(double(d)) : 1.0);
+  if (!std::isfinite(scale)) throw_shape_error(who, ": scale is ", scale, ", expected finite");
+  if (!(options.softcap >= 0) || !std::isfinite(options.softcap)) {
+    throw_shape_error(who, ": softcap is ", options.softcap, ", expected finite and >= 0");
+  }
+  const auto view = [](const ConstMatrixRef<Scalar>& m) {
+    return ConstMatrixView<Scalar>(m.data(), m.rows(), m.cols(), Eigen::OuterStride<>(m.outerStride()));
+  };
+  return AttentionProblem<Scalar>{
+      view(q),  view(k), view(v),
+      MatrixView<Scalar>(out.data(), out.rows(), out.cols(), Eigen::OuterStride<>(out.outerStride())),
+      heads,    kv_heads, d,       dv, static_cast<Scalar>(scale), static_cast<Scalar>(options.softcap)};
+}
+
+template <typename DQ, typename DK, typename DV>
+constexpr void check_scalars() {
+  using Scalar = typename DQ::Scalar;
+  static_assert(is_supported_scalar<Scalar>,
+                "attn::scaled_dot_product_attention: q must be float or double; use .cast<float>()");
+  static_assert(std::is_same_v<Scalar, typename DK::Scalar> &&
+                    std::is_same_v<Scalar, typename DV::Scalar>,
+                "attn::scaled_dot_product_attention: q, k and v must have the same Scalar; "
+                "cast one of them");
+}
+
+}  // namespace detail
+
+/// Scaled dot-product attention, written into `out`:
+/// \f$\mathrm{out} = \mathrm{softmax}(Q K^\top \cdot \mathrm{scale} + \mathrm{mask}) V\f$ per head.
+///
+/// Single head: q (n, d), k (m, d), v (m, dv) -> out (n, dv). With options.num_heads = H and
+/// options.num_kv_heads = Hkv, heads are column blocks: q (n, H·d), k (m, Hkv·d),
+/// v (m, Hkv·dv) -> out (n, H·dv), query head h reading kv head h / (H / Hkv).
+///
+/// \param q,k,v  In: any float or double Eigen expressions of one Scalar. Row-major storage (a
+///               Matrix, a block, a Map with a row stride) is read in place; anything else is
+///               evaluated once.
+/// \param out    Out: row-major storage of shape (n, H·dv), e.g. a row block of a larger matrix.
+/// \param mask   Which keys each query sees (see attn::Mask); bottom-right aligned.
+/// \param options heads, scale, soft-cap, executor.
+///
+/// n = 0 gives an empty result; m = 0, or a row whose keys are all masked, gives zero rows.
+/// Never allocates an n×m matrix: memory is O((n + m)·H·d) whatever the mask.
+/// \throws ShapeError (a std::invalid_argument) naming the argument and both shapes when the
+///         shapes disagree, num_heads/num_kv_heads do not divide, the mask has the wrong shape,
+///         or scale/softcap are not finite; out is then untouched.
+template <typename DQ, typename DK, typename DV>
+void scaled_dot_product_attention_into(const Eigen::MatrixBase<DQ>& q,
+                                       const Eigen::MatrixBase<DK>& k,
+                                       const Eigen::MatrixBase<DV>& v,
+                                       MatrixRef<typename DQ::Scalar> out, const Mask& mask = Mask(),
+                                       const AttentionOptions& options = {}) {
+  detail::check_scalars<DQ, DK, DV>();
+  using Scalar = typename DQ::Scalar;
+  const ConstMatrixRef<Scalar> q_ref(q), k_ref(k), v_ref(v);
+  const auto problem = detail::make_problem<Scalar>("scaled_dot_product_attention", q_ref, k_ref,
+                                                    v_ref, out, mask, options);
+  detail::run_attention(problem, mask, options.executor);
+}
+
+/// Scaled dot-product attention, returning a new (n, H·dv) matrix; see
+/// scaled_dot_product_attention_into for the contract.
+///
+/// \code
+/// attn::Matrix<float> q = attn::Matrix<float>::Random(10, 64);   // 10 queries
+/// attn::Matrix<float> k = attn::Matrix<float>::Random(20, 64);   // 20 keys
+/// attn::Matrix<float> v = attn::Matrix<float>::Random(20, 32);
+/// attn::Matrix<float> o = attn::scaled_dot_product_attention(q, k, v, attn::Mask::causal());
+/// // o is 10×32; query i sees keys 0 … i + 10
+/// \endcode
+template <typename DQ, typename DK, typename DV>
+Matrix<typename DQ::Scalar> scaled_dot_product_attention(const Eigen::MatrixBase<DQ>& q,
+                                                         const Eigen::MatrixBase<DK>& k,
+                                                         const Eigen::MatrixBase<DV>& v,
+                                                         const Mask& mask = Mask(),
+                                                         const AttentionOptions& options = {}) {
+  detail::check_scalars<DQ, DK, DV>();
+  using Scalar = typename DQ::Scalar;
+  const Index heads = options.num_heads;
+  const Index kv_heads = options.kv_heads();
+  // The output's width needs valid head counts; make_problem reports anything else.
+  const Index value_width =
+      (heads >= 1 && kv_heads >= 1 && v.cols() % kv_heads == 0) ? heads * (v.cols() / kv_heads) : 0;
+  Matrix<Scalar> out(q.rows(), value_width);
+  scaled_dot_product_attention_into(q, k, v, out, mask, options);
+  return out;
+}
+
+}  // namespace attn

@@ -1,0 +1,15 @@
+// SPDX-License-Identifier: MIT
+// Copyright (c) 2026 The attn authors
+#pragma once
+
+/// \file version.hpp
+/// Library version, kept equal to the CMake project version.
+
+#define ATTN_VERSION_MAJOR 0
+#define ATTN_VERSION_MINOR 1
+#define ATTN_VERSION_PATCH 0
+
+namespace attn {
+/// "major.minor.patch"
+inline constexpr const char* version = "0.1.0";
+}  // namespace attn

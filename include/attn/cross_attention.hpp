@@ -43,7 +43,9 @@ class CrossAttentionMemory {
   friend class CrossAttention<Scalar>;
   CrossAttentionMemory(Matrix<Scalar> keys_values, std::vector<Index> lengths,
                        std::vector<Index> offsets)
-      : m_keys_values(std::move(keys_values)), m_lengths(std::move(lengths)), m_offsets(std::move(offsets)) {}
+      : m_keys_values(std::move(keys_values)),
+        m_lengths(std::move(lengths)),
+        m_offsets(std::move(offsets)) {}
   ConstMatrixRef<Scalar> all() const { return m_keys_values; }
   Index kv_dim() const { return m_keys_values.cols() / 2; }
 
@@ -76,7 +78,8 @@ class CrossAttentionMemory {
 /// \endcode
 template <typename Scalar_>
 class CrossAttention {
-  static_assert(detail::is_supported_scalar<Scalar_>, "attn::CrossAttention: Scalar must be float or double");
+  static_assert(detail::is_supported_scalar<Scalar_>,
+                "attn::CrossAttention: Scalar must be float or double");
 
  public:
   using Scalar = Scalar_;
@@ -86,7 +89,8 @@ class CrossAttention {
   /// \param weights PyTorch layout (see MultiHeadWeights); copied into the functor.
   /// \param executor where the kernel's work items run (empty: default_executor).
   /// \throws ShapeError if the config is inconsistent or a weight has the wrong shape.
-  CrossAttention(const MultiHeadConfig& config, MultiHeadWeights<Scalar> weights, Executor executor = {})
+  CrossAttention(const MultiHeadConfig& config, MultiHeadWeights<Scalar> weights,
+                 Executor executor = {})
       : m_core("CrossAttention", config, std::move(weights), std::move(executor)) {}
 
   /// Projects a source (m, S) to keys and values once.
@@ -99,15 +103,18 @@ class CrossAttention {
   /// Projects a batch of sources packed row-wise, lengths[b] rows each.
   /// \throws ShapeError if source.cols() ≠ S or the lengths do not sum to source.rows().
   template <typename Derived>
-  Memory remember(const Eigen::MatrixBase<Derived>& source, const std::vector<Index>& lengths) const {
-    static_assert(std::is_same_v<typename Derived::Scalar, Scalar>,
-                  "attn::CrossAttention: source must have the functor's Scalar; use .cast<Scalar>()");
+  Memory remember(const Eigen::MatrixBase<Derived>& source,
+                  const std::vector<Index>& lengths) const {
+    static_assert(
+        std::is_same_v<typename Derived::Scalar, Scalar>,
+        "attn::CrossAttention: source must have the functor's Scalar; use .cast<Scalar>()");
     const MultiHeadConfig& cfg = m_core.config();
     if (source.cols() != cfg.source_features()) {
       detail::throw_shape_error(who, ": source is ", detail::shape_string(source),
                                 ", expected source.cols() = source_dim ", cfg.source_features());
     }
-    std::vector<Index> offsets = detail::sequence_offsets(who, "source_lengths", lengths, source.rows());
+    std::vector<Index> offsets =
+        detail::sequence_offsets(who, "source_lengths", lengths, source.rows());
     return Memory(m_core.project_keys_values(source), lengths, std::move(offsets));
   }
 
@@ -116,8 +123,8 @@ class CrossAttention {
   /// \return (n, E).
   /// \throws ShapeError if target.cols() ≠ E, source.cols() ≠ S, or the mask is not n × m.
   template <typename DT, typename DS>
-  Matrix<Scalar> operator()(const Eigen::MatrixBase<DT>& target, const Eigen::MatrixBase<DS>& source,
-                            const Mask& mask = Mask()) const {
+  Matrix<Scalar> operator()(const Eigen::MatrixBase<DT>& target,
+                            const Eigen::MatrixBase<DS>& source, const Mask& mask = Mask()) const {
     return (*this)(target, remember(source), mask);
   }
 
@@ -133,18 +140,22 @@ class CrossAttention {
   /// only to source sequence b (source_lengths[b] rows).
   /// \throws ShapeError if the lengths disagree with the rows or with each other in count.
   template <typename DT, typename DS>
-  Matrix<Scalar> operator()(const Eigen::MatrixBase<DT>& target, const std::vector<Index>& target_lengths,
-                            const Eigen::MatrixBase<DS>& source, const std::vector<Index>& source_lengths,
+  Matrix<Scalar> operator()(const Eigen::MatrixBase<DT>& target,
+                            const std::vector<Index>& target_lengths,
+                            const Eigen::MatrixBase<DS>& source,
+                            const std::vector<Index>& source_lengths,
                             const Mask& mask = Mask()) const {
     return (*this)(target, target_lengths, remember(source, source_lengths), mask);
   }
 
   /// Batched cross-attention over a remembered batch of sources.
   template <typename DT>
-  Matrix<Scalar> operator()(const Eigen::MatrixBase<DT>& target, const std::vector<Index>& target_lengths,
-                            const Memory& memory, const Mask& mask = Mask()) const {
-    static_assert(std::is_same_v<typename DT::Scalar, Scalar>,
-                  "attn::CrossAttention: target must have the functor's Scalar; use .cast<Scalar>()");
+  Matrix<Scalar> operator()(const Eigen::MatrixBase<DT>& target,
+                            const std::vector<Index>& target_lengths, const Memory& memory,
+                            const Mask& mask = Mask()) const {
+    static_assert(
+        std::is_same_v<typename DT::Scalar, Scalar>,
+        "attn::CrossAttention: target must have the functor's Scalar; use .cast<Scalar>()");
     const MultiHeadConfig& cfg = m_core.config();
     if (target.cols() != cfg.model_dim) {
       detail::throw_shape_error(who, ": target is ", detail::shape_string(target),
@@ -152,7 +163,8 @@ class CrossAttention {
     }
     if (memory.m_keys_values.cols() != 2 * cfg.kv_dim()) {
       detail::throw_shape_error(who, ": memory holds keys and values of width ", memory.kv_dim(),
-                                ", expected kv_dim ", cfg.kv_dim(), " (a memory of another functor?)");
+                                ", expected kv_dim ", cfg.kv_dim(),
+                                " (a memory of another functor?)");
     }
     if (target_lengths.size() != memory.lengths().size()) {
       detail::throw_shape_error(who, ": target_lengths has ", target_lengths.size(),
@@ -163,8 +175,9 @@ class CrossAttention {
         detail::sequence_offsets(who, "target_lengths", target_lengths, target.rows());
     m_core.check_mask(who, mask, target_lengths, memory.lengths());
     const Matrix<Scalar> q = m_core.project_queries(target);
-    return m_core.attend_and_project(detail::column_block(ConstMatrixRef<Scalar>(q), 0, cfg.model_dim),
-                                     memory.keys(), memory.values(), offsets, memory.m_offsets, mask);
+    return m_core.attend_and_project(
+        detail::column_block(ConstMatrixRef<Scalar>(q), 0, cfg.model_dim), memory.keys(),
+        memory.values(), offsets, memory.m_offsets, mask);
   }
 
   const MultiHeadConfig& config() const { return m_core.config(); }

@@ -61,7 +61,8 @@ class Mask {
   /// \throws ShapeError if a reach is negative and not Mask::unbounded.
   static Mask window(Index left, Index right) {
     if (left < 0 && left != unbounded) {
-      detail::throw_shape_error("Mask::window: left is ", left, ", expected >= 0 or Mask::unbounded");
+      detail::throw_shape_error("Mask::window: left is ", left,
+                                ", expected >= 0 or Mask::unbounded");
     }
     if (right < 0 && right != unbounded) {
       detail::throw_shape_error("Mask::window: right is ", right,
@@ -123,7 +124,8 @@ class Mask {
       // Sums in double when the precisions differ, so nothing is lost before the call.
       if (a.m_bias_float && b.m_bias_float) {
         check_same_shape("bias", *a.m_bias_float, *b.m_bias_float);
-        mask.m_bias_float = std::make_shared<const Matrix<float>>(*a.m_bias_float + *b.m_bias_float);
+        mask.m_bias_float =
+            std::make_shared<const Matrix<float>>(*a.m_bias_float + *b.m_bias_float);
       } else {
         Matrix<double> sum = a.bias_as<double>();
         const Matrix<double> other = b.bias_as<double>();
@@ -210,9 +212,9 @@ class Mask {
   static void check_fits(const char* who, const char* part, Index rows, Index cols, Index n,
                          Index m) {
     if (rows != n || cols != m) {
-      detail::throw_shape_error(who, ": mask ", part, " matrix is ", detail::shape_string(rows, cols),
-                                ", expected ", detail::shape_string(n, m),
-                                " (queries x keys)");
+      detail::throw_shape_error(who, ": mask ", part, " matrix is ",
+                                detail::shape_string(rows, cols), ", expected ",
+                                detail::shape_string(n, m), " (queries x keys)");
     }
   }
 

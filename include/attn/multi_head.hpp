@@ -40,8 +40,10 @@ struct MultiHeadConfig {
 
   /// \throws ShapeError naming `who` and the offending numbers.
   void validate(const char* who) const {
-    if (model_dim < 1) detail::throw_shape_error(who, ": model_dim is ", model_dim, ", expected >= 1");
-    if (num_heads < 1) detail::throw_shape_error(who, ": num_heads is ", num_heads, ", expected >= 1");
+    if (model_dim < 1)
+      detail::throw_shape_error(who, ": model_dim is ", model_dim, ", expected >= 1");
+    if (num_heads < 1)
+      detail::throw_shape_error(who, ": num_heads is ", num_heads, ", expected >= 1");
     if (model_dim % num_heads != 0) {
       detail::throw_shape_error(who, ": model_dim ", model_dim, " is not divisible by num_heads ",
                                 num_heads);
@@ -50,7 +52,8 @@ struct MultiHeadConfig {
       detail::throw_shape_error(who, ": num_heads ", num_heads,
                                 " is not a multiple of num_kv_heads ", kv_heads());
     }
-    if (source_dim < 0) detail::throw_shape_error(who, ": source_dim is ", source_dim, ", expected >= 0");
+    if (source_dim < 0)
+      detail::throw_shape_error(who, ": source_dim is ", source_dim, ", expected >= 0");
   }
 };
 
@@ -70,7 +73,8 @@ struct MultiHeadConfig {
 /// \tparam Scalar_ float or double.
 template <typename Scalar_>
 struct MultiHeadWeights {
-  static_assert(detail::is_supported_scalar<Scalar_>, "attn::MultiHeadWeights: Scalar must be float or double");
+  static_assert(detail::is_supported_scalar<Scalar_>,
+                "attn::MultiHeadWeights: Scalar must be float or double");
   using Scalar = Scalar_;
 
   Matrix<Scalar> q_weight;
@@ -94,14 +98,15 @@ struct MultiHeadWeights {
     const Index e = in_proj_weight.cols();
     const Index rows = in_proj_weight.rows();
     if (rows < e || (rows - e) % 2 != 0) {
-      detail::throw_shape_error("MultiHeadWeights::from_pytorch: in_proj_weight is ",
-                                detail::shape_string(in_proj_weight),
-                                ", expected (E + 2*kv_dim) x E, e.g. 3E x E = ",
-                                detail::shape_string(3 * e, e));
+      detail::throw_shape_error(
+          "MultiHeadWeights::from_pytorch: in_proj_weight is ",
+          detail::shape_string(in_proj_weight),
+          ", expected (E + 2*kv_dim) x E, e.g. 3E x E = ", detail::shape_string(3 * e, e));
     }
     const Index kv = (rows - e) / 2;
     return from_pytorch(in_proj_weight.topRows(e), in_proj_weight.middleRows(e, kv),
-                        in_proj_weight.bottomRows(kv), in_proj_bias, out_proj_weight, out_proj_bias);
+                        in_proj_weight.bottomRows(kv), in_proj_bias, out_proj_weight,
+                        out_proj_bias);
   }
 
   /// From nn.MultiheadAttention with kdim/vdim ≠ embed_dim (separate projection weights):
@@ -143,7 +148,8 @@ namespace detail {
 
 /// Checks that w fits cfg; names `who`, the member, and both shapes.
 template <typename Scalar>
-void validate_weights(const char* who, const MultiHeadConfig& cfg, const MultiHeadWeights<Scalar>& w) {
+void validate_weights(const char* who, const MultiHeadConfig& cfg,
+                      const MultiHeadWeights<Scalar>& w) {
   const Index e = cfg.model_dim;
   const Index kv = cfg.kv_dim();
   const Index s = cfg.source_features();
@@ -160,8 +166,8 @@ void validate_weights(const char* who, const MultiHeadConfig& cfg, const MultiHe
   const auto check_bias = [who, &cfg](const char* name, const Vector<Scalar>& b, Index size) {
     const Index expected = cfg.bias ? size : 0;
     if (b.size() != expected) {
-      throw_shape_error(who, ": weights.", name, " has ", b.size(), " elements, expected ", expected,
-                        cfg.bias ? "" : " (config.bias is false)");
+      throw_shape_error(who, ": weights.", name, " has ", b.size(), " elements, expected ",
+                        expected, cfg.bias ? "" : " (config.bias is false)");
     }
   };
   check_bias("q_bias", w.q_bias, e);

@@ -39,7 +39,9 @@ namespace detail {
 
 /// Splits [0, count) into `chunks` contiguous chunks of near-equal length; chunk c is
 /// [count·c/chunks, count·(c+1)/chunks).
-inline Index chunk_begin(Index count, Index chunks, Index c) { return count * c / chunks; }
+inline Index chunk_begin(Index count, Index chunks, Index c) {
+  return count * c / chunks;
+}
 
 /// Runs chunk(c) for c in [0, chunks) on fresh std::threads (the caller runs chunk 0) and
 /// rethrows the first exception any chunk threw.
@@ -55,9 +57,11 @@ void run_on_threads(Index chunks, const ChunkFunction& chunk) {
   };
   std::vector<std::thread> threads;
   threads.reserve(static_cast<std::size_t>(chunks));
-  for (Index c = 1; c < chunks; ++c) threads.emplace_back(guarded, c);
+  for (Index c = 1; c < chunks; ++c)
+    threads.emplace_back(guarded, c);
   guarded(0);
-  for (auto& thread : threads) thread.join();
+  for (auto& thread : threads)
+    thread.join();
   for (auto& error : errors) {
     if (error) std::rethrow_exception(error);
   }
@@ -88,7 +92,7 @@ inline void default_executor(Index count, const RangeFunction& work) {
   const Index threads = omp_in_parallel() ? 1 : std::min<Index>(omp_get_max_threads(), count);
   if (threads > 1) {
     std::exception_ptr error;
-#pragma omp parallel num_threads(static_cast<int>(threads))
+#pragma omp parallel num_threads(static_cast <int>(threads))
     {
       const Index chunks = omp_get_num_threads();
       const Index c = omp_get_thread_num();

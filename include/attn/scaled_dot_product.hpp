@@ -52,8 +52,8 @@ AttentionProblem<Scalar> make_problem(const char* who, const ConstMatrixRef<Scal
                       heads);
   }
   if (q.cols() % heads != 0) {
-    throw_shape_error(who, ": q is ", shape_string(q), ", expected q.cols() a multiple of num_heads ",
-                      heads);
+    throw_shape_error(who, ": q is ", shape_string(q),
+                      ", expected q.cols() a multiple of num_heads ", heads);
   }
   const Index d = q.cols() / heads;
   if (k.cols() != kv_heads * d) {
@@ -81,23 +81,32 @@ AttentionProblem<Scalar> make_problem(const char* who, const ConstMatrixRef<Scal
     throw_shape_error(who, ": softcap is ", options.softcap, ", expected finite and >= 0");
   }
   const auto view = [](const ConstMatrixRef<Scalar>& m) {
-    return ConstMatrixView<Scalar>(m.data(), m.rows(), m.cols(), Eigen::OuterStride<>(m.outerStride()));
+    return ConstMatrixView<Scalar>(m.data(), m.rows(), m.cols(),
+                                   Eigen::OuterStride<>(m.outerStride()));
   };
-  return AttentionProblem<Scalar>{
-      view(q),  view(k), view(v),
-      MatrixView<Scalar>(out.data(), out.rows(), out.cols(), Eigen::OuterStride<>(out.outerStride())),
-      heads,    kv_heads, d,       dv, static_cast<Scalar>(scale), static_cast<Scalar>(options.softcap)};
+  return AttentionProblem<Scalar>{view(q),
+                                  view(k),
+                                  view(v),
+                                  MatrixView<Scalar>(out.data(), out.rows(), out.cols(),
+                                                     Eigen::OuterStride<>(out.outerStride())),
+                                  heads,
+                                  kv_heads,
+                                  d,
+                                  dv,
+                                  static_cast<Scalar>(scale),
+                                  static_cast<Scalar>(options.softcap)};
 }
 
 template <typename DQ, typename DK, typename DV>
 constexpr void check_scalars() {
   using Scalar = typename DQ::Scalar;
-  static_assert(is_supported_scalar<Scalar>,
-                "attn::scaled_dot_product_attention: q must be float or double; use .cast<float>()");
-  static_assert(std::is_same_v<Scalar, typename DK::Scalar> &&
-                    std::is_same_v<Scalar, typename DV::Scalar>,
-                "attn::scaled_dot_product_attention: q, k and v must have the same Scalar; "
-                "cast one of them");
+  static_assert(
+      is_supported_scalar<Scalar>,
+      "attn::scaled_dot_product_attention: q must be float or double; use .cast<float>()");
+  static_assert(
+      std::is_same_v<Scalar, typename DK::Scalar> && std::is_same_v<Scalar, typename DV::Scalar>,
+      "attn::scaled_dot_product_attention: q, k and v must have the same Scalar; "
+      "cast one of them");
 }
 
 }  // namespace detail
@@ -125,7 +134,8 @@ template <typename DQ, typename DK, typename DV>
 void scaled_dot_product_attention_into(const Eigen::MatrixBase<DQ>& q,
                                        const Eigen::MatrixBase<DK>& k,
                                        const Eigen::MatrixBase<DV>& v,
-                                       MatrixRef<typename DQ::Scalar> out, const Mask& mask = Mask(),
+                                       MatrixRef<typename DQ::Scalar> out,
+                                       const Mask& mask = Mask(),
                                        const AttentionOptions& options = {}) {
   detail::check_scalars<DQ, DK, DV>();
   using Scalar = typename DQ::Scalar;

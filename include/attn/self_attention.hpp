@@ -39,7 +39,8 @@ namespace attn {
 /// \endcode
 template <typename Scalar_>
 class SelfAttention {
-  static_assert(detail::is_supported_scalar<Scalar_>, "attn::SelfAttention: Scalar must be float or double");
+  static_assert(detail::is_supported_scalar<Scalar_>,
+                "attn::SelfAttention: Scalar must be float or double");
 
  public:
   using Scalar = Scalar_;
@@ -48,7 +49,8 @@ class SelfAttention {
   /// \param weights PyTorch layout (see MultiHeadWeights); copied into the functor.
   /// \param executor where the kernel's work items run (empty: default_executor).
   /// \throws ShapeError if the config is inconsistent or a weight has the wrong shape.
-  SelfAttention(const MultiHeadConfig& config, MultiHeadWeights<Scalar> weights, Executor executor = {})
+  SelfAttention(const MultiHeadConfig& config, MultiHeadWeights<Scalar> weights,
+                Executor executor = {})
       : m_core("SelfAttention", checked(config), std::move(weights), std::move(executor)) {}
 
   /// Self-attention over one sequence.
@@ -74,8 +76,8 @@ class SelfAttention {
     constexpr const char* who = "SelfAttention";
     const MultiHeadConfig& cfg = m_core.config();
     if (x.cols() != cfg.model_dim) {
-      detail::throw_shape_error(who, ": x is ", detail::shape_string(x), ", expected x.cols() = model_dim ",
-                                cfg.model_dim);
+      detail::throw_shape_error(who, ": x is ", detail::shape_string(x),
+                                ", expected x.cols() = model_dim ", cfg.model_dim);
     }
     const std::vector<Index> offsets = detail::sequence_offsets(who, "lengths", lengths, x.rows());
     m_core.check_mask(who, mask, lengths, lengths);
@@ -83,7 +85,8 @@ class SelfAttention {
     // Per-head inputs are column blocks of the one projection: views, no copies.
     const ConstMatrixRef<Scalar> all(qkv);
     const Index e = cfg.model_dim, kv = cfg.kv_dim();
-    return m_core.attend_and_project(detail::column_block(all, 0, e), detail::column_block(all, e, kv),
+    return m_core.attend_and_project(detail::column_block(all, 0, e),
+                                     detail::column_block(all, e, kv),
                                      detail::column_block(all, e + kv, kv), offsets, offsets, mask);
   }
 

@@ -44,17 +44,20 @@ using MatrixRef = Eigen::Ref<Matrix<Scalar>, 0, Eigen::OuterStride<>>;
 namespace detail {
 
 template <typename Scalar>
-inline constexpr bool is_supported_scalar = std::is_same_v<Scalar, float> || std::is_same_v<Scalar, double>;
+inline constexpr bool is_supported_scalar =
+    std::is_same_v<Scalar, float> || std::is_same_v<Scalar, double>;
 
 /// Columns [first, first + count) of a row-major view, as a view (no copy).
 template <typename Scalar>
 ConstMatrixView<Scalar> column_block(const ConstMatrixRef<Scalar>& m, Index first, Index count) {
-  return ConstMatrixView<Scalar>(m.data() + first, m.rows(), count, Eigen::OuterStride<>(m.outerStride()));
+  return ConstMatrixView<Scalar>(m.data() + first, m.rows(), count,
+                                 Eigen::OuterStride<>(m.outerStride()));
 }
 
 template <typename Scalar>
 MatrixView<Scalar> column_block(MatrixRef<Scalar>& m, Index first, Index count) {
-  return MatrixView<Scalar>(m.data() + first, m.rows(), count, Eigen::OuterStride<>(m.outerStride()));
+  return MatrixView<Scalar>(m.data() + first, m.rows(), count,
+                            Eigen::OuterStride<>(m.outerStride()));
 }
 
 }  // namespace detail

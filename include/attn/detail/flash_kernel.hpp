@@ -30,8 +30,8 @@ struct AttentionProblem {
   Index head_dim;
   Index value_dim;
   Scalar scale;
-  Scalar softcap;            // 0: off
-  Scalar* lse = nullptr;     // optional n × H log-sum-exp of the logits, row stride lse_stride
+  Scalar softcap;         // 0: off
+  Scalar* lse = nullptr;  // optional n × H log-sum-exp of the logits, row stride lse_stride
   Index lse_stride = 0;
 };
 
@@ -59,7 +59,9 @@ struct TileScratch {
 
 /// Query block t of `count` in an order where the work of consecutive pairs is equal under a
 /// causal mask (0, last, 1, last − 1, ...), so contiguous chunks of items carry equal work.
-inline Index balanced_block(Index t, Index count) { return t % 2 == 0 ? t / 2 : count - 1 - t / 2; }
+inline Index balanced_block(Index t, Index count) {
+  return t % 2 == 0 ? t / 2 : count - 1 - t / 2;
+}
 
 /// Attention for query rows [i0, i0 + rows) of head h.
 template <typename Scalar>

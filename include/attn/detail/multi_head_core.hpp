@@ -111,7 +111,8 @@ class MultiHeadCore {
                   const std::vector<Index>& key_lengths) const {
     if (!mask.has_explicit()) return;
     if (query_lengths.size() != 1) {
-      throw_shape_error(who, ": an explicit keep/bias mask describes one sequence, but the batch has ",
+      throw_shape_error(who,
+                        ": an explicit keep/bias mask describes one sequence, but the batch has ",
                         query_lengths.size(), " sequences; use one call per sequence");
     }
     mask.check_shape(who, query_lengths[0], key_lengths[0]);
@@ -120,7 +121,8 @@ class MultiHeadCore {
   /// Attention of every packed sequence b (queries q_lengths[b], keys kv_lengths[b]) over per-head
   /// views q (n, E), k and v (m, kv_dim), followed by the output projection -> (n, E).
   /// Preconditions: lengths validated, of equal count, mask checked.
-  Matrix<Scalar> attend_and_project(const ConstMatrixView<Scalar>& q, const ConstMatrixView<Scalar>& k,
+  Matrix<Scalar> attend_and_project(const ConstMatrixView<Scalar>& q,
+                                    const ConstMatrixView<Scalar>& k,
                                     const ConstMatrixView<Scalar>& v,
                                     const std::vector<Index>& q_offsets,
                                     const std::vector<Index>& kv_offsets, const Mask& mask) const {
@@ -138,8 +140,8 @@ class MultiHeadCore {
       const ConstMatrixRef<Scalar> k_b = k.middleRows(k0, keys);
       const ConstMatrixRef<Scalar> v_b = v.middleRows(k0, keys);
       MatrixRef<Scalar> out_b = heads.middleRows(q0, rows);
-      run_attention(make_problem<Scalar>("MultiHeadCore", q_b, k_b, v_b, out_b, mask, options), mask,
-                    m_executor);
+      run_attention(make_problem<Scalar>("MultiHeadCore", q_b, k_b, v_b, out_b, mask, options),
+                    mask, m_executor);
     }
     Matrix<Scalar> y(q.rows(), e);
     linear(ConstMatrixRef<Scalar>(heads), m_out_weight, m_out_bias, y);

@@ -66,7 +66,8 @@ class TileMask {
     if (m_bias != nullptr) {
       for (Index r = 0; r < rows; ++r) {
         const Scalar* bias_row = m_bias + (i0 + r) * m_bias_stride + j0;
-        for (Index c = 0; c < cols; ++c) s(r, c) += bias_row[c];
+        for (Index c = 0; c < cols; ++c)
+          s(r, c) += bias_row[c];
       }
     }
     if (m_keep != nullptr) {
@@ -81,8 +82,10 @@ class TileMask {
       for (Index r = 0; r < rows; ++r) {
         const Index begin = std::clamp<Index>(key_begin(i0 + r) - j0, 0, cols);
         const Index end = std::clamp<Index>(key_end(i0 + r) - j0, begin, cols);
-        for (Index c = 0; c < begin; ++c) s(r, c) = hidden;
-        for (Index c = end; c < cols; ++c) s(r, c) = hidden;
+        for (Index c = 0; c < begin; ++c)
+          s(r, c) = hidden;
+        for (Index c = end; c < cols; ++c)
+          s(r, c) = hidden;
       }
     }
   }

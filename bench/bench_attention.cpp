@@ -1,0 +1,272 @@
+// SPDX-License-Identifier: MIT
+// Copyright (c) 2026 The attn authors
+//
+// Attention throughput, with its yardsticks measured in the same run: this core's FP32 FMA peak,
+// and a naive materialise-the-scores Eigen baseline on the same shapes. After the runs, a summary
+// table gives each fused run's GFLOP/s, its fraction of peak and its ratio to the baseline.
+//
+//   cmake --workflow --preset bench        (or: build/native/bench/bench_attention)
+//
+// FLOPs count 4·n·m·d per head (Q·Kᵀ and P·V, a multiply-add each), only the visible pairs for
+// causal masks, so a causal kernel that skips hidden blocks is not credited for them.
+
+#include <benchmark/benchmark.h>
+
+#include <attn/attn.hpp>
+#include <chrono>
+#include <cstdio>
+#include <limits>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace {
+
+using attn::Index;
+template <typename T>
+using Matrix = attn::Matrix<T>;
+
+constexpr Index head_dim = 64;
+constexpr Index heads = 8;
+
+double attention_flops(Index n, Index m, Index d, Index h, bool causal) {
+  double pairs = double(n) * double(m);
+  if (causal) {
+    // Visible pairs under the bottom-right causal mask: query i sees min(m, i + m − n + 1) keys.
+    pairs = 0;
+    for (Index i = 0; i < n; ++i)
+      pairs += double(std::clamp<Index>(i + m - n + 1, 0, m));
+  }
+  return 4.0 * pairs * double(d) * double(h);
+}
+
+// ---- 1. This core's FP32 FMA peak: independent chains of packet FMAs, no memory traffic.
+void BM_FmaPeak(benchmark::State& state) {
+  using Packet = Eigen::internal::packet_traits<float>::type;
+  constexpr int lanes = Eigen::internal::packet_traits<float>::size;
+  constexpr int chains = 16;  // enough independent FMAs to cover latency × pipes
+  Packet acc[chains];
+  for (int c = 0; c < chains; ++c)
+    acc[c] = Eigen::internal::pset1<Packet>(float(c) * 1e-3f);
+  const Packet a = Eigen::internal::pset1<Packet>(0.999999f);
+  const Packet b = Eigen::internal::pset1<Packet>(1e-7f);
+  constexpr long iterations = 1 << 20;
+  for (auto _ : state) {
+    for (long i = 0; i < iterations; ++i) {
+      for (int c = 0; c < chains; ++c)
+        acc[c] = Eigen::internal::pmadd(acc[c], a, b);
+    }
+    for (int c = 0; c < chains; ++c)
+      benchmark::DoNotOptimize(acc[c]);
+  }
+  state.counters["FLOP/s"] = benchmark::Counter(2.0 * lanes * chains * double(iterations),
+                                                benchmark::Counter::kIsIterationInvariantRate);
+  state.SetLabel(std::to_string(lanes * 32) + "-bit packets");
+}
+
+struct Inputs {
+  Matrix<float> q, k, v, out;
+  Inputs(Index n, Index m, Index h, Index d)
+      : q(n, h * d), k(m, h * d), v(m, h * d), out(n, h * d) {
+    q.setRandom();
+    k.setRandom();
+    v.setRandom();
+  }
+};
+
+// ---- 2. The naive baseline: per head, materialise S = Q·Kᵀ·scale (n×m), mask, softmax, P·V.
+void naive_attention(const Inputs& in, Matrix<float>& scores, Matrix<float>& out, bool causal) {
+  const Index n = in.q.rows(), m = in.k.rows(), d = head_dim;
+  const float scale = 1.0f / std::sqrt(float(d));
+  for (Index h = 0; h < heads; ++h) {
+    scores.noalias() = scale * in.q.middleCols(h * d, d) * in.k.middleCols(h * d, d).transpose();
+    if (causal) {
+      for (Index i = 0; i < n; ++i) {
+        const Index visible = std::clamp<Index>(i + m - n + 1, 0, m);
+        scores.row(i).tail(m - visible).setConstant(-std::numeric_limits<float>::infinity());
+      }
+    }
+    const Eigen::VectorXf row_max = scores.rowwise().maxCoeff();
+    scores = (scores.colwise() - row_max).array().exp();
+    const Eigen::VectorXf row_sum = scores.rowwise().sum();
+    out.middleCols(h * d, d).noalias() = scores * in.v.middleCols(h * d, d);
+    out.middleCols(h * d, d).array().colwise() /= row_sum.array();
+  }
+}
+
+void BM_Naive(benchmark::State& state) {
+  const Index n = state.range(0), m = state.range(1);
+  const bool causal = state.range(2) != 0;
+  Inputs in(n, m, heads, head_dim);
+  Matrix<float> scores(n, m);
+  for (auto _ : state) {
+    naive_attention(in, scores, in.out, causal);
+    benchmark::DoNotOptimize(in.out.data());
+  }
+  state.counters["FLOP/s"] = benchmark::Counter(attention_flops(n, m, head_dim, heads, causal),
+                                                benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// ---- 3. The library's kernel: 8 heads as column blocks, on 1 or more threads.
+void BM_Kernel(benchmark::State& state) {
+  const Index n = state.range(0), m = state.range(1);
+  const bool causal = state.range(2) != 0;
+  const int threads = int(state.range(3));
+  Inputs in(n, m, heads, head_dim);
+  attn::AttentionOptions options;
+  options.num_heads = heads;
+  options.executor = attn::thread_executor(threads);
+  const attn::Mask mask = causal ? attn::Mask::causal() : attn::Mask();
+  for (auto _ : state) {
+    attn::scaled_dot_product_attention_into(in.q, in.k, in.v, in.out, mask, options);
+    benchmark::DoNotOptimize(in.out.data());
+  }
+  state.counters["FLOP/s"] = benchmark::Counter(attention_flops(n, m, head_dim, heads, causal),
+                                                benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// ---- 4. The functors: projections + kernel + output projection (model_dim 512, 8 heads).
+attn::MultiHeadWeights<float> random_weights(Index e, Index s) {
+  attn::MultiHeadWeights<float> w;
+  w.q_weight = Matrix<float>::Random(e, e) / std::sqrt(float(e));
+  w.k_weight = Matrix<float>::Random(e, s) / std::sqrt(float(s));
+  w.v_weight = Matrix<float>::Random(e, s) / std::sqrt(float(s));
+  w.out_weight = Matrix<float>::Random(e, e) / std::sqrt(float(e));
+  w.q_bias = w.k_bias = w.v_bias = w.out_bias = attn::Vector<float>::Zero(e);
+  return w;
+}
+
+double projection_flops(Index n, Index m, Index e, Index s) {
+  return 2.0 * double(n) * e * e * 2 + 2.0 * double(m) * s * e * 2;  // Q and out; K and V
+}
+
+void BM_SelfAttention(benchmark::State& state) {
+  const Index l = state.range(0), e = heads * head_dim;
+  const bool causal = state.range(1) != 0;
+  const attn::SelfAttention<float> self_attn({e, heads}, random_weights(e, e));
+  const Matrix<float> x = Matrix<float>::Random(l, e);
+  const attn::Mask mask = causal ? attn::Mask::causal() : attn::Mask();
+  for (auto _ : state)
+    benchmark::DoNotOptimize(self_attn(x, mask).data());
+  state.counters["FLOP/s"] = benchmark::Counter(
+      attention_flops(l, l, head_dim, heads, causal) + projection_flops(l, l, e, e),
+      benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void BM_CrossAttention(benchmark::State& state) {
+  const Index n = state.range(0), m = state.range(1), e = heads * head_dim, s = 384;
+  attn::MultiHeadConfig cfg{e, heads};
+  cfg.source_dim = s;
+  const attn::CrossAttention<float> cross(cfg, random_weights(e, s));
+  const Matrix<float> target = Matrix<float>::Random(n, e);
+  const Matrix<float> source = Matrix<float>::Random(m, s);
+  for (auto _ : state)
+    benchmark::DoNotOptimize(cross(target, source).data());
+  state.counters["FLOP/s"] = benchmark::Counter(
+      attention_flops(n, m, head_dim, heads, false) + projection_flops(n, m, e, s),
+      benchmark::Counter::kIsIterationInvariantRate);
+}
+
+void register_all() {
+  benchmark::RegisterBenchmark("FmaPeak", BM_FmaPeak)->Unit(benchmark::kMillisecond);
+  for (const int causal : {0, 1}) {
+    for (const Index l : {128, 256, 512, 1024, 2048, 4096}) {
+      benchmark::RegisterBenchmark("Naive", BM_Naive)
+          ->Args({l, l, causal})
+          ->ArgNames({"n", "m", "causal"})
+          ->Unit(benchmark::kMillisecond);
+      for (const int threads : {1, 2}) {
+        if (threads == 2 && l < 1024) continue;
+        benchmark::RegisterBenchmark("Kernel", BM_Kernel)
+            ->Args({l, l, causal, threads})
+            ->ArgNames({"n", "m", "causal", "threads"})
+            ->Unit(benchmark::kMillisecond)
+            ->UseRealTime();
+      }
+    }
+  }
+  // Cross-attention shape: a short target over a long source.
+  benchmark::RegisterBenchmark("Naive", BM_Naive)
+      ->Args({64, 4096, 0})
+      ->ArgNames({"n", "m", "causal"})
+      ->Unit(benchmark::kMillisecond);
+  benchmark::RegisterBenchmark("Kernel", BM_Kernel)
+      ->Args({64, 4096, 0, 1})
+      ->ArgNames({"n", "m", "causal", "threads"})
+      ->Unit(benchmark::kMillisecond)
+      ->UseRealTime();
+  for (const Index l : {512, 2048}) {
+    benchmark::RegisterBenchmark("SelfAttention", BM_SelfAttention)
+        ->Args({l, 1})
+        ->ArgNames({"L", "causal"})
+        ->Unit(benchmark::kMillisecond);
+  }
+  benchmark::RegisterBenchmark("CrossAttention", BM_CrossAttention)
+      ->Args({64, 4096})
+      ->ArgNames({"n", "m"})
+      ->Unit(benchmark::kMillisecond);
+}
+
+// Collects runs and prints, at the end, each run's fraction of the FMA peak and each kernel run's
+// ratio to the naive baseline of the same shape.
+class SummaryReporter : public benchmark::ConsoleReporter {
+ public:
+  void ReportRuns(const std::vector<Run>& runs) override {
+    ConsoleReporter::ReportRuns(runs);
+    for (const Run& run : runs) {
+      if (run.error_occurred) continue;
+      // With repetitions, keep only the median aggregate; without, the single run.
+      if (run.run_type == Run::RT_Aggregate && run.aggregate_name != "median") continue;
+      if (run.run_type == Run::RT_Iteration && run.repetitions > 1) continue;
+      const auto it = run.counters.find("FLOP/s");
+      if (it == run.counters.end()) continue;
+      const std::string name = run.run_name.str();
+      m_rows.push_back({name, it->second.value});
+    }
+  }
+  void Finalize() override {
+    ConsoleReporter::Finalize();
+    double peak = 0;
+    std::map<std::string, double> naive;
+    for (const auto& row : m_rows) {
+      if (row.name.rfind("FmaPeak", 0) == 0) peak = row.flops;
+      if (row.name.rfind("Naive/", 0) == 0) naive[row.name.substr(6)] = row.flops;
+    }
+    std::printf(
+        "\nSummary (GFLOP/s; %% of the 1-core FP32 FMA peak %.1f GFLOP/s; x naive = ratio to "
+        "the naive baseline of the same shape, 1 thread)\n",
+        peak * 1e-9);
+    std::printf("%-52s %10s %8s %9s\n", "run", "GFLOP/s", "% peak", "x naive");
+    for (const auto& row : m_rows) {
+      std::string ratio = "";
+      if (row.name.rfind("Kernel/", 0) == 0) {
+        // Kernel/n:…/m:…/causal:…/threads:T/real_time -> n:…/m:…/causal:…
+        std::string shape = row.name.substr(7);
+        shape = shape.substr(0, shape.find("/threads:"));
+        const auto base = naive.find(shape);
+        if (base != naive.end()) ratio = std::to_string(row.flops / base->second).substr(0, 5);
+      }
+      std::printf("%-52s %10.1f %8.1f %9s\n", row.name.c_str(), row.flops * 1e-9,
+                  peak > 0 ? 100.0 * row.flops / peak : 0.0, ratio.c_str());
+    }
+  }
+
+ private:
+  struct Row {
+    std::string name;
+    double flops;
+  };
+  std::vector<Row> m_rows;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  register_all();
+  SummaryReporter reporter;
+  benchmark::RunSpecifiedBenchmarks(&reporter);
+  benchmark::Shutdown();
+  return 0;
+}

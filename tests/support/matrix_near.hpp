@@ -1,0 +1,54 @@
+// SPDX-License-Identifier: MIT
+// Copyright (c) 2026 The attn authors
+#pragma once
+
+// expect_matrix_near: shapes first, then the worst element with its position.
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <Eigen/Core>
+#include <limits>
+#include <sstream>
+
+namespace attn_test {
+
+/// Passes if a and b have the same shape and |a − b| ≤ tol · max(1, |b|) everywhere (a mixed
+/// absolute/relative bound: attention outputs are convex combinations of values, so O(1) entries
+/// dominate). Equal infinities and NaN at the same place count as equal. On failure, reports the
+/// worst element, its position, and both values.
+template <typename A, typename B>
+::testing::AssertionResult matrix_near(const Eigen::MatrixBase<A>& a, const Eigen::MatrixBase<B>& b,
+                                       double tol) {
+  if (a.rows() != b.rows() || a.cols() != b.cols()) {
+    return ::testing::AssertionFailure() << "shapes differ: " << a.rows() << "x" << a.cols()
+                                         << " vs expected " << b.rows() << "x" << b.cols();
+  }
+  double worst = 0;
+  Eigen::Index worst_r = -1, worst_c = -1;
+  for (Eigen::Index r = 0; r < a.rows(); ++r) {
+    for (Eigen::Index c = 0; c < a.cols(); ++c) {
+      const double x = static_cast<double>(a(r, c));
+      const double y = static_cast<double>(b(r, c));
+      if (std::isnan(x) && std::isnan(y)) continue;
+      if (std::isinf(y) && x == y) continue;
+      const double err = std::abs(x - y) / std::max(1.0, std::abs(y));
+      if (!(err <= worst)) {  // also catches NaN
+        worst = std::isnan(err) ? std::numeric_limits<double>::infinity() : err;
+        worst_r = r;
+        worst_c = c;
+      }
+    }
+  }
+  if (worst <= tol) return ::testing::AssertionSuccess();
+  std::ostringstream s;
+  s.precision(17);
+  s << "worst element (" << worst_r << ", " << worst_c << "): got " << a(worst_r, worst_c)
+    << ", expected " << b(worst_r, worst_c) << ", error " << worst << " > tolerance " << tol
+    << " (shape " << a.rows() << "x" << a.cols() << ")";
+  return ::testing::AssertionFailure() << s.str();
+}
+
+}  // namespace attn_test
+
+#define EXPECT_MATRIX_NEAR(a, b, tol) EXPECT_TRUE(::attn_test::matrix_near((a), (b), (tol)))

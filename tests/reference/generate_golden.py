@@ -1,0 +1,482 @@
+#!/usr/bin/env python3
+# SPDX-FileCopyrightText: 2026 The attn authors
+# SPDX-License-Identifier: MIT
+"""Writes the golden files of tests/test_golden.cpp: attention outputs computed by PyTorch.
+
+Run it with Debian's python3, which has PyTorch (`apt-get install python3-torch`):
+
+    /usr/bin/python3 tests/reference/generate_golden.py
+
+It rewrites tests/reference/golden/*.txt. The output is deterministic: every case seeds
+torch.manual_seed with its own fixed seed, and everything is computed in float64 on the CPU.
+The C++ tests only read the committed files; they never need Python.
+
+Inputs and weights are drawn on a grid (multiples of 1/64, or 1/16 for biases), so they are exact in
+float as well as in double: the float tests then measure attn's arithmetic, not input rounding.
+
+File format (one file per case, `<case>.txt`):
+
+    # comment lines start with '#'; blank lines are ignored
+    <name> <rows> <cols>
+    <rows lines of <cols> whitespace-separated numbers>
+    <name> <rows> <cols>
+    ...
+
+Numbers are Python's repr of a float64 (the shortest text that reads back to the same double, so
+at most 17 significant digits), or `inf`, `-inf`, `nan`; integers (head counts, window reaches) and
+boolean masks (1 = true, 0 = false) are written as integers. Vectors are written as 1 x n
+matrices. A scalar is a 1 x 1 matrix. A matrix with a zero dimension has no value lines.
+
+Conventions the files follow (those of attn, see include/attn/mask.hpp):
+- Structured masks are aligned bottom-right: with n queries and m keys, query i sits at key
+  position p(i) = i + m - n; causal lets it see key j iff j <= p(i), window(left, right) iff
+  p(i) - left <= j <= p(i) + right.
+- `keep` matrices are true where a key is visible; `bias` matrices are added to the logits after
+  scaling (and soft-capping); -inf hides a key.
+- A query row that sees no key at all has an output row of ZEROS in attn. PyTorch's softmax gives
+  NaN for such a row, so the golden sets it to zero.
+- Soft-capping: logits = softcap * tanh(scale * q.k / softcap), before bias and mask.
+- Multi-head kernel inputs hold heads as column blocks: q is n x H*d, k is m x Hkv*d, v is
+  m x Hkv*dv, out is n x H*dv; query head h reads kv head h // (H / Hkv).
+- Module weights keep nn.MultiheadAttention's state_dict names and layout (in_proj_weight,
+  in_proj_bias, out_proj.weight, out_proj.bias, or q_proj_weight, k_proj_weight, v_proj_weight).
+  torch's bool attn_mask and key_padding_mask are True where attention is NOT allowed.
+"""
+
+import math
+import os
+
+import torch
+import torch.nn.functional as F
+
+GOLDEN_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden")
+DTYPE = torch.float64
+NEG_INF = float("-inf")
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+
+
+def grid(shape, bound=1.0, step=64):
+    """Uniform random multiples of 1/step in [-bound, bound]: exact in float and double."""
+    top = int(round(bound * step))
+    return torch.randint(-top, top + 1, shape, dtype=torch.int64).to(DTYPE) / step
+
+
+def window_keep(n, m, left, right):
+    """Bottom-right aligned window as a keep matrix; left/right None means unbounded."""
+    i = torch.arange(n).unsqueeze(1)
+    j = torch.arange(m).unsqueeze(0)
+    p = i + (m - n)
+    keep = torch.ones(n, m, dtype=torch.bool)
+    if left is not None:
+        keep &= j >= p - left
+    if right is not None:
+        keep &= j <= p + right
+    return keep
+
+
+def causal_keep(n, m):
+    return window_keep(n, m, None, 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference attention (torch 1.13 has no F.scaled_dot_product_attention)
+
+
+def attention(q, k, v, scale=None, keep=None, bias=None, softcap=0.0):
+    """One head: softmax(q k^T * scale [softcapped] + bias, masked by keep) v.
+
+    q (n, d), k (m, d), v (m, dv) -> (n, dv). Rows with no visible key are zero.
+    """
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    logits = (q @ k.transpose(-2, -1)) * scale
+    if softcap > 0:
+        logits = softcap * torch.tanh(logits / softcap)
+    if bias is not None:
+        logits = logits + bias
+    if keep is not None:
+        logits = logits.masked_fill(~keep, NEG_INF)
+    out = torch.softmax(logits, dim=-1) @ v
+    empty = torch.isneginf(logits).all(dim=-1)
+    return out.masked_fill(empty.unsqueeze(-1), 0.0)
+
+
+def multi_head_attention(q, k, v, heads, kv_heads, **kwargs):
+    """Heads as column blocks: q (n, H*d), k (m, Hkv*d), v (m, Hkv*dv) -> (n, H*dv)."""
+    n, m = q.shape[0], k.shape[0]
+    d = q.shape[1] // heads
+    dv = v.shape[1] // kv_heads
+    qh = q.reshape(n, heads, d).transpose(0, 1)  # (H, n, d)
+    group = heads // kv_heads
+    kh = k.reshape(m, kv_heads, d).transpose(0, 1).repeat_interleave(group, dim=0)  # (H, m, d)
+    vh = v.reshape(m, kv_heads, dv).transpose(0, 1).repeat_interleave(group, dim=0)
+    out = attention(qh, kh, vh, **kwargs)  # (H, n, dv)
+    return out.transpose(0, 1).reshape(n, heads * dv)
+
+
+def projected_attention(target, source, w, heads, kv_heads, keep=None):
+    """Multi-head attention with separate Linear projections (PyTorch layout), -> (n, E)."""
+    e = w["q_proj_weight"].shape[0]
+    kv = w["k_proj_weight"].shape[0]
+    bias = w.get("in_proj_bias")
+    bq, bk, bv = (None, None, None) if bias is None else (bias[:e], bias[e:e + kv], bias[e + kv:])
+    q = F.linear(target, w["q_proj_weight"], bq)
+    k = F.linear(source, w["k_proj_weight"], bk)
+    v = F.linear(source, w["v_proj_weight"], bv)
+    heads_out = multi_head_attention(q, k, v, heads, kv_heads, keep=keep)
+    return F.linear(heads_out, w["out_proj.weight"], w.get("out_proj.bias"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+
+
+def format_number(x):
+    if isinstance(x, bool):
+        return "1" if x else "0"
+    if isinstance(x, int):
+        return str(x)
+    return repr(float(x))
+
+
+class GoldenFile:
+    def __init__(self, name, description):
+        self.name = name
+        self.lines = [
+            f"# attn golden case {name}: {description}",
+            f"# Generated by tests/reference/generate_golden.py (torch {torch.__version__}); "
+            "do not edit.",
+        ]
+
+    def comment(self, text):
+        self.lines.append(f"# {text}")
+
+    def matrix(self, name, value):
+        """A tensor of rank 0-2 (rank < 2 is written as one row), or a Python scalar."""
+        if not torch.is_tensor(value):
+            value = torch.tensor(value)
+        value = value.detach()
+        if value.dim() < 2:
+            value = value.reshape(1, -1)
+        rows, cols = value.shape
+        self.lines.append(f"{name} {rows} {cols}")
+        for row in value.tolist():
+            self.lines.append(" ".join(format_number(x) for x in row))
+
+    def write(self):
+        os.makedirs(GOLDEN_DIR, exist_ok=True)
+        path = os.path.join(GOLDEN_DIR, self.name + ".txt")
+        with open(path, "w", encoding="ascii", newline="\n") as f:
+            f.write("\n".join(self.lines) + "\n")
+        return path
+
+
+def check_close(a, b, what):
+    """Cross-checks two float64 computations of the same thing inside the generator."""
+    err = (a - b).abs().max().item()
+    if not err <= 1e-12:
+        raise AssertionError(f"{what}: torch paths disagree by {err}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernel cases: one head unless stated
+
+
+def kernel_case(name, description, seed, n, m, d, dv=None, bound=1.0, **kwargs):
+    """q, k, v on the grid; returns (file, q, k, v) with the inputs already saved."""
+    torch.manual_seed(seed)
+    dv = d if dv is None else dv
+    q, k, v = grid((n, d), bound), grid((m, d), bound), grid((m, dv))
+    g = GoldenFile(name, description)
+    g.matrix("q", q)
+    g.matrix("k", k)
+    g.matrix("v", v)
+    return g, q, k, v
+
+
+def kernel_cases():
+    files = []
+
+    g, q, k, v = kernel_case("kernel_no_mask", "one head, no mask", 101, n=7, m=11, d=8)
+    g.matrix("out", attention(q, k, v))
+    files.append(g)
+
+    g, q, k, v = kernel_case("kernel_causal_n_lt_m", "causal, n < m (bottom-right)", 102,
+                             n=5, m=12, d=8)
+    g.matrix("out", attention(q, k, v, keep=causal_keep(5, 12)))
+    files.append(g)
+
+    g, q, k, v = kernel_case("kernel_causal_n_gt_m", "causal, n > m (bottom-right)", 103,
+                             n=12, m=5, d=8)
+    g.comment("queries 0..6 see no key (j <= i + m - n < 0): their rows of out are zero")
+    g.matrix("out", attention(q, k, v, keep=causal_keep(12, 5)))
+    files.append(g)
+
+    g, q, k, v = kernel_case("kernel_window", "window(left, right), bottom-right", 104,
+                             n=9, m=16, d=8)
+    g.matrix("left", 3)
+    g.matrix("right", 2)
+    g.matrix("out", attention(q, k, v, keep=window_keep(9, 16, 3, 2)))
+    files.append(g)
+
+    g, q, k, v = kernel_case("kernel_keep", "explicit keep mask, row 3 fully masked", 105,
+                             n=8, m=10, d=8)
+    keep = torch.rand(8, 10) < 0.6
+    keep[3, :] = False
+    keep[:, 0] |= torch.arange(8) != 3  # every other row sees at least one key
+    g.comment("keep: 1 = visible; row 3 sees no key, so out row 3 is zero")
+    g.matrix("keep", keep)
+    g.matrix("out", attention(q, k, v, keep=keep))
+    files.append(g)
+
+    g, q, k, v = kernel_case("kernel_bias", "explicit additive bias with some -inf", 106,
+                             n=6, m=10, d=8)
+    bias = grid((6, 10), bound=2.0, step=16)
+    bias[torch.rand(6, 10) < 0.2] = NEG_INF
+    bias[:, 4] = 0.5  # no row is entirely -inf
+    g.matrix("bias", bias)
+    g.matrix("out", attention(q, k, v, bias=bias))
+    files.append(g)
+
+    g, q, k, v = kernel_case("kernel_value_dim", "value dim dv = 5 differs from d = 8", 107,
+                             n=6, m=9, d=8, dv=5)
+    g.matrix("out", attention(q, k, v))
+    files.append(g)
+
+    g, q, k, v = kernel_case("kernel_scale", "custom scale 0.6875 instead of 1/sqrt(8)", 108,
+                             n=6, m=9, d=8)
+    g.matrix("scale", 0.6875)
+    g.matrix("out", attention(q, k, v, scale=0.6875))
+    files.append(g)
+
+    g, q, k, v = kernel_case("kernel_softcap", "softcap 1.5 (inputs in [-2, 2] to saturate)", 109,
+                             n=6, m=10, d=8, bound=2.0)
+    g.matrix("softcap", 1.5)
+    g.matrix("out", attention(q, k, v, softcap=1.5))
+    files.append(g)
+
+    g, q, k, v = kernel_case("kernel_softcap_bias", "softcap 1.5 applied before an additive bias",
+                             110, n=6, m=10, d=8, bound=2.0)
+    bias = grid((6, 10), bound=2.0, step=16)
+    g.matrix("softcap", 1.5)
+    g.matrix("bias", bias)
+    g.matrix("out", attention(q, k, v, softcap=1.5, bias=bias))
+    files.append(g)
+
+    g, q, k, v = kernel_case("kernel_combined", "causal & keep & bias; row 2 biased all -inf",
+                             111, n=7, m=10, d=8)
+    keep = torch.rand(7, 10) < 0.7
+    keep[:, 0] = True
+    bias = grid((7, 10), bound=2.0, step=16)
+    bias[2, :] = NEG_INF
+    g.comment("row 2 has -inf bias on every key, so it sees no key and out row 2 is zero")
+    g.matrix("keep", keep)
+    g.matrix("bias", bias)
+    g.matrix("out", attention(q, k, v, keep=keep & causal_keep(7, 10), bias=bias))
+    files.append(g)
+
+    # Multi-head with grouped-query attention: H = 4 query heads over Hkv = 2 kv heads.
+    torch.manual_seed(112)
+    n, m, heads, kv_heads, d, dv = 6, 10, 4, 2, 4, 3
+    q, k, v = grid((n, heads * d)), grid((m, kv_heads * d)), grid((m, kv_heads * dv))
+    g = GoldenFile("kernel_gqa", "H = 4, Hkv = 2, d = 4, dv = 3; heads as column blocks")
+    g.matrix("num_heads", heads)
+    g.matrix("num_kv_heads", kv_heads)
+    g.matrix("q", q)
+    g.matrix("k", k)
+    g.matrix("v", v)
+    out = multi_head_attention(q, k, v, heads, kv_heads)
+    for h in range(heads):  # cross-check the reshape against per-head slicing
+        kv = h // (heads // kv_heads)
+        check_close(out[:, h * dv:(h + 1) * dv],
+                    attention(q[:, h * d:(h + 1) * d], k[:, kv * d:(kv + 1) * d],
+                              v[:, kv * dv:(kv + 1) * dv]), "kernel_gqa head slicing")
+    g.matrix("out", out)
+    g.matrix("out_causal", multi_head_attention(q, k, v, heads, kv_heads, keep=causal_keep(n, m)))
+    files.append(g)
+
+    # Long: several query blocks (64 rows) and key blocks (128 keys) of the tiled kernel.
+    n, m, left = 70, 300, 100
+    g, q, k, v = kernel_case("kernel_long", f"n = {n}, m = {m}: several tiles each way", 113,
+                             n=n, m=m, d=8)
+    g.matrix("left", left)
+    g.matrix("out", attention(q, k, v))
+    g.matrix("out_causal", attention(q, k, v, keep=causal_keep(n, m)))
+    g.comment(f"out_window: causal & window({left}, 0)")
+    g.matrix("out_window", attention(q, k, v, keep=window_keep(n, m, left, 0)))
+    files.append(g)
+
+    return files
+
+
+# ---------------------------------------------------------------------------------------------
+# Module cases: torch.nn.MultiheadAttention, and grouped-query attention from torch ops
+
+
+def make_mha(seed, embed_dim, num_heads, bias=True, kdim=None):
+    """nn.MultiheadAttention in float64 with its parameters replaced by grid values."""
+    torch.manual_seed(seed)
+    mha = torch.nn.MultiheadAttention(embed_dim, num_heads, bias=bias, batch_first=True,
+                                      kdim=kdim, vdim=kdim, dtype=DTYPE)
+    mha.eval()
+    with torch.no_grad():
+        for name, p in mha.named_parameters():
+            p.copy_(grid(p.shape, bound=0.5, step=64 if "weight" in name else 16))
+    return mha
+
+
+def run_mha(mha, query, key, attn_mask=None, key_padding_mask=None):
+    with torch.no_grad():
+        y, _ = mha(query.unsqueeze(0), key.unsqueeze(0), key.unsqueeze(0), attn_mask=attn_mask,
+                   key_padding_mask=None if key_padding_mask is None
+                   else key_padding_mask.unsqueeze(0), need_weights=False)
+    return y.squeeze(0)
+
+
+def mha_weights(mha):
+    """state_dict in PyTorch's names, plus q/k/v views of a packed in_proj_weight."""
+    w = {name: t.detach().clone() for name, t in mha.state_dict().items()}
+    if "in_proj_weight" in w:
+        e = mha.embed_dim
+        w["q_proj_weight"], w["k_proj_weight"], w["v_proj_weight"] = w["in_proj_weight"].split(e)
+        del w["in_proj_weight"]
+    return w
+
+
+def save_state(g, mha):
+    for name, t in mha.state_dict().items():
+        g.matrix(name, t)
+
+
+def module_cases():
+    files = []
+    e, heads = 16, 4
+
+    # Self-attention, bias on: y = MHA(x, x, x), without mask and causal.
+    for name, bias, seed in (("mha_self", True, 201), ("mha_self_no_bias", False, 202)):
+        mha = make_mha(seed, e, heads, bias=bias)
+        length = 7
+        x = grid((length, e))
+        causal = ~causal_keep(length, length)  # torch: True = not allowed
+        g = GoldenFile(name, f"nn.MultiheadAttention(16, 4, bias={bias}), self-attention, L = 7")
+        g.matrix("num_heads", heads)
+        save_state(g, mha)
+        g.matrix("x", x)
+        y = run_mha(mha, x, x)
+        y_causal = run_mha(mha, x, x, attn_mask=causal)
+        check_close(y, projected_attention(x, x, mha_weights(mha), heads, heads), name)
+        check_close(y_causal, projected_attention(x, x, mha_weights(mha), heads, heads,
+                                                  keep=~causal), name + " causal")
+        g.matrix("y", y)
+        g.matrix("y_causal", y_causal)
+        files.append(g)
+
+    # Cross-attention, kdim = vdim = S != E: q_proj_weight, k_proj_weight, v_proj_weight.
+    s, n, m = 12, 5, 9
+    mha = make_mha(203, e, heads, kdim=s)
+    target, source = grid((n, e)), grid((m, s))
+    causal = ~causal_keep(n, m)  # bottom-right aligned, given to torch explicitly
+    g = GoldenFile("mha_cross_kdim",
+                   "nn.MultiheadAttention(16, 4, kdim=vdim=12), target n = 5, source m = 9")
+    g.matrix("num_heads", heads)
+    save_state(g, mha)
+    g.matrix("target", target)
+    g.matrix("source", source)
+    y = run_mha(mha, target, source)
+    check_close(y, projected_attention(target, source, mha_weights(mha), heads, heads),
+                "mha_cross_kdim")
+    g.matrix("y", y)
+    g.comment("y_causal: attn_mask = bottom-right causal (key j hidden from query i iff "
+              "j > i + m - n)")
+    y_causal = run_mha(mha, target, source, attn_mask=causal)
+    check_close(y_causal, projected_attention(target, source, mha_weights(mha), heads, heads,
+                                              keep=~causal), "mha_cross_kdim causal")
+    g.matrix("y_causal", y_causal)
+    files.append(g)
+
+    # Cross-attention, kdim = vdim = E: packed in_proj_weight; with a key_padding_mask.
+    mha = make_mha(204, e, heads)
+    target, source = grid((n, e)), grid((m, e))
+    padding = torch.zeros(m, dtype=torch.bool)
+    padding[6:] = True
+    g = GoldenFile("mha_cross_packed",
+                   "nn.MultiheadAttention(16, 4), target n = 5, source m = 9 of width E")
+    g.matrix("num_heads", heads)
+    save_state(g, mha)
+    g.matrix("target", target)
+    g.matrix("source", source)
+    y = run_mha(mha, target, source)
+    check_close(y, projected_attention(target, source, mha_weights(mha), heads, heads),
+                "mha_cross_packed")
+    g.matrix("y", y)
+    g.comment("key_padding_mask as torch takes it: 1 = padding, the key is ignored by every query")
+    g.matrix("key_padding_mask", padding)
+    y_padded = run_mha(mha, target, source, key_padding_mask=padding)
+    check_close(y_padded, run_mha(mha, target, source[:6]), "key padding = truncated source")
+    g.matrix("y_key_padding", y_padded)
+    files.append(g)
+
+    # Grouped-query attention: H = 4, Hkv = 2, separate projection weights (kv_dim = 8).
+    kv_heads = 2
+    kv = kv_heads * (e // heads)
+    for name, s, seed in (("gqa_self", e, 205), ("gqa_cross", 12, 206)):
+        torch.manual_seed(seed)
+        w = {
+            "q_proj_weight": grid((e, e), 0.5),
+            "k_proj_weight": grid((kv, s), 0.5),
+            "v_proj_weight": grid((kv, s), 0.5),
+            "in_proj_bias": grid((e + 2 * kv,), 0.5, 16),
+            "out_proj.weight": grid((e, e), 0.5),
+            "out_proj.bias": grid((e,), 0.5, 16),
+        }
+        self_attention = s == e
+        n, m = (7, 7) if self_attention else (5, 9)
+        target = grid((n, e))
+        source = target if self_attention else grid((m, s))
+        kind = "self-attention, L = 7" if self_attention else "cross-attention S = 12, n = 5, m = 9"
+        g = GoldenFile(name, f"grouped-query attention from torch ops, E = 16, H = 4, Hkv = 2, "
+                             f"{kind}")
+        g.matrix("num_heads", heads)
+        g.matrix("num_kv_heads", kv_heads)
+        for key, t in w.items():
+            g.matrix(key, t)
+        if self_attention:
+            g.matrix("x", target)
+        else:
+            g.matrix("target", target)
+            g.matrix("source", source)
+        g.matrix("y", projected_attention(target, source, w, heads, kv_heads))
+        if self_attention:
+            y_causal = projected_attention(target, source, w, heads, kv_heads,
+                                           keep=causal_keep(n, m))
+            g.matrix("y_causal", y_causal)
+        files.append(g)
+
+    # The GQA path with Hkv = H must reproduce nn.MultiheadAttention.
+    mha = make_mha(207, e, heads)
+    x = grid((6, e))
+    check_close(run_mha(mha, x, x), projected_attention(x, x, mha_weights(mha), heads, heads),
+                "projected_attention vs nn.MultiheadAttention")
+    return files
+
+
+def main():
+    torch.set_num_threads(1)
+    os.makedirs(GOLDEN_DIR, exist_ok=True)
+    for stale in os.listdir(GOLDEN_DIR):
+        if stale.endswith(".txt"):
+            os.remove(os.path.join(GOLDEN_DIR, stale))
+    total = 0
+    for g in kernel_cases() + module_cases():
+        path = g.write()
+        size = os.path.getsize(path)
+        total += size
+        print(f"{os.path.relpath(path)}: {size} bytes")
+    print(f"total: {total} bytes")
+
+
+if __name__ == "__main__":
+    main()

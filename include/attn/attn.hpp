@@ -7,9 +7,11 @@
 
 #include "cross_attention.hpp"
 #include "error.hpp"
+#include "kv_cache.hpp"
 #include "mask.hpp"
 #include "multi_head.hpp"
 #include "parallel.hpp"
+#include "partial_attention.hpp"
 #include "scaled_dot_product.hpp"
 #include "self_attention.hpp"
 #include "types.hpp"

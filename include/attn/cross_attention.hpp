@@ -124,16 +124,20 @@ class CrossAttention {
   /// \throws ShapeError if target.cols() ≠ E, source.cols() ≠ S, or the mask is not n × m.
   template <typename DT, typename DS>
   Matrix<Scalar> operator()(const Eigen::MatrixBase<DT>& target,
-                            const Eigen::MatrixBase<DS>& source, const Mask& mask = Mask()) const {
-    return (*this)(target, remember(source), mask);
+                            const Eigen::MatrixBase<DS>& source, const Mask& mask = Mask(),
+                            const AttentionExtras<Scalar>& extras = {}) const {
+    return attend(target, std::vector<Index>{target.rows()}, remember(source), mask, extras);
   }
 
   /// Cross-attention of a target (n, E) over a remembered source: costs only the query projection,
   /// the kernel and the output projection.
+  /// \param extras Out, optional: log-sum-exp (n × H) and attention weights over the source
+  ///               (see AttentionExtras), e.g. for an alignment picture.
   template <typename DT>
   Matrix<Scalar> operator()(const Eigen::MatrixBase<DT>& target, const Memory& memory,
-                            const Mask& mask = Mask()) const {
-    return (*this)(target, std::vector<Index>{target.rows()}, memory, mask);
+                            const Mask& mask = Mask(),
+                            const AttentionExtras<Scalar>& extras = {}) const {
+    return attend(target, std::vector<Index>{target.rows()}, memory, mask, extras);
   }
 
   /// Batched cross-attention: target sequence b (target_lengths[b] rows, packed row-wise) attends
@@ -145,7 +149,7 @@ class CrossAttention {
                             const Eigen::MatrixBase<DS>& source,
                             const std::vector<Index>& source_lengths,
                             const Mask& mask = Mask()) const {
-    return (*this)(target, target_lengths, remember(source, source_lengths), mask);
+    return attend(target, target_lengths, remember(source, source_lengths), mask, {});
   }
 
   /// Batched cross-attention over a remembered batch of sources.
@@ -153,6 +157,16 @@ class CrossAttention {
   Matrix<Scalar> operator()(const Eigen::MatrixBase<DT>& target,
                             const std::vector<Index>& target_lengths, const Memory& memory,
                             const Mask& mask = Mask()) const {
+    return attend(target, target_lengths, memory, mask, {});
+  }
+
+  const MultiHeadConfig& config() const { return m_core.config(); }
+
+ private:
+  template <typename DT>
+  Matrix<Scalar> attend(const Eigen::MatrixBase<DT>& target,
+                        const std::vector<Index>& target_lengths, const Memory& memory,
+                        const Mask& mask, const AttentionExtras<Scalar>& extras) const {
     static_assert(
         std::is_same_v<typename DT::Scalar, Scalar>,
         "attn::CrossAttention: target must have the functor's Scalar; use .cast<Scalar>()");
@@ -176,13 +190,10 @@ class CrossAttention {
     m_core.check_mask(who, mask, target_lengths, memory.lengths());
     const Matrix<Scalar> q = m_core.project_queries(target);
     return m_core.attend_and_project(
-        detail::column_block(ConstMatrixRef<Scalar>(q), 0, cfg.model_dim), memory.keys(),
-        memory.values(), offsets, memory.m_offsets, mask);
+        who, detail::column_block(ConstMatrixRef<Scalar>(q), 0, cfg.model_dim), memory.keys(),
+        memory.values(), offsets, memory.m_offsets, mask, extras);
   }
 
-  const MultiHeadConfig& config() const { return m_core.config(); }
-
- private:
   static constexpr const char* who = "CrossAttention";
   detail::MultiHeadCore<Scalar> m_core;
 };

@@ -5,6 +5,7 @@
 /// \file mask.hpp
 /// attn::Mask: which keys each query may see, and what is added to its logits.
 
+#include <limits>
 #include <memory>
 #include <type_traits>
 #include <utility>
@@ -26,7 +27,8 @@ namespace attn {
 /// - **window(left, right)**: query i sees key j iff p(i) − left ≤ j ≤ p(i) + right; either reach
 ///   may be Mask::unbounded. causal() is window(unbounded, 0).
 /// - **keep(allowed)**: an explicit n×m boolean matrix, true where the key is visible.
-/// - **bias(additive)**: an explicit n×m matrix added to the scaled logits; −∞ hides a key.
+/// - **bias(additive)**: an explicit n×m matrix added to the scaled logits; −∞ hides a key, +∞
+///   is rejected (ShapeError), NaN makes the rows it reaches NaN.
 /// - Masks compose with `&`: a key is visible iff every part lets it through (windows intersect,
 ///   keep matrices are and-ed, biases are summed).
 /// - A query row with no visible key gets an output row of zeros (and a log-sum-exp of −∞),
@@ -125,14 +127,14 @@ class Mask {
       if (a.m_bias_float && b.m_bias_float) {
         check_same_shape("bias", *a.m_bias_float, *b.m_bias_float);
         mask.m_bias_float =
-            std::make_shared<const Matrix<float>>(*a.m_bias_float + *b.m_bias_float);
+            from_bias(Matrix<float>(*a.m_bias_float + *b.m_bias_float)).m_bias_float;
       } else {
         Matrix<double> sum = a.bias_as<double>();
         const Matrix<double> other = b.bias_as<double>();
         check_same_shape("bias", sum, other);
         sum += other;
         mask.m_bias_float.reset();
-        mask.m_bias_double = std::make_shared<const Matrix<double>>(std::move(sum));
+        mask.m_bias_double = from_bias(std::move(sum)).m_bias_double;
       }
     }
     return mask;
@@ -186,6 +188,7 @@ class Mask {
  private:
   template <typename Scalar>
   static Mask from_bias(Matrix<Scalar>&& additive) {
+    check_no_positive_infinity(additive);
     Mask mask;
     if constexpr (std::is_same_v<Scalar, float>) {
       mask.m_bias_float = std::make_shared<const Matrix<float>>(std::move(additive));
@@ -193,6 +196,19 @@ class Mask {
       mask.m_bias_double = std::make_shared<const Matrix<double>>(std::move(additive));
     }
     return mask;
+  }
+
+  // +∞ is no logit offset: it would make every other key's weight 0/∞ = NaN. −∞ masks a key.
+  template <typename Scalar>
+  static void check_no_positive_infinity(const Matrix<Scalar>& additive) {
+    for (Index i = 0; i < additive.rows(); ++i) {
+      for (Index j = 0; j < additive.cols(); ++j) {
+        if (additive(i, j) == std::numeric_limits<Scalar>::infinity()) {
+          detail::throw_shape_error("Mask::bias: bias(", i, ", ", j,
+                                    ") is +inf, expected a finite value or -inf (masked)");
+        }
+      }
+    }
   }
 
   static Index intersect_reach(Index a, Index b) {

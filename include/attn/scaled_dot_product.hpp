@@ -36,6 +36,21 @@ struct AttentionOptions {
   Index kv_heads() const { return num_kv_heads == 0 ? num_heads : num_kv_heads; }
 };
 
+/// Optional outputs of the kernel beyond the attention result. Each is resized by the call (after
+/// every check has passed) and left alone when null.
+template <typename Scalar>
+struct AttentionExtras {
+  /// Out: n × H, the log-sum-exp of each row's logits (−∞ where no key is visible): what
+  /// merge_partial_attention needs to combine results over disjoint key sets.
+  Matrix<Scalar>* log_sum_exp = nullptr;
+  /// Out: the attention weights softmax(logits): (H·n) × m with head h in rows [h·n, (h+1)·n),
+  /// or n × m averaged over heads if average_heads. Opt-in for inspection and pictures: it costs
+  /// a second pass over the logits and n×m memory; calls without it never pay for it.
+  Matrix<Scalar>* weights = nullptr;
+  /// With weights: average over heads instead of one block per head.
+  bool average_heads = false;
+};
+
 namespace detail {
 
 /// Validates shapes and options and fills an AttentionProblem; `who` prefixes every message.
@@ -43,7 +58,8 @@ template <typename Scalar>
 AttentionProblem<Scalar> make_problem(const char* who, const ConstMatrixRef<Scalar>& q,
                                       const ConstMatrixRef<Scalar>& k,
                                       const ConstMatrixRef<Scalar>& v, MatrixRef<Scalar>& out,
-                                      const Mask& mask, const AttentionOptions& options) {
+                                      const Mask& mask, const AttentionOptions& options,
+                                      const AttentionExtras<Scalar>& extras = {}) {
   const Index heads = options.num_heads;
   const Index kv_heads = options.kv_heads();
   if (heads < 1) throw_shape_error(who, ": num_heads is ", heads, ", expected >= 1");
@@ -84,17 +100,39 @@ AttentionProblem<Scalar> make_problem(const char* who, const ConstMatrixRef<Scal
     return ConstMatrixView<Scalar>(m.data(), m.rows(), m.cols(),
                                    Eigen::OuterStride<>(m.outerStride()));
   };
-  return AttentionProblem<Scalar>{view(q),
-                                  view(k),
-                                  view(v),
-                                  MatrixView<Scalar>(out.data(), out.rows(), out.cols(),
-                                                     Eigen::OuterStride<>(out.outerStride())),
-                                  heads,
-                                  kv_heads,
-                                  d,
-                                  dv,
-                                  static_cast<Scalar>(scale),
-                                  static_cast<Scalar>(options.softcap)};
+  AttentionProblem<Scalar> problem{view(q),
+                                   view(k),
+                                   view(v),
+                                   MatrixView<Scalar>(out.data(), out.rows(), out.cols(),
+                                                      Eigen::OuterStride<>(out.outerStride())),
+                                   heads,
+                                   kv_heads,
+                                   d,
+                                   dv,
+                                   static_cast<Scalar>(scale),
+                                   static_cast<Scalar>(options.softcap)};
+  // Every check has passed: the extras may be resized now.
+  if (extras.log_sum_exp != nullptr) {
+    extras.log_sum_exp->resize(q.rows(), heads);
+    problem.lse = extras.log_sum_exp->data();
+    problem.lse_stride = heads;
+  }
+  if (extras.weights != nullptr) {
+    extras.weights->setZero(heads * q.rows(), k.rows());
+    problem.weights = extras.weights->data();
+    problem.weights_stride = k.rows();
+  }
+  return problem;
+}
+
+/// Turns per-head weights (H·n) × m into their average over heads, n × m, in place.
+template <typename Scalar>
+void average_head_weights(Matrix<Scalar>& weights, Index heads) {
+  const Index n = weights.rows() / heads;
+  Matrix<Scalar> average = weights.topRows(n);
+  for (Index h = 1; h < heads; ++h)
+    average += weights.middleRows(h * n, n);
+  weights = average / Scalar(heads);
 }
 
 template <typename DQ, typename DK, typename DV>
@@ -124,6 +162,7 @@ constexpr void check_scalars() {
 /// \param out    Out: row-major storage of shape (n, H·dv), e.g. a row block of a larger matrix.
 /// \param mask   Which keys each query sees (see attn::Mask); bottom-right aligned.
 /// \param options heads, scale, soft-cap, executor.
+/// \param extras  optional outputs: log-sum-exp per row and head, attention weights.
 ///
 /// n = 0 gives an empty result; m = 0, or a row whose keys are all masked, gives zero rows.
 /// Never allocates an n×m matrix: memory is O((n + m)·H·d) whatever the mask.
@@ -131,18 +170,19 @@ constexpr void check_scalars() {
 ///         shapes disagree, num_heads/num_kv_heads do not divide, the mask has the wrong shape,
 ///         or scale/softcap are not finite; out is then untouched.
 template <typename DQ, typename DK, typename DV>
-void scaled_dot_product_attention_into(const Eigen::MatrixBase<DQ>& q,
-                                       const Eigen::MatrixBase<DK>& k,
-                                       const Eigen::MatrixBase<DV>& v,
-                                       MatrixRef<typename DQ::Scalar> out,
-                                       const Mask& mask = Mask(),
-                                       const AttentionOptions& options = {}) {
+void scaled_dot_product_attention_into(
+    const Eigen::MatrixBase<DQ>& q, const Eigen::MatrixBase<DK>& k, const Eigen::MatrixBase<DV>& v,
+    MatrixRef<typename DQ::Scalar> out, const Mask& mask = Mask(),
+    const AttentionOptions& options = {}, const AttentionExtras<typename DQ::Scalar>& extras = {}) {
   detail::check_scalars<DQ, DK, DV>();
   using Scalar = typename DQ::Scalar;
   const ConstMatrixRef<Scalar> q_ref(q), k_ref(k), v_ref(v);
   const auto problem = detail::make_problem<Scalar>("scaled_dot_product_attention", q_ref, k_ref,
-                                                    v_ref, out, mask, options);
+                                                    v_ref, out, mask, options, extras);
   detail::run_attention(problem, mask, options.executor);
+  if (extras.weights != nullptr && extras.average_heads) {
+    detail::average_head_weights(*extras.weights, options.num_heads);
+  }
 }
 
 /// Scaled dot-product attention, returning a new (n, H·dv) matrix; see
@@ -156,11 +196,10 @@ void scaled_dot_product_attention_into(const Eigen::MatrixBase<DQ>& q,
 /// // o is 10×32; query i sees keys 0 … i + 10
 /// \endcode
 template <typename DQ, typename DK, typename DV>
-Matrix<typename DQ::Scalar> scaled_dot_product_attention(const Eigen::MatrixBase<DQ>& q,
-                                                         const Eigen::MatrixBase<DK>& k,
-                                                         const Eigen::MatrixBase<DV>& v,
-                                                         const Mask& mask = Mask(),
-                                                         const AttentionOptions& options = {}) {
+Matrix<typename DQ::Scalar> scaled_dot_product_attention(
+    const Eigen::MatrixBase<DQ>& q, const Eigen::MatrixBase<DK>& k, const Eigen::MatrixBase<DV>& v,
+    const Mask& mask = Mask(), const AttentionOptions& options = {},
+    const AttentionExtras<typename DQ::Scalar>& extras = {}) {
   detail::check_scalars<DQ, DK, DV>();
   using Scalar = typename DQ::Scalar;
   const Index heads = options.num_heads;
@@ -169,7 +208,7 @@ Matrix<typename DQ::Scalar> scaled_dot_product_attention(const Eigen::MatrixBase
   const Index value_width =
       (heads >= 1 && kv_heads >= 1 && v.cols() % kv_heads == 0) ? heads * (v.cols() / kv_heads) : 0;
   Matrix<Scalar> out(q.rows(), value_width);
-  scaled_dot_product_attention_into(q, k, v, out, mask, options);
+  scaled_dot_product_attention_into(q, k, v, out, mask, options, extras);
   return out;
 }
 

@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "../parallel.hpp"
 #include "../types.hpp"
@@ -46,6 +47,8 @@ struct AttentionProblem {
   Scalar softcap;         // 0: off
   Scalar* lse = nullptr;  // optional n × H log-sum-exp of the logits, row stride lse_stride
   Index lse_stride = 0;
+  Scalar* weights = nullptr;  // optional (H·n) × m attention weights, head h in rows h·n…
+  Index weights_stride = 0;
 };
 
 /// Block sizes, for head dims 32–256 on a core with 32 KiB of L1d and ≥ 512 KiB of L2. At
@@ -113,72 +116,108 @@ void online_softmax(Scalar* s_t, Index stride, Index keys, Index width, Scalar* 
   }
 }
 
-/// Attention for query rows [i0, i0 + rows) of head h, queries along the vector lanes.
+/// Where a query block's normalised rows and log-sum-exps go: the problem's output, or one key
+/// split's partial result.
+template <typename Scalar>
+struct BlockOutput {
+  Scalar* out;  // row r, value e at out[r·out_stride + e]
+  Index out_stride;
+  Scalar* lse;  // row r at lse[r·lse_stride], or nullptr
+  Index lse_stride;
+};
+
+/// A query block of one head with the key range it attends over.
+struct QueryBlock {
+  Index head;
+  Index first_row;
+  Index rows;
+  Index keys_begin;  // the window's and the key split's range, intersected
+  Index keys_end;
+};
+
+/// The scratch's per-block geometry: padded width, whether the narrow path serves it.
+struct BlockShape {
+  bool narrow;
+  Index width;
+};
+
+template <typename Scalar>
+BlockShape block_shape(Index rows) {
+  constexpr Index size = PacketTraits<Scalar>::size;
+  constexpr Index lanes = PacketTraits<Scalar>::tile_cols;
+  // A block narrower than a packet (decoding: one to a few queries) would waste most of a
+  // register tile; Eigen's products (GEMV for one query) serve it instead. Otherwise queries are
+  // padded to whole register tiles: padding columns hold zero queries, are never masked and never
+  // written out.
+  const bool narrow = rows < size;
+  return {narrow, narrow ? (rows + size - 1) / size * size : (rows + lanes - 1) / lanes * lanes};
+}
+
+/// Logits of one tile, Sᵀ (keys × rows) = K_b·(scale·Qᵀ) for keys [j0, j0 + keys), soft-capped,
+/// biased and masked; K's rows are broadcast from the caller's storage.
+template <typename Scalar>
+void score_tile(const AttentionProblem<Scalar>& p, const TileMask<Scalar>& mask,
+                TileScratch<Scalar>& scratch, const QueryBlock& b, BlockShape shape, Index j0,
+                Index keys) {
+  constexpr Index lanes = PacketTraits<Scalar>::tile_cols;
+  const Index d = p.head_dim;
+  const Index stride = query_block_rows;
+  const Index k_stride = p.k.outerStride();
+  const Scalar* k = p.k.data() + (b.head / (p.num_heads / p.num_kv_heads)) * d + j0 * k_stride;
+  MatrixView<Scalar> s_tile(scratch.s_t.data(), keys, b.rows, Eigen::OuterStride<>(stride));
+  if (shape.narrow) {
+    s_tile.noalias() = ConstMatrixView<Scalar>(k, keys, d, Eigen::OuterStride<>(k_stride)) *
+                       scratch.q_t.leftCols(b.rows);
+  } else {
+    for (Index i = 0; i < shape.width; i += lanes) {
+      register_block<false>(keys, d, k, k_stride, Index(1), scratch.q_t.data() + i, stride,
+                            scratch.s_t.data() + i, stride);
+    }
+  }
+  if (p.softcap > 0) {
+    s_tile = p.softcap * (s_tile.array() / p.softcap).tanh();
+  }
+  const Index i1 = b.first_row + b.rows;
+  const bool window_cut = !mask.window_covers(b.first_row, i1, j0, j0 + keys);
+  if (window_cut || mask.has_explicit()) {
+    auto s = s_tile.transpose();  // (query, key) indexing
+    mask.apply(s, b.first_row, j0, window_cut);
+  }
+}
+
+/// Attention for one query block over its key range, queries along the vector lanes; writes
+/// normalised rows (zero where no key was visible) and log-sum-exps (−∞ there) to `dst`.
 template <typename Scalar>
 void attend_query_block(const AttentionProblem<Scalar>& p, const TileMask<Scalar>& mask,
-                        TileScratch<Scalar>& scratch, Index h, Index i0, Index rows) {
+                        TileScratch<Scalar>& scratch, const QueryBlock& b,
+                        const BlockOutput<Scalar>& dst) {
   using Packet = typename PacketTraits<Scalar>::Packet;
   constexpr Index lanes = PacketTraits<Scalar>::tile_cols;
   constexpr Scalar minus_infinity = -std::numeric_limits<Scalar>::infinity();
   const Index d = p.head_dim;
   const Index dv = p.value_dim;
-  const Index kv_head = h / (p.num_heads / p.num_kv_heads);
-  const Index i1 = i0 + rows;
-  // A block narrower than a packet (decoding: one to a few queries) would waste most of a
-  // register tile; Eigen's products (GEMV for one query) serve it instead. Otherwise queries are
-  // padded to whole register tiles: padding columns hold zero queries, are never masked and never
-  // written out.
-  const bool narrow = rows < PacketTraits<Scalar>::size;
-  const Index width = narrow ? (rows + PacketTraits<Scalar>::size - 1) /
-                                   PacketTraits<Scalar>::size * PacketTraits<Scalar>::size
-                             : (rows + lanes - 1) / lanes * lanes;
+  const Index rows = b.rows;
+  const BlockShape shape = block_shape<Scalar>(rows);
+  const Index width = shape.width;
   const Index stride = query_block_rows;
-  Scalar* q_t = scratch.q_t.data();
   Scalar* s_t = scratch.s_t.data();
   Scalar* out_t = scratch.out_t.data();
+  const Index v_stride = p.v.outerStride();
+  const Scalar* v = p.v.data() + (b.head / (p.num_heads / p.num_kv_heads)) * dv;
 
   // 1. Scaled, transposed queries: the scale is folded in once instead of into every logit.
   scratch.q_t.leftCols(width).setZero();
-  scratch.q_t.leftCols(rows) = p.scale * p.q.block(i0, h * d, rows, d).transpose();
+  scratch.q_t.leftCols(rows) = p.scale * p.q.block(b.first_row, b.head * d, rows, d).transpose();
   scratch.out_t.leftCols(width).setZero();
   scratch.row_max.head(width).setConstant(minus_infinity);
   scratch.row_sum.head(width).setZero();
 
-  const Scalar* k = p.k.data() + kv_head * d;
-  const Scalar* v = p.v.data() + kv_head * dv;
-  const Index k_stride = p.k.outerStride();
-  const Index v_stride = p.v.outerStride();
+  // 2. Stream over the key blocks of the range.
+  for (Index j0 = b.keys_begin; j0 < b.keys_end; j0 += key_block_rows) {
+    const Index keys = std::min(key_block_rows, b.keys_end - j0);
+    score_tile(p, mask, scratch, b, shape, j0, keys);
 
-  // 2. Stream over the key blocks the window lets any of these queries see.
-  const Index keys_begin = mask.key_begin(i0);
-  const Index keys_end = mask.key_end(i1 - 1);
-  for (Index j0 = keys_begin; j0 < keys_end; j0 += key_block_rows) {
-    const Index keys = std::min(key_block_rows, keys_end - j0);
-
-    // 2a. Sᵀ = K_b·(scale·Qᵀ): K's rows broadcast from the caller's storage.
-    MatrixView<Scalar> s_tile(s_t, keys, rows, Eigen::OuterStride<>(stride));
-    if (narrow) {
-      s_tile.noalias() =
-          ConstMatrixView<Scalar>(k + j0 * k_stride, keys, d, Eigen::OuterStride<>(k_stride)) *
-          scratch.q_t.leftCols(rows);
-    } else {
-      for (Index i = 0; i < width; i += lanes) {
-        register_block<false>(keys, d, k + j0 * k_stride, k_stride, Index(1), q_t + i, stride,
-                              s_t + i, stride);
-      }
-    }
-
-    // 2b. Soft-cap, bias and mask, only where needed.
-    if (p.softcap > 0) {
-      s_tile = p.softcap * (s_tile.array() / p.softcap).tanh();
-    }
-    const bool window_cut = !mask.window_covers(i0, i1, j0, j0 + keys);
-    if (window_cut || mask.has_explicit()) {
-      auto s = s_tile.transpose();  // (query, key) indexing
-      mask.apply(s, i0, j0, window_cut);
-    }
-
-    // 2c. Online softmax down the columns; rescale what Oᵀ holds by each column's correction.
+    // Online softmax down the columns; rescale what Oᵀ holds by each column's correction.
     online_softmax(s_t, stride, keys, width, scratch.row_max.data(), scratch.row_sum.data(),
                    scratch.correction.data());
     for (Index e = 0; e < dv; ++e) {
@@ -189,12 +228,12 @@ void attend_query_block(const AttentionProblem<Scalar>& p, const TileMask<Scalar
       }
     }
 
-    // 2d. Oᵀ += V_bᵀ·Pᵀ: V's elements broadcast from the caller's storage.
-    if (narrow) {
+    // Oᵀ += V_bᵀ·Pᵀ: V's elements broadcast from the caller's storage.
+    if (shape.narrow) {
       scratch.out_t.leftCols(rows).noalias() +=
           ConstMatrixView<Scalar>(v + j0 * v_stride, keys, dv, Eigen::OuterStride<>(v_stride))
               .transpose() *
-          s_tile;
+          MatrixView<Scalar>(s_t, keys, rows, Eigen::OuterStride<>(stride));
     } else {
       for (Index i = 0; i < width; i += lanes) {
         register_block<true>(dv, keys, v + j0 * v_stride, Index(1), v_stride, s_t + i, stride,
@@ -204,23 +243,76 @@ void attend_query_block(const AttentionProblem<Scalar>& p, const TileMask<Scalar
   }
 
   // 3. Normalise once; a row that saw no key is zero with log-sum-exp −∞.
-  MatrixView<Scalar> out_all = p.out;  // p is const; the storage it points to is not
-  auto out = out_all.block(i0, h * dv, rows, dv);
   for (Index r = 0; r < rows; ++r) {
     const Scalar sum = scratch.row_sum[r];
+    Eigen::Map<Eigen::Matrix<Scalar, 1, Eigen::Dynamic>> out_row(dst.out + r * dst.out_stride, dv);
     if (sum > 0) {
-      out.row(r) = scratch.out_t.col(r).transpose() / sum;
+      out_row = scratch.out_t.col(r).transpose() / sum;
     } else {
-      out.row(r).setZero();
+      out_row.setZero();
     }
-    if (p.lse != nullptr) {
-      p.lse[(i0 + r) * p.lse_stride + h] =
-          sum > 0 ? scratch.row_max[r] + std::log(sum) : minus_infinity;
+    // Kept for the weights pass even when the caller wants no log-sum-exp.
+    scratch.row_max[r] = sum > 0 ? scratch.row_max[r] + std::log(sum) : minus_infinity;
+    if (dst.lse != nullptr) dst.lse[r * dst.lse_stride] = scratch.row_max[r];
+  }
+
+  // 4. Opt-in: the attention weights exp(logit − lse), recomputed tile by tile (the default path
+  //    never pays for them).
+  if (p.weights != nullptr) {
+    for (Index j0 = b.keys_begin; j0 < b.keys_end; j0 += key_block_rows) {
+      const Index keys = std::min(key_block_rows, b.keys_end - j0);
+      score_tile(p, mask, scratch, b, shape, j0, keys);
+      for (Index r = 0; r < rows; ++r) {
+        Scalar* w = p.weights + (b.head * p.q.rows() + b.first_row + r) * p.weights_stride + j0;
+        const Scalar lse = scratch.row_max[r];
+        for (Index j = 0; j < keys; ++j) {
+          w[j] = lse == minus_infinity ? Scalar(0) : std::exp(s_t[j * stride + r] - lse);
+        }
+      }
     }
   }
 }
 
-/// Runs the whole problem: work items are (head, query block), in balanced order, over the
+/// Combines partial results over disjoint key sets: given each part's normalised row and
+/// log-sum-exp, the row over the union is Σ exp(lse_s − lse)·out_s with lse = log Σ exp(lse_s).
+/// Parts with lse = −∞ (no visible key) contribute nothing; if all are empty the row is zero.
+template <typename Scalar>
+void merge_rows(Index parts, const Scalar* const* outs, const Scalar* lses, Index dv, Scalar* out,
+                Scalar* lse) {
+  constexpr Scalar minus_infinity = -std::numeric_limits<Scalar>::infinity();
+  Scalar max = minus_infinity;
+  for (Index s = 0; s < parts; ++s)
+    max = std::max(max, lses[s]);
+  Eigen::Map<Eigen::Matrix<Scalar, 1, Eigen::Dynamic>> row(out, dv);
+  row.setZero();
+  if (max == minus_infinity) {
+    if (lse != nullptr) *lse = minus_infinity;
+    return;
+  }
+  Scalar total = 0;
+  for (Index s = 0; s < parts; ++s) {
+    if (lses[s] == minus_infinity) continue;
+    const Scalar weight = std::exp(lses[s] - max);
+    total += weight;
+    row += weight * Eigen::Map<const Eigen::Matrix<Scalar, 1, Eigen::Dynamic>>(outs[s], dv);
+  }
+  row /= total;
+  if (lse != nullptr) *lse = max + std::log(total);
+}
+
+/// Keys per split when few queries meet many keys (decoding): the keys are split so that the
+/// work spreads over threads even for one head, each split returns a partial result with its
+/// log-sum-exp, and the partials are merged in a fixed order. The split depends only on the
+/// shape, never on the thread count, so results are bitwise identical for any executor.
+inline constexpr Index decode_split_keys = 1024;
+
+inline Index key_splits(Index n, Index m) {
+  if (n >= query_block_rows || m < 2 * decode_split_keys) return 1;
+  return (m + decode_split_keys - 1) / decode_split_keys;
+}
+
+/// Runs the whole problem: work items are (head, query block) in balanced order, or, when
+/// decoding over many keys, (head, query block, key split) followed by a merge; all over the
 /// executor's threads.
 template <typename Scalar>
 void run_attention(const AttentionProblem<Scalar>& p, const Mask& mask, const Executor& executor) {
@@ -229,18 +321,66 @@ void run_attention(const AttentionProblem<Scalar>& p, const Mask& mask, const Ex
   if (n == 0) return;
   const TileMask<Scalar> tile_mask(mask, n, m);
   const Index blocks = (n + query_block_rows - 1) / query_block_rows;
+  const Index dv = p.value_dim;
+  MatrixView<Scalar> out = p.out;  // p is const; the storage it points to is not
+  const auto query_block = [&](Index h, Index block) {
+    const Index i0 = block * query_block_rows;
+    const Index rows = std::min(query_block_rows, n - i0);
+    return QueryBlock{h, i0, rows, tile_mask.key_begin(i0), tile_mask.key_end(i0 + rows - 1)};
+  };
+  const Index splits = p.weights != nullptr ? 1 : key_splits(n, m);
+
+  if (splits == 1) {
+    parallel_for(
+        p.num_heads * blocks,
+        [&](Index begin, Index end) {
+          TileScratch<Scalar> scratch(p.head_dim, p.value_dim);
+          for (Index item = begin; item < end; ++item) {
+            const QueryBlock b = query_block(item / blocks, balanced_block(item % blocks, blocks));
+            const BlockOutput<Scalar> dst{
+                out.data() + b.first_row * out.outerStride() + b.head * dv, out.outerStride(),
+                p.lse == nullptr ? nullptr : p.lse + b.first_row * p.lse_stride + b.head,
+                p.lse_stride};
+            attend_query_block(p, tile_mask, scratch, b, dst);
+          }
+        },
+        executor);
+    return;
+  }
+
+  // Decoding: n < one query block, so blocks = 1. Partials per (head, split): n rows of dv and n
+  // log-sum-exps.
+  ATTN_ASSERT(blocks == 1);
+  Matrix<Scalar> partial_out(p.num_heads * splits * n, dv);
+  Matrix<Scalar> partial_lse(p.num_heads * splits, n);
   parallel_for(
-      p.num_heads * blocks,
+      p.num_heads * splits,
       [&](Index begin, Index end) {
         TileScratch<Scalar> scratch(p.head_dim, p.value_dim);
         for (Index item = begin; item < end; ++item) {
-          const Index h = item / blocks;
-          const Index block = balanced_block(item % blocks, blocks);
-          const Index i0 = block * query_block_rows;
-          attend_query_block(p, tile_mask, scratch, h, i0, std::min(query_block_rows, n - i0));
+          const Index split = item % splits;
+          QueryBlock b = query_block(item / splits, 0);
+          b.keys_begin = std::max(b.keys_begin, m * split / splits);
+          b.keys_end = std::min(b.keys_end, m * (split + 1) / splits);
+          const BlockOutput<Scalar> dst{partial_out.data() + item * n * dv, dv,
+                                        partial_lse.data() + item * n, 1};
+          attend_query_block(p, tile_mask, scratch, b, dst);
         }
       },
       executor);
+  std::vector<const Scalar*> outs(static_cast<std::size_t>(splits));
+  Vector<Scalar> lses(splits);
+  for (Index h = 0; h < p.num_heads; ++h) {
+    for (Index r = 0; r < n; ++r) {
+      for (Index s = 0; s < splits; ++s) {
+        const Index item = h * splits + s;
+        outs[static_cast<std::size_t>(s)] = partial_out.data() + (item * n + r) * dv;
+        lses[s] = partial_lse(item, r);
+      }
+      merge_rows(splits, outs.data(), lses.data(), dv, out.data() + r * out.outerStride() + h * dv,
+                 p.lse == nullptr ? nullptr : p.lse + r * p.lse_stride + h);
+    }
+  }
 }
 
 }  // namespace attn::detail

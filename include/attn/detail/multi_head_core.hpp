@@ -120,13 +120,22 @@ class MultiHeadCore {
 
   /// Attention of every packed sequence b (queries q_lengths[b], keys kv_lengths[b]) over per-head
   /// views q (n, E), k and v (m, kv_dim), followed by the output projection -> (n, E).
+  /// Extras (log-sum-exp, weights) need a single sequence.
   /// Preconditions: lengths validated, of equal count, mask checked.
-  Matrix<Scalar> attend_and_project(const ConstMatrixView<Scalar>& q,
+  Matrix<Scalar> attend_and_project(const char* who, const ConstMatrixView<Scalar>& q,
                                     const ConstMatrixView<Scalar>& k,
                                     const ConstMatrixView<Scalar>& v,
                                     const std::vector<Index>& q_offsets,
-                                    const std::vector<Index>& kv_offsets, const Mask& mask) const {
+                                    const std::vector<Index>& kv_offsets, const Mask& mask,
+                                    const AttentionExtras<Scalar>& extras = {}) const {
     ATTN_ASSERT(q_offsets.size() == kv_offsets.size());
+    const bool wants_extras = extras.log_sum_exp != nullptr || extras.weights != nullptr;
+    if (wants_extras && q_offsets.size() != 2) {
+      throw_shape_error(who,
+                        ": attention extras (log_sum_exp, weights) describe one sequence, but "
+                        "the batch has ",
+                        q_offsets.size() - 1, " sequences");
+    }
     const Index e = m_config.model_dim;
     Matrix<Scalar> heads(q.rows(), e);
     AttentionOptions options;
@@ -140,8 +149,11 @@ class MultiHeadCore {
       const ConstMatrixRef<Scalar> k_b = k.middleRows(k0, keys);
       const ConstMatrixRef<Scalar> v_b = v.middleRows(k0, keys);
       MatrixRef<Scalar> out_b = heads.middleRows(q0, rows);
-      run_attention(make_problem<Scalar>("MultiHeadCore", q_b, k_b, v_b, out_b, mask, options),
-                    mask, m_executor);
+      run_attention(make_problem<Scalar>(who, q_b, k_b, v_b, out_b, mask, options, extras), mask,
+                    m_executor);
+    }
+    if (extras.weights != nullptr && extras.average_heads) {
+      average_head_weights(*extras.weights, m_config.num_heads);
     }
     Matrix<Scalar> y(q.rows(), e);
     linear(ConstMatrixRef<Scalar>(heads), m_out_weight, m_out_bias, y);

@@ -58,21 +58,36 @@ struct AttentionProblem {
 inline constexpr Index query_block_rows = 64;
 inline constexpr Index key_block_rows = 64;
 
+/// Keys per tile of the narrow path (blocks of fewer queries than a packet, i.e. decoding). The
+/// narrow path is memory-bound; when decoding it walks each tile's key rows for all heads before
+/// the next tile (see narrow_tile), so each key row is read whole and in order.
+inline constexpr Index narrow_key_block_rows = 64;
+
 /// Scratch for one thread: sized once per chunk of work items, reused for every tile.
 template <typename Scalar>
 struct TileScratch {
-  TileScratch(Index head_dim, Index value_dim)
-      // Zeroed so the padding lanes of a narrow block never read uninitialised memory.
+  static constexpr Index narrow_rows = PacketTraits<Scalar>::size;
+  /// `narrow_heads`: heads whose narrow state is kept at once (all heads when decoding, else 1).
+  TileScratch(Index head_dim, Index value_dim, Index narrow_heads = 1)
+      // Zeroed so the padding lanes of a block never read uninitialised memory.
       : q_t(Matrix<Scalar>::Zero(head_dim, query_block_rows)),
         s_t(Matrix<Scalar>::Zero(key_block_rows, query_block_rows)),
         out_t(Matrix<Scalar>::Zero(value_dim, query_block_rows)),
-        row_max(Vector<Scalar>::Zero(query_block_rows)),
-        row_sum(Vector<Scalar>::Zero(query_block_rows)),
+        q_rows(narrow_heads * narrow_rows, head_dim),
+        s_rows(narrow_heads * narrow_rows, narrow_key_block_rows),
+        out_rows(narrow_heads * narrow_rows, value_dim),
+        row_max(Vector<Scalar>::Zero(std::max(query_block_rows, narrow_heads * narrow_rows))),
+        row_sum(Vector<Scalar>::Zero(std::max(query_block_rows, narrow_heads * narrow_rows))),
         correction(Vector<Scalar>::Zero(query_block_rows)) {}
+  // Wide blocks: queries along the vector lanes.
   Matrix<Scalar> q_t;    // scale·Qᵀ, d × Bq
   Matrix<Scalar> s_t;    // logits, then probabilities, Bk × Bq
   Matrix<Scalar> out_t;  // unnormalised output, dv × Bq
-  Vector<Scalar> row_max;
+  // Narrow blocks: keys along the vector lanes; head h's rows start at h·narrow_rows.
+  Matrix<Scalar> q_rows;    // scale·Q, rows × d per head
+  Matrix<Scalar> s_rows;    // rows × narrow key block per head
+  Matrix<Scalar> out_rows;  // rows × dv per head
+  Vector<Scalar> row_max;   // running max, then the log-sum-exp (per head when narrow)
   Vector<Scalar> row_sum;
   Vector<Scalar> correction;
 };
@@ -135,75 +150,220 @@ struct QueryBlock {
   Index keys_end;
 };
 
-/// The scratch's per-block geometry: padded width, whether the narrow path serves it.
-struct BlockShape {
-  bool narrow;
-  Index width;
+/// Soft-caps, biases and masks a tile of logits indexed (query, key), for queries from i0 and
+/// keys from j0; the masking loops run only on tiles the window cuts or with explicit matrices.
+template <typename Scalar, typename Tile>
+void finish_logits(const AttentionProblem<Scalar>& p, const TileMask<Scalar>& mask, Tile&& s,
+                   Index i0, Index j0) {
+  if (p.softcap > 0) {
+    s = p.softcap * (s.array() / p.softcap).tanh();
+  }
+  const bool window_cut = !mask.window_covers(i0, i0 + s.rows(), j0, j0 + s.cols());
+  if (window_cut || mask.has_explicit()) mask.apply(s, i0, j0, window_cut);
+}
+
+/// Writes a block's normalised rows (zero where no key was visible) and log-sum-exps (−∞ there),
+/// and leaves the log-sum-exp in row_max (for the weights pass). acc_row(r) is the unnormalised
+/// output row r.
+template <typename Scalar, typename AccRow>
+void write_rows(Scalar* row_max, const Scalar* row_sum, Index rows, Index dv,
+                const BlockOutput<Scalar>& dst, const AccRow& acc_row) {
+  constexpr Scalar minus_infinity = -std::numeric_limits<Scalar>::infinity();
+  for (Index r = 0; r < rows; ++r) {
+    const Scalar sum = row_sum[r];
+    Eigen::Map<Eigen::Matrix<Scalar, 1, Eigen::Dynamic>> out_row(dst.out + r * dst.out_stride, dv);
+    if (sum > 0) {
+      out_row = acc_row(r) / sum;
+    } else {
+      out_row.setZero();
+    }
+    row_max[r] = sum > 0 ? row_max[r] + std::log(sum) : minus_infinity;
+    if (dst.lse != nullptr) dst.lse[r * dst.lse_stride] = row_max[r];
+  }
+}
+
+/// e^(s[j] − shift) in place for j < count, exact zeros below the normal range; returns the sum.
+template <typename Scalar>
+Scalar exp_row(Scalar* s, Index count, Scalar shift) {
+  using Packet = typename PacketTraits<Scalar>::Packet;
+  constexpr Index size = PacketTraits<Scalar>::size;
+  const Packet shift_packet = packet::pset1<Packet>(shift);
+  Packet sum = packet::pset1<Packet>(Scalar(0));
+  Index j = 0;
+  for (; j + size <= count; j += size) {
+    const Packet e = softmax_exp(packet::psub(packet::ploadu<Packet>(s + j), shift_packet));
+    packet::pstoreu(s + j, e);
+    sum = packet::padd(sum, e);
+  }
+  Scalar total = packet::predux(sum);
+  for (; j < count; ++j) {
+    s[j] = std::exp(s[j] - shift);
+    total += s[j];
+  }
+  return total;
+}
+
+/// The narrow path's running state for heads [first_head, first_head + heads), `rows` queries
+/// each: state row (h − first_head)·rows + r of the narrow scratch belongs to head h, query r.
+template <typename Scalar>
+struct NarrowState {
+  TileScratch<Scalar>& scratch;
+  Index first_head;
+  Index heads;
+  Index rows;
+  Index row(Index h, Index r) const { return (h - first_head) * rows + r; }
+  Index count() const { return heads * rows; }
 };
 
+/// Narrow path, start: scaled queries of every head, empty accumulators.
 template <typename Scalar>
-BlockShape block_shape(Index rows) {
-  constexpr Index size = PacketTraits<Scalar>::size;
-  constexpr Index lanes = PacketTraits<Scalar>::tile_cols;
-  // A block narrower than a packet (decoding: one to a few queries) would waste most of a
-  // register tile; Eigen's products (GEMV for one query) serve it instead. Otherwise queries are
-  // padded to whole register tiles: padding columns hold zero queries, are never masked and never
-  // written out.
-  const bool narrow = rows < size;
-  return {narrow, narrow ? (rows + size - 1) / size * size : (rows + lanes - 1) / lanes * lanes};
+void narrow_begin(const AttentionProblem<Scalar>& p, const NarrowState<Scalar>& st, Index i0) {
+  const Index d = p.head_dim;
+  for (Index h = st.first_head; h < st.first_head + st.heads; ++h) {
+    st.scratch.q_rows.middleRows(st.row(h, 0), st.rows) =
+        p.scale * p.q.block(i0, h * d, st.rows, d);
+  }
+  st.scratch.out_rows.topRows(st.count()).setZero();
+  st.scratch.row_max.head(st.count()).setConstant(-std::numeric_limits<Scalar>::infinity());
+  st.scratch.row_sum.head(st.count()).setZero();
 }
 
-/// Logits of one tile, Sᵀ (keys × rows) = K_b·(scale·Qᵀ) for keys [j0, j0 + keys), soft-capped,
-/// biased and masked; K's rows are broadcast from the caller's storage.
+/// Narrow path, one tile of keys [j0, j0 + keys) for all the state's heads. Keys go along the
+/// rows: each key row is read once, left to right across the heads (contiguous, so the hardware
+/// prefetchers stream it), for S = (scale·Q)·Kᵀ and then for O += P·V; the online softmax runs
+/// along each state row.
 template <typename Scalar>
-void score_tile(const AttentionProblem<Scalar>& p, const TileMask<Scalar>& mask,
-                TileScratch<Scalar>& scratch, const QueryBlock& b, BlockShape shape, Index j0,
-                Index keys) {
-  constexpr Index lanes = PacketTraits<Scalar>::tile_cols;
+void narrow_tile(const AttentionProblem<Scalar>& p, const TileMask<Scalar>& mask,
+                 const NarrowState<Scalar>& st, Index i0, Index j0, Index keys) {
+  using Row = Eigen::Matrix<Scalar, 1, Eigen::Dynamic>;
+  constexpr Scalar minus_infinity = -std::numeric_limits<Scalar>::infinity();
   const Index d = p.head_dim;
-  const Index stride = query_block_rows;
-  const Index k_stride = p.k.outerStride();
-  const Scalar* k = p.k.data() + (b.head / (p.num_heads / p.num_kv_heads)) * d + j0 * k_stride;
-  MatrixView<Scalar> s_tile(scratch.s_t.data(), keys, b.rows, Eigen::OuterStride<>(stride));
-  if (shape.narrow) {
-    s_tile.noalias() = ConstMatrixView<Scalar>(k, keys, d, Eigen::OuterStride<>(k_stride)) *
-                       scratch.q_t.leftCols(b.rows);
-  } else {
-    for (Index i = 0; i < shape.width; i += lanes) {
-      register_block<false>(keys, d, k, k_stride, Index(1), scratch.q_t.data() + i, stride,
-                            scratch.s_t.data() + i, stride);
+  const Index dv = p.value_dim;
+  const Index group = p.num_heads / p.num_kv_heads;
+  const Index h1 = st.first_head + st.heads;
+  Matrix<Scalar>& s = st.scratch.s_rows;
+  Matrix<Scalar>& acc = st.scratch.out_rows;
+  const Matrix<Scalar>& q = st.scratch.q_rows;
+
+  // 1. Logits, one key row at a time across the heads.
+  for (Index j = 0; j < keys; ++j) {
+    const Scalar* k_row = p.k.data() + (j0 + j) * p.k.outerStride();
+    for (Index h = st.first_head; h < h1; ++h) {
+      const Eigen::Map<const Row> k_head(k_row + (h / group) * d, d);
+      for (Index r = 0; r < st.rows; ++r)
+        s(st.row(h, r), j) = q.row(st.row(h, r)).dot(k_head);
     }
   }
-  if (p.softcap > 0) {
-    s_tile = p.softcap * (s_tile.array() / p.softcap).tanh();
+  for (Index h = st.first_head; h < h1; ++h) {
+    finish_logits(p, mask, s.block(st.row(h, 0), 0, st.rows, keys), i0, j0);
   }
-  const Index i1 = b.first_row + b.rows;
-  const bool window_cut = !mask.window_covers(b.first_row, i1, j0, j0 + keys);
-  if (window_cut || mask.has_explicit()) {
-    auto s = s_tile.transpose();  // (query, key) indexing
-    mask.apply(s, b.first_row, j0, window_cut);
+
+  // 2. Online softmax along each state row.
+  for (Index row = 0; row < st.count(); ++row) {
+    Scalar& row_max = st.scratch.row_max[row];
+    const Scalar new_max = std::max(row_max, s.row(row).head(keys).maxCoeff());
+    if (new_max == minus_infinity) {
+      s.row(row).head(keys).setZero();  // nothing visible yet in this row
+      continue;
+    }
+    const Scalar correction = std::exp(row_max - new_max);
+    const Scalar sum = exp_row(s.data() + row * s.cols(), keys, new_max);
+    st.scratch.row_sum[row] = correction * st.scratch.row_sum[row] + sum;
+    if (correction != Scalar(1)) acc.row(row) *= correction;
+    row_max = new_max;
+  }
+
+  // 3. O += P·V, one value row at a time across the heads.
+  for (Index j = 0; j < keys; ++j) {
+    const Scalar* v_row = p.v.data() + (j0 + j) * p.v.outerStride();
+    for (Index h = st.first_head; h < h1; ++h) {
+      const Eigen::Map<const Row> v_head(v_row + (h / group) * dv, dv);
+      for (Index r = 0; r < st.rows; ++r)
+        acc.row(st.row(h, r)) += s(st.row(h, r), j) * v_head;
+    }
   }
 }
 
-/// Attention for one query block over its key range, queries along the vector lanes; writes
-/// normalised rows (zero where no key was visible) and log-sum-exps (−∞ there) to `dst`.
+/// Narrow path over keys [keys_begin, keys_end) for the state's heads, query rows from i0;
+/// dst(h) is where head h's normalised rows and log-sum-exps go.
+template <typename Scalar, typename Destination>
+void attend_narrow(const AttentionProblem<Scalar>& p, const TileMask<Scalar>& mask,
+                   const NarrowState<Scalar>& st, Index i0, Index keys_begin, Index keys_end,
+                   const Destination& dst) {
+  narrow_begin(p, st, i0);
+  for (Index j0 = keys_begin; j0 < keys_end; j0 += narrow_key_block_rows) {
+    narrow_tile(p, mask, st, i0, j0, std::min(narrow_key_block_rows, keys_end - j0));
+  }
+  for (Index h = st.first_head; h < st.first_head + st.heads; ++h) {
+    const Index first = st.row(h, 0);
+    write_rows(st.scratch.row_max.data() + first, st.scratch.row_sum.data() + first, st.rows,
+               p.value_dim, dst(h), [&](Index r) { return st.scratch.out_rows.row(first + r); });
+  }
+}
+
+/// Opt-in: the attention weights exp(logit − lse) of a block, recomputed tile by tile through
+/// Eigen's products from scratch.q_t (the default path never pays for them).
+/// Precondition: write_rows left the log-sum-exps in scratch.row_max.
+template <typename Scalar>
+void write_weights(const AttentionProblem<Scalar>& p, const TileMask<Scalar>& mask,
+                   TileScratch<Scalar>& scratch, const QueryBlock& b) {
+  constexpr Scalar minus_infinity = -std::numeric_limits<Scalar>::infinity();
+  const Index d = p.head_dim;
+  const Index k_stride = p.k.outerStride();
+  const Index kv_head = b.head / (p.num_heads / p.num_kv_heads);
+  scratch.q_t.leftCols(b.rows) =
+      p.scale * p.q.block(b.first_row, b.head * d, b.rows, d).transpose();
+  for (Index j0 = b.keys_begin; j0 < b.keys_end; j0 += key_block_rows) {
+    const Index keys = std::min(key_block_rows, b.keys_end - j0);
+    auto s_t = scratch.s_t.topLeftCorner(keys, b.rows);
+    s_t.noalias() = ConstMatrixView<Scalar>(p.k.data() + j0 * k_stride + kv_head * d, keys, d,
+                                            Eigen::OuterStride<>(k_stride)) *
+                    scratch.q_t.leftCols(b.rows);
+    finish_logits(p, mask, s_t.transpose(), b.first_row, j0);
+    for (Index r = 0; r < b.rows; ++r) {
+      Scalar* w = p.weights + (b.head * p.q.rows() + b.first_row + r) * p.weights_stride + j0;
+      const Scalar lse = scratch.row_max[r];
+      for (Index j = 0; j < keys; ++j) {
+        w[j] = lse == minus_infinity ? Scalar(0) : std::exp(s_t(j, r) - lse);
+      }
+    }
+  }
+}
+
+/// Attention for one query block over its key range; writes normalised rows (zero where no key
+/// was visible) and log-sum-exps (−∞ there) to `dst`. Wide blocks put queries along the vector
+/// lanes: Sᵀ = K_b·(scale·Qᵀ) and Oᵀ += V_bᵀ·Pᵀ as register tiles that broadcast K and V
+/// elements from the caller's storage, with the online softmax down the columns.
 template <typename Scalar>
 void attend_query_block(const AttentionProblem<Scalar>& p, const TileMask<Scalar>& mask,
                         TileScratch<Scalar>& scratch, const QueryBlock& b,
                         const BlockOutput<Scalar>& dst) {
   using Packet = typename PacketTraits<Scalar>::Packet;
+  constexpr Index size = PacketTraits<Scalar>::size;
   constexpr Index lanes = PacketTraits<Scalar>::tile_cols;
   constexpr Scalar minus_infinity = -std::numeric_limits<Scalar>::infinity();
+  const Index rows = b.rows;
+  if (rows < size) {
+    // A register tile would waste most of its lanes on so few queries.
+    attend_narrow(p, mask, NarrowState<Scalar>{scratch, b.head, 1, rows}, b.first_row, b.keys_begin,
+                  b.keys_end, [&](Index) { return dst; });
+    if (p.weights != nullptr) write_weights(p, mask, scratch, b);
+    return;
+  }
   const Index d = p.head_dim;
   const Index dv = p.value_dim;
-  const Index rows = b.rows;
-  const BlockShape shape = block_shape<Scalar>(rows);
-  const Index width = shape.width;
+  const Index kv_head = b.head / (p.num_heads / p.num_kv_heads);
+  // Queries padded to whole register tiles: padding columns hold zero queries, are never masked
+  // and never written out.
+  const Index width = (rows + lanes - 1) / lanes * lanes;
   const Index stride = query_block_rows;
+  Scalar* q_t = scratch.q_t.data();
   Scalar* s_t = scratch.s_t.data();
   Scalar* out_t = scratch.out_t.data();
+  const Index k_stride = p.k.outerStride();
   const Index v_stride = p.v.outerStride();
-  const Scalar* v = p.v.data() + (b.head / (p.num_heads / p.num_kv_heads)) * dv;
+  const Scalar* k = p.k.data() + kv_head * d;
+  const Scalar* v = p.v.data() + kv_head * dv;
 
   // 1. Scaled, transposed queries: the scale is folded in once instead of into every logit.
   scratch.q_t.leftCols(width).setZero();
@@ -215,62 +375,38 @@ void attend_query_block(const AttentionProblem<Scalar>& p, const TileMask<Scalar
   // 2. Stream over the key blocks of the range.
   for (Index j0 = b.keys_begin; j0 < b.keys_end; j0 += key_block_rows) {
     const Index keys = std::min(key_block_rows, b.keys_end - j0);
-    score_tile(p, mask, scratch, b, shape, j0, keys);
 
-    // Online softmax down the columns; rescale what Oᵀ holds by each column's correction.
+    // 2a. Logits Sᵀ = K_b·(scale·Qᵀ), soft-capped, biased and masked.
+    for (Index i = 0; i < width; i += lanes) {
+      register_block<false>(keys, d, k + j0 * k_stride, k_stride, Index(1), q_t + i, stride,
+                            s_t + i, stride);
+    }
+    finish_logits(p, mask,
+                  MatrixView<Scalar>(s_t, keys, rows, Eigen::OuterStride<>(stride)).transpose(),
+                  b.first_row, j0);
+
+    // 2b. Online softmax down the columns; rescale what Oᵀ holds by each column's correction.
     online_softmax(s_t, stride, keys, width, scratch.row_max.data(), scratch.row_sum.data(),
                    scratch.correction.data());
     for (Index e = 0; e < dv; ++e) {
-      for (Index i = 0; i < width; i += PacketTraits<Scalar>::size) {
+      for (Index i = 0; i < width; i += size) {
         Scalar* o = out_t + e * stride + i;
         packet::pstoreu(o, packet::pmul(packet::ploadu<Packet>(o),
                                         packet::ploadu<Packet>(scratch.correction.data() + i)));
       }
     }
 
-    // Oᵀ += V_bᵀ·Pᵀ: V's elements broadcast from the caller's storage.
-    if (shape.narrow) {
-      scratch.out_t.leftCols(rows).noalias() +=
-          ConstMatrixView<Scalar>(v + j0 * v_stride, keys, dv, Eigen::OuterStride<>(v_stride))
-              .transpose() *
-          MatrixView<Scalar>(s_t, keys, rows, Eigen::OuterStride<>(stride));
-    } else {
-      for (Index i = 0; i < width; i += lanes) {
-        register_block<true>(dv, keys, v + j0 * v_stride, Index(1), v_stride, s_t + i, stride,
-                             out_t + i, stride);
-      }
+    // 2c. Oᵀ += V_bᵀ·Pᵀ.
+    for (Index i = 0; i < width; i += lanes) {
+      register_block<true>(dv, keys, v + j0 * v_stride, Index(1), v_stride, s_t + i, stride,
+                           out_t + i, stride);
     }
   }
 
-  // 3. Normalise once; a row that saw no key is zero with log-sum-exp −∞.
-  for (Index r = 0; r < rows; ++r) {
-    const Scalar sum = scratch.row_sum[r];
-    Eigen::Map<Eigen::Matrix<Scalar, 1, Eigen::Dynamic>> out_row(dst.out + r * dst.out_stride, dv);
-    if (sum > 0) {
-      out_row = scratch.out_t.col(r).transpose() / sum;
-    } else {
-      out_row.setZero();
-    }
-    // Kept for the weights pass even when the caller wants no log-sum-exp.
-    scratch.row_max[r] = sum > 0 ? scratch.row_max[r] + std::log(sum) : minus_infinity;
-    if (dst.lse != nullptr) dst.lse[r * dst.lse_stride] = scratch.row_max[r];
-  }
-
-  // 4. Opt-in: the attention weights exp(logit − lse), recomputed tile by tile (the default path
-  //    never pays for them).
-  if (p.weights != nullptr) {
-    for (Index j0 = b.keys_begin; j0 < b.keys_end; j0 += key_block_rows) {
-      const Index keys = std::min(key_block_rows, b.keys_end - j0);
-      score_tile(p, mask, scratch, b, shape, j0, keys);
-      for (Index r = 0; r < rows; ++r) {
-        Scalar* w = p.weights + (b.head * p.q.rows() + b.first_row + r) * p.weights_stride + j0;
-        const Scalar lse = scratch.row_max[r];
-        for (Index j = 0; j < keys; ++j) {
-          w[j] = lse == minus_infinity ? Scalar(0) : std::exp(s_t[j * stride + r] - lse);
-        }
-      }
-    }
-  }
+  // 3. Normalise once.
+  write_rows(scratch.row_max.data(), scratch.row_sum.data(), rows, dv, dst,
+             [&](Index r) { return scratch.out_t.col(r).transpose(); });
+  if (p.weights != nullptr) write_weights(p, mask, scratch, b);
 }
 
 /// Combines partial results over disjoint key sets: given each part's normalised row and
@@ -300,87 +436,90 @@ void merge_rows(Index parts, const Scalar* const* outs, const Scalar* lses, Inde
   if (lse != nullptr) *lse = max + std::log(total);
 }
 
-/// Keys per split when few queries meet many keys (decoding): the keys are split so that the
-/// work spreads over threads even for one head, each split returns a partial result with its
-/// log-sum-exp, and the partials are merged in a fixed order. The split depends only on the
-/// shape, never on the thread count, so results are bitwise identical for any executor.
-inline constexpr Index decode_split_keys = 1024;
+/// Keys per split when decoding (all queries in one narrow block) over many keys: the keys are
+/// split so that the work spreads over threads even for one head, each split returns partial
+/// results with their log-sum-exps, and the partials are merged in a fixed order. The split
+/// depends only on the shape, never on the thread count, so results are bitwise identical for
+/// any executor.
+inline constexpr Index decode_split_keys = 512;
 
-inline Index key_splits(Index n, Index m) {
-  if (n >= query_block_rows || m < 2 * decode_split_keys) return 1;
-  return (m + decode_split_keys - 1) / decode_split_keys;
-}
-
-/// Runs the whole problem: work items are (head, query block) in balanced order, or, when
-/// decoding over many keys, (head, query block, key split) followed by a merge; all over the
-/// executor's threads.
+/// Runs the whole problem over the executor's threads. Work items are (head, query block), in
+/// balanced order; when decoding, they are key splits covering all heads, followed by a merge.
 template <typename Scalar>
 void run_attention(const AttentionProblem<Scalar>& p, const Mask& mask, const Executor& executor) {
   const Index n = p.q.rows();
   const Index m = p.k.rows();
   if (n == 0) return;
   const TileMask<Scalar> tile_mask(mask, n, m);
-  const Index blocks = (n + query_block_rows - 1) / query_block_rows;
   const Index dv = p.value_dim;
   MatrixView<Scalar> out = p.out;  // p is const; the storage it points to is not
-  const auto query_block = [&](Index h, Index block) {
-    const Index i0 = block * query_block_rows;
-    const Index rows = std::min(query_block_rows, n - i0);
-    return QueryBlock{h, i0, rows, tile_mask.key_begin(i0), tile_mask.key_end(i0 + rows - 1)};
+  const auto output = [&](Index h, Index i0) {
+    return BlockOutput<Scalar>{out.data() + i0 * out.outerStride() + h * dv, out.outerStride(),
+                               p.lse == nullptr ? nullptr : p.lse + i0 * p.lse_stride + h,
+                               p.lse_stride};
   };
-  const Index splits = p.weights != nullptr ? 1 : key_splits(n, m);
 
-  if (splits == 1) {
+  if (n < PacketTraits<Scalar>::size && p.weights == nullptr) {
+    // Decoding: one narrow block; split the visible keys.
+    const Index keys_begin = tile_mask.key_begin(0);
+    const Index keys_end = std::max(keys_begin, tile_mask.key_end(n - 1));
+    const Index splits = std::max<Index>(1, (keys_end - keys_begin) / decode_split_keys);
+    const auto split_begin = [&](Index s) {
+      return keys_begin + (keys_end - keys_begin) * s / splits;
+    };
+    if (splits == 1) {
+      TileScratch<Scalar> scratch(p.head_dim, dv, p.num_heads);
+      attend_narrow(p, tile_mask, NarrowState<Scalar>{scratch, 0, p.num_heads, n}, 0, keys_begin,
+                    keys_end, [&](Index h) { return output(h, 0); });
+      return;
+    }
+    // Partials of split s, head h: rows at partial_out[(s·H + h)·n], lses at partial_lse(s·H + h).
+    Matrix<Scalar> partial_out(splits * p.num_heads * n, dv);
+    Matrix<Scalar> partial_lse(splits * p.num_heads, n);
     parallel_for(
-        p.num_heads * blocks,
+        splits,
         [&](Index begin, Index end) {
-          TileScratch<Scalar> scratch(p.head_dim, p.value_dim);
-          for (Index item = begin; item < end; ++item) {
-            const QueryBlock b = query_block(item / blocks, balanced_block(item % blocks, blocks));
-            const BlockOutput<Scalar> dst{
-                out.data() + b.first_row * out.outerStride() + b.head * dv, out.outerStride(),
-                p.lse == nullptr ? nullptr : p.lse + b.first_row * p.lse_stride + b.head,
-                p.lse_stride};
-            attend_query_block(p, tile_mask, scratch, b, dst);
+          TileScratch<Scalar> scratch(p.head_dim, dv, p.num_heads);
+          for (Index split = begin; split < end; ++split) {
+            attend_narrow(p, tile_mask, NarrowState<Scalar>{scratch, 0, p.num_heads, n}, 0,
+                          split_begin(split), split_begin(split + 1), [&](Index h) {
+                            const Index part = split * p.num_heads + h;
+                            return BlockOutput<Scalar>{partial_out.data() + part * n * dv, dv,
+                                                       partial_lse.data() + part * n, 1};
+                          });
           }
         },
         executor);
+    std::vector<const Scalar*> outs(static_cast<std::size_t>(splits));
+    Vector<Scalar> lses(splits);
+    for (Index h = 0; h < p.num_heads; ++h) {
+      for (Index r = 0; r < n; ++r) {
+        for (Index s = 0; s < splits; ++s) {
+          const Index part = s * p.num_heads + h;
+          outs[static_cast<std::size_t>(s)] = partial_out.data() + (part * n + r) * dv;
+          lses[s] = partial_lse(part, r);
+        }
+        const BlockOutput<Scalar> dst = output(h, r);
+        merge_rows(splits, outs.data(), lses.data(), dv, dst.out, dst.lse);
+      }
+    }
     return;
   }
 
-  // Decoding: n < one query block, so blocks = 1. Partials per (head, split): n rows of dv and n
-  // log-sum-exps.
-  ATTN_ASSERT(blocks == 1);
-  Matrix<Scalar> partial_out(p.num_heads * splits * n, dv);
-  Matrix<Scalar> partial_lse(p.num_heads * splits, n);
+  const Index blocks = (n + query_block_rows - 1) / query_block_rows;
   parallel_for(
-      p.num_heads * splits,
+      p.num_heads * blocks,
       [&](Index begin, Index end) {
-        TileScratch<Scalar> scratch(p.head_dim, p.value_dim);
+        TileScratch<Scalar> scratch(p.head_dim, dv);
         for (Index item = begin; item < end; ++item) {
-          const Index split = item % splits;
-          QueryBlock b = query_block(item / splits, 0);
-          b.keys_begin = std::max(b.keys_begin, m * split / splits);
-          b.keys_end = std::min(b.keys_end, m * (split + 1) / splits);
-          const BlockOutput<Scalar> dst{partial_out.data() + item * n * dv, dv,
-                                        partial_lse.data() + item * n, 1};
-          attend_query_block(p, tile_mask, scratch, b, dst);
+          const Index i0 = balanced_block(item % blocks, blocks) * query_block_rows;
+          const Index rows = std::min(query_block_rows, n - i0);
+          const QueryBlock b{item / blocks, i0, rows, tile_mask.key_begin(i0),
+                             tile_mask.key_end(i0 + rows - 1)};
+          attend_query_block(p, tile_mask, scratch, b, output(b.head, i0));
         }
       },
       executor);
-  std::vector<const Scalar*> outs(static_cast<std::size_t>(splits));
-  Vector<Scalar> lses(splits);
-  for (Index h = 0; h < p.num_heads; ++h) {
-    for (Index r = 0; r < n; ++r) {
-      for (Index s = 0; s < splits; ++s) {
-        const Index item = h * splits + s;
-        outs[static_cast<std::size_t>(s)] = partial_out.data() + (item * n + r) * dv;
-        lses[s] = partial_lse(item, r);
-      }
-      merge_rows(splits, outs.data(), lses.data(), dv, out.data() + r * out.outerStride() + h * dv,
-                 p.lse == nullptr ? nullptr : p.lse + r * p.lse_stride + h);
-    }
-  }
 }
 
 }  // namespace attn::detail

@@ -1,0 +1,206 @@
+// SPDX-License-Identifier: MIT
+// Copyright (c) 2026 The attn authors
+//
+// Decoding: one query row per step against a long KV cache is memory-bound, so it is measured in
+// GB/s of K+V read against this machine's streaming-read bandwidth, measured in the same run
+// (a sum over a 1 GiB buffer, on 1 and on 2 threads). Then a whole greedy decode of 64 tokens
+// against a 512-token source: per-token time with the KV cache and the remembered cross memory,
+// versus recomputing everything at every step.
+//
+//   cmake --preset native && cmake --build --preset native && ./build/native/bench/bench_decode
+
+#include <benchmark/benchmark.h>
+
+#include <attn/attn.hpp>
+#include <cstdio>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace {
+
+using attn::Index;
+template <typename T>
+using Matrix = attn::Matrix<T>;
+
+// ---- 1. Streaming-read bandwidth: each thread sums its half of a 1 GiB buffer.
+const std::vector<float>& big_buffer() {
+  static const std::vector<float> buffer((std::size_t(1) << 30) / sizeof(float), 1.0f);
+  return buffer;
+}
+
+void BM_ReadBandwidth(benchmark::State& state) {
+  const int threads = int(state.range(0));
+  const std::vector<float>& buffer = big_buffer();
+  const attn::Executor executor = attn::thread_executor(threads);
+  std::vector<float> sums(std::size_t(threads), 0.0f);
+  for (auto _ : state) {
+    // One chunk per thread: Eigen's vectorised sum over its contiguous part.
+    executor(threads, [&](Index begin, Index end) {
+      for (Index t = begin; t < end; ++t) {
+        const std::size_t size = buffer.size() / std::size_t(threads);
+        sums[std::size_t(t)] =
+            Eigen::Map<const Eigen::VectorXf>(buffer.data() + std::size_t(t) * size, Index(size))
+                .sum();
+      }
+    });
+    benchmark::DoNotOptimize(sums.data());
+  }
+  state.counters["bytes/s"] = benchmark::Counter(double(buffer.size() * sizeof(float)),
+                                                 benchmark::Counter::kIsIterationInvariantRate,
+                                                 benchmark::Counter::kIs1024);
+}
+
+// ---- 2. One decode step: 1 query row, 32 heads of d = 64, a cache of m positions.
+constexpr Index decode_heads = 32;
+constexpr Index decode_head_dim = 64;
+
+void BM_DecodeStep(benchmark::State& state) {
+  const Index m = state.range(0);
+  const int threads = int(state.range(1));
+  const Index width = decode_heads * decode_head_dim;
+  const Matrix<float> q = Matrix<float>::Random(1, width);
+  const Matrix<float> k = Matrix<float>::Random(m, width);
+  const Matrix<float> v = Matrix<float>::Random(m, width);
+  Matrix<float> out(1, width);
+  attn::AttentionOptions options;
+  options.num_heads = decode_heads;
+  options.executor = attn::thread_executor(threads);
+  for (auto _ : state) {
+    attn::scaled_dot_product_attention_into(q, k, v, out, attn::Mask::causal(), options);
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.counters["bytes/s"] = benchmark::Counter(double(2 * m * width) * sizeof(float),
+                                                 benchmark::Counter::kIsIterationInvariantRate,
+                                                 benchmark::Counter::kIs1024);
+}
+
+// ---- 3. A greedy decode: one decoder layer (self-attention with cache + cross-attention over
+//         the encoder output), model_dim 512, 8 heads, 64 steps against a 512-token source.
+constexpr Index model_dim = 512;
+constexpr Index layer_heads = 8;
+constexpr Index source_rows = 512;
+constexpr Index steps = 64;
+
+attn::MultiHeadWeights<float> random_weights() {
+  attn::MultiHeadWeights<float> w;
+  const float s = 1.0f / std::sqrt(float(model_dim));
+  w.q_weight = Matrix<float>::Random(model_dim, model_dim) * s;
+  w.k_weight = Matrix<float>::Random(model_dim, model_dim) * s;
+  w.v_weight = Matrix<float>::Random(model_dim, model_dim) * s;
+  w.out_weight = Matrix<float>::Random(model_dim, model_dim) * s;
+  w.q_bias = w.k_bias = w.v_bias = w.out_bias = attn::Vector<float>::Zero(model_dim);
+  return w;
+}
+
+void BM_GreedyDecode(benchmark::State& state) {
+  const bool incremental = state.range(0) != 0;
+  const attn::MultiHeadConfig cfg{model_dim, layer_heads};
+  const attn::SelfAttention<float> self_attn(cfg, random_weights());
+  const attn::CrossAttention<float> cross(cfg, random_weights());
+  const Matrix<float> source = Matrix<float>::Random(source_rows, model_dim);
+  Matrix<float> tokens(steps + 1, model_dim);
+  tokens.row(0).setRandom();
+  attn::KVCache<float> cache = self_attn.make_cache(steps);
+  for (auto _ : state) {
+    if (incremental) {
+      cache.reset();
+      const auto memory = cross.remember(source);  // once per sequence
+      for (Index t = 0; t < steps; ++t) {
+        const Matrix<float> h = self_attn(tokens.row(t), cache);
+        tokens.row(t + 1) = cross(h, memory).array().tanh();
+      }
+    } else {
+      // Without cache or memory: every step re-runs the whole prefix and re-projects the source.
+      for (Index t = 0; t < steps; ++t) {
+        const Matrix<float> h = self_attn(tokens.topRows(t + 1), attn::Mask::causal());
+        tokens.row(t + 1) = cross(h.bottomRows(1), source).array().tanh();
+      }
+    }
+    benchmark::DoNotOptimize(tokens.data());
+  }
+  state.counters["s/token"] = benchmark::Counter(
+      double(steps), benchmark::Counter::kIsIterationInvariantRate | benchmark::Counter::kInvert);
+}
+
+// Prints, after the runs, each decode step's fraction of the streaming bandwidth on as many
+// threads, and the greedy decode's speed-up from the cache and the memory.
+class SummaryReporter : public benchmark::ConsoleReporter {
+ public:
+  void ReportRuns(const std::vector<Run>& runs) override {
+    ConsoleReporter::ReportRuns(runs);
+    for (const Run& run : runs) {
+      if (run.error_occurred) continue;
+      if (run.run_type == Run::RT_Aggregate && run.aggregate_name != "median") continue;
+      if (run.run_type == Run::RT_Iteration && run.repetitions > 1) continue;
+      for (const char* counter : {"bytes/s", "s/token"}) {
+        const auto it = run.counters.find(counter);
+        if (it != run.counters.end()) m_values[run.run_name.str()] = it->second.value;
+      }
+    }
+  }
+  void Finalize() override {
+    ConsoleReporter::Finalize();
+    std::printf("\nSummary\n%-44s %10s %12s\n", "run", "GB/s", "% of stream");
+    for (const auto& [name, value] : m_values) {
+      if (name.rfind("DecodeStep/", 0) != 0) continue;
+      const std::string threads = name.substr(name.find("threads:") + 8, 1);
+      const auto stream = m_values.find("ReadBandwidth/threads:" + threads + "/real_time");
+      const double fraction = stream == m_values.end() ? 0.0 : 100.0 * value / stream->second;
+      std::printf("%-44s %10.2f %12.1f\n", name.c_str(), value / double(1 << 30), fraction);
+    }
+    for (const auto& [name, value] : m_values) {
+      if (name.rfind("ReadBandwidth/", 0) == 0) {
+        std::printf("%-44s %10.2f %12s\n", name.c_str(), value / double(1 << 30), "(stream)");
+      }
+    }
+    const auto cached = m_values.find("GreedyDecode/incremental:1");
+    const auto recomputed = m_values.find("GreedyDecode/incremental:0");
+    if (cached != m_values.end() && recomputed != m_values.end()) {
+      std::printf(
+          "Greedy decode, 64 tokens over a 512-token source: %.3f ms/token with cache and "
+          "memory, %.3f ms/token recomputing everything: %.1fx faster\n",
+          cached->second * 1e3, recomputed->second * 1e3, recomputed->second / cached->second);
+    }
+  }
+
+ private:
+  std::map<std::string, double> m_values;
+};
+
+void register_all() {
+  for (const int threads : {1, 2}) {
+    benchmark::RegisterBenchmark("ReadBandwidth", BM_ReadBandwidth)
+        ->Arg(threads)
+        ->ArgName("threads")
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
+  }
+  for (const Index m : {1024, 4096, 16384}) {
+    for (const int threads : {1, 2}) {
+      benchmark::RegisterBenchmark("DecodeStep", BM_DecodeStep)
+          ->Args({m, threads})
+          ->ArgNames({"m", "threads"})
+          ->Unit(benchmark::kMicrosecond)
+          ->UseRealTime();
+    }
+  }
+  for (const int incremental : {1, 0}) {
+    benchmark::RegisterBenchmark("GreedyDecode", BM_GreedyDecode)
+        ->Arg(incremental)
+        ->ArgName("incremental")
+        ->Unit(benchmark::kMillisecond);
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  register_all();
+  SummaryReporter reporter;
+  benchmark::RunSpecifiedBenchmarks(&reporter);
+  benchmark::Shutdown();
+  return 0;
+}

@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: MIT
 // Copyright (c) 2026 The attn authors
 //
-// The first program to run: self-attention and cross-attention on inputs small enough to read.
+// basics: the kernel, a mask, and the SelfAttention and CrossAttention functors on inputs small
+// enough to read the attention weights off the printed numbers.
 //
-//   cmake --workflow --preset demo
+//   ./build/default/examples/basics
 
 #include <attn/attn.hpp>
 #include <cstdio>

@@ -16,3 +16,4 @@
 #include "self_attention.hpp"
 #include "types.hpp"
 #include "version.hpp"
+#include "workspace.hpp"

@@ -65,16 +65,16 @@ void merge_partial_attention(PartialAttention<Scalar>& into, const PartialAttent
                               " heads of log_sum_exp");
   }
   const Index dv = into.out.cols() / heads;
+  Matrix<Scalar> both(2, dv);  // the two rows to merge, one after the other
+  Scalar lses[2];
   for (Index r = 0; r < into.out.rows(); ++r) {
     for (Index h = 0; h < heads; ++h) {
-      Scalar* out = into.out.data() + r * into.out.cols() + h * dv;
-      const Scalar* outs[2] = {out, part.out.data() + r * part.out.cols() + h * dv};
-      const Scalar lses[2] = {into.log_sum_exp(r, h), part.log_sum_exp(r, h)};
-      // merge_rows writes its zeroed result before reading; keep a copy of the first part.
-      const Eigen::Matrix<Scalar, 1, Eigen::Dynamic> first =
-          Eigen::Map<const Eigen::Matrix<Scalar, 1, Eigen::Dynamic>>(out, dv);
-      outs[0] = first.data();
-      detail::merge_rows(Index(2), outs, lses, dv, out, &into.log_sum_exp(r, h));
+      both.row(0) = into.out.row(r).segment(h * dv, dv);
+      both.row(1) = part.out.row(r).segment(h * dv, dv);
+      lses[0] = into.log_sum_exp(r, h);
+      lses[1] = part.log_sum_exp(r, h);
+      detail::merge_rows(Index(2), both.data(), dv, lses, Index(1), dv,
+                         into.out.data() + r * into.out.cols() + h * dv, &into.log_sum_exp(r, h));
     }
   }
 }

@@ -14,6 +14,7 @@
 #include "mask.hpp"
 #include "parallel.hpp"
 #include "types.hpp"
+#include "workspace.hpp"
 
 namespace attn {
 
@@ -31,6 +32,9 @@ struct AttentionOptions {
   double softcap = 0;
   /// Where the work items run; empty means default_executor (OpenMP if compiled in, else serial).
   Executor executor;
+  /// Scratch kept between calls (not owned); null means scratch allocated per call. With a
+  /// workspace, repeated calls of one shape allocate nothing after the first (see Workspace).
+  Workspace* workspace = nullptr;
 
   /// num_kv_heads with 0 resolved to num_heads.
   Index kv_heads() const { return num_kv_heads == 0 ? num_heads : num_kv_heads; }
@@ -179,7 +183,7 @@ void scaled_dot_product_attention_into(
   const ConstMatrixRef<Scalar> q_ref(q), k_ref(k), v_ref(v);
   const auto problem = detail::make_problem<Scalar>("scaled_dot_product_attention", q_ref, k_ref,
                                                     v_ref, out, mask, options, extras);
-  detail::run_attention(problem, mask, options.executor);
+  detail::run_attention(problem, mask, options.executor, options.workspace);
   if (extras.weights != nullptr && extras.average_heads) {
     detail::average_head_weights(*extras.weights, options.num_heads);
   }

@@ -14,12 +14,14 @@
 /// whole packets (no horizontal reductions), and only Qᵀ, packed once per block, is copied.
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <vector>
 
 #include "../parallel.hpp"
 #include "../types.hpp"
+#include "../workspace.hpp"
 #include "packet_math.hpp"
 #include "tile_mask.hpp"
 
@@ -63,34 +65,77 @@ inline constexpr Index key_block_rows = 64;
 /// the next tile (see narrow_tile), so each key row is read whole and in order.
 inline constexpr Index narrow_key_block_rows = 64;
 
-/// Scratch for one thread: sized once per chunk of work items, reused for every tile.
+/// Scratch for one chunk of work items, carved from one buffer (a Workspace slot) and reused for
+/// every tile.
 template <typename Scalar>
 struct TileScratch {
+  using MatrixMap = Eigen::Map<Matrix<Scalar>>;
+  using VectorMap = Eigen::Map<Vector<Scalar>>;
   static constexpr Index narrow_rows = PacketTraits<Scalar>::size;
-  /// `narrow_heads`: heads whose narrow state is kept at once (all heads when decoding, else 1).
-  TileScratch(Index head_dim, Index value_dim, Index narrow_heads = 1)
-      // Zeroed so the padding lanes of a block never read uninitialised memory.
-      : q_t(Matrix<Scalar>::Zero(head_dim, query_block_rows)),
-        s_t(Matrix<Scalar>::Zero(key_block_rows, query_block_rows)),
-        out_t(Matrix<Scalar>::Zero(value_dim, query_block_rows)),
-        q_rows(narrow_heads * narrow_rows, head_dim),
-        s_rows(narrow_heads * narrow_rows, narrow_key_block_rows),
-        out_rows(narrow_heads * narrow_rows, value_dim),
-        row_max(Vector<Scalar>::Zero(std::max(query_block_rows, narrow_heads * narrow_rows))),
-        row_sum(Vector<Scalar>::Zero(std::max(query_block_rows, narrow_heads * narrow_rows))),
-        correction(Vector<Scalar>::Zero(query_block_rows)) {}
+
+  /// Scalars a TileScratch needs; `narrow_heads` heads keep narrow state at once (all heads when
+  /// decoding, else 1).
+  static Index scalars(Index head_dim, Index value_dim, Index narrow_heads) {
+    const Index narrow = narrow_heads * narrow_rows;
+    const Index stats = std::max(query_block_rows, narrow);
+    return (head_dim + key_block_rows + value_dim) * query_block_rows +
+           narrow * (head_dim + narrow_key_block_rows + value_dim) + 2 * stats + query_block_rows;
+  }
+
+  /// `memory` holds scalars(head_dim, value_dim, narrow_heads) values; zeroed when new, so the
+  /// padding lanes of a block never read uninitialised memory.
+  TileScratch(Scalar* memory, Index head_dim, Index value_dim, Index narrow_heads)
+      : q_t(take(memory, head_dim * query_block_rows), head_dim, query_block_rows),
+        s_t(take(memory, key_block_rows * query_block_rows), key_block_rows, query_block_rows),
+        out_t(take(memory, value_dim * query_block_rows), value_dim, query_block_rows),
+        q_rows(take(memory, narrow_heads * narrow_rows * head_dim), narrow_heads * narrow_rows,
+               head_dim),
+        s_rows(take(memory, narrow_heads * narrow_rows * narrow_key_block_rows),
+               narrow_heads * narrow_rows, narrow_key_block_rows),
+        out_rows(take(memory, narrow_heads * narrow_rows * value_dim), narrow_heads * narrow_rows,
+                 value_dim),
+        row_max(take(memory, std::max(query_block_rows, narrow_heads * narrow_rows)),
+                std::max(query_block_rows, narrow_heads * narrow_rows)),
+        row_sum(take(memory, row_max.size()), row_max.size()),
+        correction(take(memory, query_block_rows), query_block_rows) {}
+
   // Wide blocks: queries along the vector lanes.
-  Matrix<Scalar> q_t;    // scale·Qᵀ, d × Bq
-  Matrix<Scalar> s_t;    // logits, then probabilities, Bk × Bq
-  Matrix<Scalar> out_t;  // unnormalised output, dv × Bq
-  // Narrow blocks: keys along the vector lanes; head h's rows start at h·narrow_rows.
-  Matrix<Scalar> q_rows;    // scale·Q, rows × d per head
-  Matrix<Scalar> s_rows;    // rows × narrow key block per head
-  Matrix<Scalar> out_rows;  // rows × dv per head
-  Vector<Scalar> row_max;   // running max, then the log-sum-exp (per head when narrow)
-  Vector<Scalar> row_sum;
-  Vector<Scalar> correction;
+  MatrixMap q_t;    // scale·Qᵀ, d × Bq
+  MatrixMap s_t;    // logits, then probabilities, Bk × Bq
+  MatrixMap out_t;  // unnormalised output, dv × Bq
+  // Narrow blocks: keys along the vector lanes; state row (h − first head)·rows + r.
+  MatrixMap q_rows;    // scale·Q
+  MatrixMap s_rows;    // logits, then probabilities, per state row
+  MatrixMap out_rows;  // unnormalised output
+  VectorMap row_max;   // running max, then the log-sum-exp
+  VectorMap row_sum;
+  VectorMap correction;
+
+ private:
+  static Scalar* take(Scalar*& memory, Index count) {
+    Scalar* start = memory;
+    memory += count;
+    return start;
+  }
 };
+
+/// Runs fn(scratch) for a chunk with scratch from the workspace's slot `slot`, or from memory of
+/// its own when the slots are used up.
+template <typename Scalar, typename Fn>
+void with_scratch(Workspace& workspace, Index slot, Index head_dim, Index value_dim,
+                  Index narrow_heads, const Fn& fn) {
+  const Index count = TileScratch<Scalar>::scalars(head_dim, value_dim, narrow_heads);
+  if (slot < Workspace::max_slots) {
+    Scalar* memory =
+        static_cast<Scalar*>(workspace.slot(slot, sizeof(Scalar) * std::size_t(count)));
+    TileScratch<Scalar> scratch(memory, head_dim, value_dim, narrow_heads);
+    fn(scratch);
+  } else {
+    Vector<Scalar> memory = Vector<Scalar>::Zero(count);
+    TileScratch<Scalar> scratch(memory.data(), head_dim, value_dim, narrow_heads);
+    fn(scratch);
+  }
+}
 
 /// Query block t of `count` in an order where consecutive pairs carry equal work under a causal
 /// mask (0, last, 1, last − 1, ...), so equal contiguous chunks of items carry equal work.
@@ -241,9 +286,9 @@ void narrow_tile(const AttentionProblem<Scalar>& p, const TileMask<Scalar>& mask
   const Index dv = p.value_dim;
   const Index group = p.num_heads / p.num_kv_heads;
   const Index h1 = st.first_head + st.heads;
-  Matrix<Scalar>& s = st.scratch.s_rows;
-  Matrix<Scalar>& acc = st.scratch.out_rows;
-  const Matrix<Scalar>& q = st.scratch.q_rows;
+  auto& s = st.scratch.s_rows;
+  auto& acc = st.scratch.out_rows;
+  const auto& q = st.scratch.q_rows;
 
   // 1. Logits, one key row at a time across the heads.
   for (Index j = 0; j < keys; ++j) {
@@ -412,14 +457,17 @@ void attend_query_block(const AttentionProblem<Scalar>& p, const TileMask<Scalar
 /// Combines partial results over disjoint key sets: given each part's normalised row and
 /// log-sum-exp, the row over the union is Σ exp(lse_s − lse)·out_s with lse = log Σ exp(lse_s).
 /// Parts with lse = −∞ (no visible key) contribute nothing; if all are empty the row is zero.
+/// Part s's row is at outs + s·out_stride, its lse at lses[s·lse_stride]; out must not overlap
+/// them.
 template <typename Scalar>
-void merge_rows(Index parts, const Scalar* const* outs, const Scalar* lses, Index dv, Scalar* out,
-                Scalar* lse) {
+void merge_rows(Index parts, const Scalar* outs, Index out_stride, const Scalar* lses,
+                Index lse_stride, Index dv, Scalar* out, Scalar* lse) {
+  using Row = Eigen::Matrix<Scalar, 1, Eigen::Dynamic>;
   constexpr Scalar minus_infinity = -std::numeric_limits<Scalar>::infinity();
   Scalar max = minus_infinity;
   for (Index s = 0; s < parts; ++s)
-    max = std::max(max, lses[s]);
-  Eigen::Map<Eigen::Matrix<Scalar, 1, Eigen::Dynamic>> row(out, dv);
+    max = std::max(max, lses[s * lse_stride]);
+  Eigen::Map<Row> row(out, dv);
   row.setZero();
   if (max == minus_infinity) {
     if (lse != nullptr) *lse = minus_infinity;
@@ -427,10 +475,10 @@ void merge_rows(Index parts, const Scalar* const* outs, const Scalar* lses, Inde
   }
   Scalar total = 0;
   for (Index s = 0; s < parts; ++s) {
-    if (lses[s] == minus_infinity) continue;
-    const Scalar weight = std::exp(lses[s] - max);
+    if (lses[s * lse_stride] == minus_infinity) continue;
+    const Scalar weight = std::exp(lses[s * lse_stride] - max);
     total += weight;
-    row += weight * Eigen::Map<const Eigen::Matrix<Scalar, 1, Eigen::Dynamic>>(outs[s], dv);
+    row += weight * Eigen::Map<const Row>(outs + s * out_stride, dv);
   }
   row /= total;
   if (lse != nullptr) *lse = max + std::log(total);
@@ -443,83 +491,102 @@ void merge_rows(Index parts, const Scalar* const* outs, const Scalar* lses, Inde
 /// any executor.
 inline constexpr Index decode_split_keys = 512;
 
-/// Runs the whole problem over the executor's threads. Work items are (head, query block), in
-/// balanced order; when decoding, they are key splits covering all heads, followed by a merge.
+/// Runs the whole problem over the executor's threads, with scratch from `workspace` (or a
+/// workspace of its own). Work items are (head, query block), in balanced order; when decoding
+/// they are key splits covering all heads, followed by a merge.
 template <typename Scalar>
-void run_attention(const AttentionProblem<Scalar>& p, const Mask& mask, const Executor& executor) {
+void run_attention(const AttentionProblem<Scalar>& p, const Mask& mask, const Executor& executor,
+                   Workspace* workspace = nullptr) {
   const Index n = p.q.rows();
   const Index m = p.k.rows();
   if (n == 0) return;
+  Workspace own_workspace;
+  Workspace& memory = workspace != nullptr ? *workspace : own_workspace;
   const TileMask<Scalar> tile_mask(mask, n, m);
   const Index dv = p.value_dim;
-  MatrixView<Scalar> out = p.out;  // p is const; the storage it points to is not
-  const auto output = [&](Index h, Index i0) {
-    return BlockOutput<Scalar>{out.data() + i0 * out.outerStride() + h * dv, out.outerStride(),
-                               p.lse == nullptr ? nullptr : p.lse + i0 * p.lse_stride + h,
-                               p.lse_stride};
-  };
+  const bool decoding = n < PacketTraits<Scalar>::size && p.weights == nullptr;
 
-  if (n < PacketTraits<Scalar>::size && p.weights == nullptr) {
-    // Decoding: one narrow block; split the visible keys.
-    const Index keys_begin = tile_mask.key_begin(0);
-    const Index keys_end = std::max(keys_begin, tile_mask.key_end(n - 1));
-    const Index splits = std::max<Index>(1, (keys_end - keys_begin) / decode_split_keys);
-    const auto split_begin = [&](Index s) {
-      return keys_begin + (keys_end - keys_begin) * s / splits;
-    };
-    if (splits == 1) {
-      TileScratch<Scalar> scratch(p.head_dim, dv, p.num_heads);
-      attend_narrow(p, tile_mask, NarrowState<Scalar>{scratch, 0, p.num_heads, n}, 0, keys_begin,
-                    keys_end, [&](Index h) { return output(h, 0); });
-      return;
+  // Everything a chunk needs, reached through one pointer so that the RangeFunction holding the
+  // chunk lambda stays within std::function's small buffer (no allocation per call).
+  struct Call {
+    const AttentionProblem<Scalar>& p;
+    const TileMask<Scalar>& mask;
+    Workspace& memory;
+    std::atomic<Index> next_slot{0};
+    Scalar* out;  // the problem's output, row stride out_stride
+    Index out_stride;
+    Index keys_begin = 0, keys_end = 0, splits = 1, blocks = 1;
+    Scalar* partial_out = nullptr;  // split s, head h, row r at ((s·H + h)·n + r)·dv
+    Scalar* partial_lse = nullptr;  // at (s·H + h)·n + r
+
+    BlockOutput<Scalar> output(Index h, Index i0) const {
+      return {out + i0 * out_stride + h * p.value_dim, out_stride,
+              p.lse == nullptr ? nullptr : p.lse + i0 * p.lse_stride + h, p.lse_stride};
     }
-    // Partials of split s, head h: rows at partial_out[(s·H + h)·n], lses at partial_lse(s·H + h).
-    Matrix<Scalar> partial_out(splits * p.num_heads * n, dv);
-    Matrix<Scalar> partial_lse(splits * p.num_heads, n);
-    parallel_for(
-        splits,
-        [&](Index begin, Index end) {
-          TileScratch<Scalar> scratch(p.head_dim, dv, p.num_heads);
-          for (Index split = begin; split < end; ++split) {
-            attend_narrow(p, tile_mask, NarrowState<Scalar>{scratch, 0, p.num_heads, n}, 0,
-                          split_begin(split), split_begin(split + 1), [&](Index h) {
-                            const Index part = split * p.num_heads + h;
-                            return BlockOutput<Scalar>{partial_out.data() + part * n * dv, dv,
-                                                       partial_lse.data() + part * n, 1};
-                          });
-          }
-        },
-        executor);
-    std::vector<const Scalar*> outs(static_cast<std::size_t>(splits));
-    Vector<Scalar> lses(splits);
-    for (Index h = 0; h < p.num_heads; ++h) {
-      for (Index r = 0; r < n; ++r) {
-        for (Index s = 0; s < splits; ++s) {
-          const Index part = s * p.num_heads + h;
-          outs[static_cast<std::size_t>(s)] = partial_out.data() + (part * n + r) * dv;
-          lses[s] = partial_lse(part, r);
+    Index split_begin(Index s) const { return keys_begin + (keys_end - keys_begin) * s / splits; }
+
+    void decode(Index begin, Index end) {
+      const Index n = p.q.rows(), heads = p.num_heads;
+      with_scratch<Scalar>(memory, next_slot++, p.head_dim, p.value_dim, heads, [&](auto& scratch) {
+        for (Index split = begin; split < end; ++split) {
+          const NarrowState<Scalar> state{scratch, 0, heads, n};
+          attend_narrow(p, mask, state, 0, split_begin(split), split_begin(split + 1),
+                        [&](Index h) {
+                          if (splits == 1) return output(h, 0);
+                          const Index part = (split * heads + h) * n;
+                          return BlockOutput<Scalar>{partial_out + part * p.value_dim, p.value_dim,
+                                                     partial_lse + part, 1};
+                        });
         }
-        const BlockOutput<Scalar> dst = output(h, r);
-        merge_rows(splits, outs.data(), lses.data(), dv, dst.out, dst.lse);
-      }
+      });
     }
-    return;
-  }
 
-  const Index blocks = (n + query_block_rows - 1) / query_block_rows;
-  parallel_for(
-      p.num_heads * blocks,
-      [&](Index begin, Index end) {
-        TileScratch<Scalar> scratch(p.head_dim, dv);
+    void query_blocks(Index begin, Index end) {
+      with_scratch<Scalar>(memory, next_slot++, p.head_dim, p.value_dim, 1, [&](auto& scratch) {
+        const Index n = p.q.rows();
         for (Index item = begin; item < end; ++item) {
           const Index i0 = balanced_block(item % blocks, blocks) * query_block_rows;
           const Index rows = std::min(query_block_rows, n - i0);
-          const QueryBlock b{item / blocks, i0, rows, tile_mask.key_begin(i0),
-                             tile_mask.key_end(i0 + rows - 1)};
-          attend_query_block(p, tile_mask, scratch, b, output(b.head, i0));
+          const QueryBlock b{item / blocks, i0, rows, mask.key_begin(i0),
+                             mask.key_end(i0 + rows - 1)};
+          attend_query_block(p, mask, scratch, b, output(b.head, i0));
         }
-      },
-      executor);
+      });
+    }
+  };
+  MatrixView<Scalar> out = p.out;  // p is const; the storage it points to is not
+  Call call{p, tile_mask, memory, {}, out.data(), out.outerStride()};
+  Call* const c = &call;
+
+  if (!decoding) {
+    call.blocks = (n + query_block_rows - 1) / query_block_rows;
+    parallel_for(
+        p.num_heads * call.blocks, [c](Index begin, Index end) { c->query_blocks(begin, end); },
+        executor);
+    return;
+  }
+  // Decoding: one narrow block; the visible keys are split, then the partials merged.
+  call.keys_begin = tile_mask.key_begin(0);
+  call.keys_end = std::max(call.keys_begin, tile_mask.key_end(n - 1));
+  call.splits = std::max<Index>(1, (call.keys_end - call.keys_begin) / decode_split_keys);
+  if (call.splits > 1) {
+    const Index parts = call.splits * p.num_heads * n;
+    call.partial_out =
+        static_cast<Scalar*>(memory.shared(sizeof(Scalar) * std::size_t(parts * (dv + 1))));
+    call.partial_lse = call.partial_out + parts * dv;
+  }
+  parallel_for(
+      call.splits, [c](Index begin, Index end) { c->decode(begin, end); }, executor);
+  if (call.splits == 1) return;
+  const Index part_stride = p.num_heads * n;  // from split s to s + 1, in rows
+  for (Index h = 0; h < p.num_heads; ++h) {
+    for (Index r = 0; r < n; ++r) {
+      const Index first = h * n + r;
+      const BlockOutput<Scalar> dst = call.output(h, r);
+      merge_rows(call.splits, call.partial_out + first * dv, part_stride * dv,
+                 call.partial_lse + first, part_stride, dv, dst.out, dst.lse);
+    }
+  }
 }
 
 }  // namespace attn::detail

@@ -1,0 +1,311 @@
+// SPDX-License-Identifier: MIT
+// Copyright (c) 2026 The attn authors
+//
+// translate: a tiny encoder–decoder "translator" whose one skill is writing a word backwards
+// ("stressed" -> "desserts"). Its weights are set by hand, not trained, so every number below has
+// a reason you can read. It uses attention the three ways a sequence-to-sequence model does, and
+// decodes the way a real one does: one token per step, with a KV cache and a remembered source.
+//
+//   encoder self-attention     every source token finds out how long the source is
+//   decoder self-attention     over a KVCache of its own steps: each step finds out how far it got
+//   cross-attention            queries from the decoder, keys AND values from the encoder output:
+//                              step t looks up the source token t + 1 places from the end
+//
+// It prints the alignment, writes the cross-attention weights (target × source) as the heatmap
+// translate_attention.png, and exits nonzero unless the output is the input reversed (ctest runs
+// it as a smoke test).
+//
+//   cmake --workflow --preset demo            # builds and runs it in build/default/examples
+//   ./build/default/examples/translate        # "stressed"
+//   ./build/default/examples/translate hello  # any lowercase word of up to 14 letters
+//
+// THE MODEL. A row (one token) is a vector of named slots, and every weight is a constant (1, 2
+// or a gain) from one named slot to another, so each matrix reads as a sentence. Each layer adds
+// its result to the row (the residual connection) in slots that were zero before, so no layer
+// disturbs another. Vocabulary: <s>, </s>, a … z. The source is  <s> w_1 … w_m </s>  (L = m + 2
+// tokens at positions j = 0 … L−1); the decoder starts from <s> and must write  w_m … w_1 </s>.
+//
+//  1. Encoder input: the token, one-hot, and the position j as a plain number.
+//  2. Encoder self-attention, "how long is the source?" Queries and keys are zero, so every logit
+//     is 0 and every token attends 1/L to each of the L tokens. A token's value is 2·j, so every
+//     token receives 2·mean(0 … L−1) = L − 1, the position of the last token, in slot `last`.
+//  3. Encoder feed-forward: r = last − j is the distance from the end (</s> 0, w_m 1, … <s> m + 1),
+//     written as a one-hot code from_end[r] that the cross-attention can match exactly.
+//  4. Decoder input: the previous output token, one-hot (<s> at step 0). No positional code.
+//  5. Decoder self-attention with a KVCache, "how far have I got?" Uniform again, now over the
+//     t + 1 cached rows of steps 0 … t. The value is 1 on the <s> row (step 0) only, so step t
+//     receives 1/(t + 1) in slot `count`: a causal decoder can count without a positional code.
+//  6. Decoder feed-forward: count = 1/(t + 1) becomes a one-hot code step[t].
+//  7. Cross-attention, "which source token comes next?" The query of step t asks for
+//     from_end = t + 1; the key of each source token is its from_end code; a match scores
+//     `sharpness` and anything else 0. So step t attends to source position L − 2 − t = m − t,
+//     the word w_{m−t}: w_m first, then w_{m−1}, …, w_1, and at step m the marker <s>. The value
+//     is the dictionary: each source token maps to the same target token, except that the
+//     source's <s> maps to the target's </s>, so the last step emits </s> and decoding stops.
+//  8. Readout: the output token is the largest of the `next` slots the cross-attention wrote.
+
+#include <attn/attn.hpp>
+
+#include "png.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <exception>
+#include <string>
+#include <vector>
+
+namespace {
+
+using Matrix = attn::Matrix<float>;
+using attn::Index;
+
+// ---------------------------------------------------------------------------------------------
+// Vocabulary and feature slots
+// ---------------------------------------------------------------------------------------------
+constexpr Index vocab = 28;    // <s>, </s>, a … z
+constexpr Index bos = 0;       // <s>
+constexpr Index eos = 1;       // </s>
+constexpr Index max_len = 16;  // longest source, markers included: words of up to 14 letters
+
+// The token of a lowercase letter.
+Index letter(char c) {
+  return 2 + (c - 'a');
+}
+std::string spell(Index token) {
+  if (token == bos) return "<s>";
+  if (token == eos) return "</s>";
+  return std::string(1, char('a' + (token - 2)));
+}
+
+// Slots (columns) of an encoder row, the source side: 46 of them.
+struct SourceSlot {
+  static constexpr Index token(Index w) { return w; }                 // one-hot token
+  static constexpr Index position = vocab;                            // j
+  static constexpr Index last = vocab + 1;                            // L − 1 (self-attention)
+  static constexpr Index from_end(Index r) { return vocab + 2 + r; }  // one-hot L − 1 − j
+  static constexpr Index width = vocab + 2 + max_len;
+};
+
+// Slots of a decoder row, the target side: 73 of them.
+struct TargetSlot {
+  static constexpr Index token(Index w) { return w; }             // one-hot previous output
+  static constexpr Index count = vocab;                           // 1/(t + 1) (self-attention)
+  static constexpr Index step(Index t) { return vocab + 1 + t; }  // one-hot t
+  static constexpr Index next(Index w) { return vocab + 1 + max_len + w; }  // (cross-attention)
+  static constexpr Index width = 2 * vocab + 1 + max_len;
+};
+
+// The logit of a matching query and key in the cross-attention: the matching source token gets
+// weight e^8 / (e^8 + L − 1), 0.997 for L = 10.
+constexpr float sharpness = 8;
+
+// A hat: 1 at `centre`, falling linearly to 0 at `left` and at `right`, 0 beyond. A feed-forward
+// layer with three ReLUs computes exactly this; ours use it to turn a number into a one-hot code.
+float hat(float x, float left, float centre, float right) {
+  return std::max(0.0f, std::min((x - left) / (centre - left), (right - x) / (right - centre)));
+}
+
+// Single-head, bias-free layer weights, all zero except an identity output projection: the head's
+// coordinates are the row's slots, so a value written to coordinate s lands in slot s.
+attn::MultiHeadWeights<float> blank_weights(Index model_dim, Index source_dim) {
+  attn::MultiHeadWeights<float> w;
+  w.q_weight = Matrix::Zero(model_dim, model_dim);
+  w.k_weight = Matrix::Zero(model_dim, source_dim);
+  w.v_weight = Matrix::Zero(model_dim, source_dim);
+  w.out_weight = Matrix::Identity(model_dim, model_dim);
+  return w;
+}
+
+attn::MultiHeadConfig one_head(Index model_dim, Index source_dim) {
+  attn::MultiHeadConfig config{model_dim, /*num_heads*/ 1};
+  config.source_dim = source_dim;
+  config.bias = false;
+  return config;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Encoder (steps 1–3)
+// ---------------------------------------------------------------------------------------------
+Matrix encode(const std::vector<Index>& source) {
+  const Index length = Index(source.size());
+  Matrix x = Matrix::Zero(length, SourceSlot::width);
+  for (Index j = 0; j < length; ++j) {
+    x(j, SourceSlot::token(source[std::size_t(j)])) = 1;
+    x(j, SourceSlot::position) = float(j);
+  }
+
+  // 2. Self-attention: zero queries and keys give uniform weights 1/L, and the value of token j
+  //    is 2·j in slot `last`, so every token receives 2·mean(j) = L − 1.
+  attn::MultiHeadWeights<float> w = blank_weights(SourceSlot::width, SourceSlot::width);
+  w.v_weight(SourceSlot::last, SourceSlot::position) = 2;
+  const attn::SelfAttention<float> self_attention(one_head(SourceSlot::width, 0), w);
+  x += self_attention(x);
+
+  // 3. Feed-forward: from_end[r] = 1 where r = last − position.
+  for (Index j = 0; j < length; ++j) {
+    const float r = x(j, SourceSlot::last) - x(j, SourceSlot::position);
+    for (Index k = 0; k < max_len; ++k)
+      x(j, SourceSlot::from_end(k)) += hat(r, float(k - 1), float(k), float(k + 1));
+  }
+  return x;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decoder (steps 4–8)
+// ---------------------------------------------------------------------------------------------
+
+// 5. Uniform over the cached steps; the value is 1 in slot `count` for the <s> row only.
+attn::SelfAttention<float> decoder_self_attention() {
+  attn::MultiHeadWeights<float> w = blank_weights(TargetSlot::width, TargetSlot::width);
+  w.v_weight(TargetSlot::count, TargetSlot::token(bos)) = 1;
+  return {one_head(TargetSlot::width, 0), w};
+}
+
+// 7. Q from the decoder row (its step), K and V from the encoder output (from_end and token).
+attn::CrossAttention<float> decoder_cross_attention() {
+  attn::MultiHeadWeights<float> w = blank_weights(TargetSlot::width, SourceSlot::width);
+  // Query and key coordinate r means "r tokens from the end". attn scales logits by
+  // 1/sqrt(head_dim); the gain undoes that, so that a match scores exactly `sharpness`.
+  const float gain = sharpness * std::sqrt(float(TargetSlot::width));
+  for (Index t = 0; t + 1 < max_len; ++t)
+    w.q_weight(t + 1, TargetSlot::step(t)) = gain;  // step t: "I want the token t + 1 from the end"
+  for (Index r = 0; r < max_len; ++r)
+    w.k_weight(r, SourceSlot::from_end(r)) = 1;  // source token: "I am r from the end"
+  // The value is what a source token hands over: its translation, in the decoder's `next` slots.
+  // A letter stays itself; the source's <s> becomes </s>, so reaching the start ends the output.
+  for (Index token = 2; token < vocab; ++token)
+    w.v_weight(TargetSlot::next(token), SourceSlot::token(token)) = 1;
+  w.v_weight(TargetSlot::next(eos), SourceSlot::token(bos)) = 1;
+  return {one_head(TargetSlot::width, SourceSlot::width), w};
+}
+
+struct Translation {
+  std::vector<Index> output;  // target tokens, </s> not included
+  Matrix alignment;           // cross-attention weights, one row per step (</s> included) × L
+};
+
+Translation translate(const std::vector<Index>& source) {
+  const Matrix encoded = encode(source);
+  const attn::SelfAttention<float> self_attention = decoder_self_attention();
+  const attn::CrossAttention<float> cross_attention = decoder_cross_attention();
+
+  // The source's keys and values are projected once; every step only projects its query.
+  const attn::CrossAttention<float>::Memory memory = cross_attention.remember(encoded);
+  // Room for every step's keys and values; the cache never reallocates.
+  attn::KVCache<float> cache = self_attention.make_cache(max_len);
+
+  Translation result;
+  result.alignment = Matrix::Zero(max_len, Index(source.size()));
+  Index token = bos;
+  for (Index t = 0; t < max_len; ++t) {
+    // 4. This step's row: the previous output token.
+    Matrix x = Matrix::Zero(1, TargetSlot::width);
+    x(0, TargetSlot::token(token)) = 1;
+
+    // 5. Appends this row's key and value to the cache, then attends over all t + 1 cached rows.
+    x += self_attention(x, cache, attn::Mask::causal());
+
+    // 6. Feed-forward: step[k] = 1 where count = 1/(k + 1) (its neighbours are 1/(k + 2) and 1/k).
+    for (Index k = 0; k < max_len; ++k) {
+      const float above = k == 0 ? 2.0f : 1.0f / float(k);
+      x(0, TargetSlot::step(k)) +=
+          hat(x(0, TargetSlot::count), 1.0f / float(k + 2), 1.0f / float(k + 1), above);
+    }
+
+    // 7. Cross-attention over the remembered source, asking for the weights (averaged over heads;
+    //    this model has one) for the picture. Without extras, attn never computes them.
+    Matrix weights;  // 1 × L
+    attn::AttentionExtras<float> extras;
+    extras.weights = &weights;
+    extras.average_heads = true;
+    x += cross_attention(x, memory, attn::Mask::none(), extras);
+    result.alignment.row(t) = weights.row(0);
+
+    // 8. Greedy readout.
+    x.row(0).segment(TargetSlot::next(0), vocab).maxCoeff(&token);
+    if (token == eos) {
+      result.alignment.conservativeResize(t + 1, Eigen::NoChange);
+      return result;
+    }
+    result.output.push_back(token);
+  }
+  return result;  // never saw </s>: the check in main reports it
+}
+
+// The weights as a grid of cell × cell squares, one per (target, source) pair, 1 px apart.
+example::Image heatmap(const Matrix& weights, int cell) {
+  const int rows = int(weights.rows()), cols = int(weights.cols());
+  example::Image image(cols * cell + 1, rows * cell + 1, {40, 40, 40});
+  for (int i = 0; i < rows; ++i)
+    for (int j = 0; j < cols; ++j)
+      image.fill_rect(j * cell + 1, i * cell + 1, cell - 1, cell - 1, example::heat(weights(i, j)));
+  return image;
+}
+
+std::string spell_all(const std::vector<Index>& tokens) {
+  std::string s;
+  for (Index token : tokens) {
+    if (!s.empty()) s += ' ';
+    s += spell(token);
+  }
+  return s;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::string word = argc > 1 ? argv[1] : "stressed";
+  const bool valid =
+      !word.empty() && Index(word.size()) + 2 <= max_len &&
+      std::all_of(word.begin(), word.end(), [](char c) { return c >= 'a' && c <= 'z'; });
+  if (argc > 2 || !valid) {
+    std::fprintf(stderr, "usage: %s [word of 1 to %d lowercase letters]\n", argv[0],
+                 int(max_len - 2));
+    return 2;
+  }
+
+  std::vector<Index> source{bos};
+  for (char c : word)
+    source.push_back(letter(c));
+  source.push_back(eos);
+  std::vector<Index> expected(source.rbegin() + 1, source.rend() - 1);
+
+  try {
+    const Translation result = translate(source);
+    std::printf("attn translate: a hand-wired encoder-decoder writes a word backwards\n\n");
+    std::printf("source: %s\n", spell_all(source).c_str());
+    std::printf("output: %s </s>\n\n", spell_all(result.output).c_str());
+
+    std::printf("cross-attention (queries: decoder steps; keys and values: source positions)\n");
+    std::printf("step  emits   attends most to        weight\n");
+    bool aligned = true;
+    for (Index t = 0; t < result.alignment.rows(); ++t) {
+      Index j = 0;
+      const float weight = result.alignment.row(t).maxCoeff(&j);
+      const Index emitted = t < Index(result.output.size()) ? result.output[std::size_t(t)] : eos;
+      std::printf("%4d  %-6s  source %2d %-6s      %.3f\n", int(t), spell(emitted).c_str(), int(j),
+                  spell(source[std::size_t(j)]).c_str(), double(weight));
+      // Step t should read source position m − t (the <s> at 0 for the final </s>).
+      aligned = aligned && j == Index(word.size()) - t;
+    }
+
+    const char* path = "translate_attention.png";
+    const example::Image picture = heatmap(result.alignment, 32);
+    example::write_png(path, picture);
+    std::printf("\nwrote %s (%d x %d px): rows are the %d steps, columns the %d source tokens\n",
+                path, picture.width(), picture.height(), int(result.alignment.rows()),
+                int(result.alignment.cols()));
+
+    if (result.output != expected || !aligned) {
+      std::printf("FAILED: expected %s, aligned to source positions %d .. 0\n",
+                  spell_all(expected).c_str(), int(word.size()));
+      return 1;
+    }
+    std::printf("ok: the output is the source reversed\n");
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "translate: %s\n", e.what());
+    return 1;
+  }
+}

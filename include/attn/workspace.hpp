@@ -1,0 +1,94 @@
+// SPDX-License-Identifier: MIT
+// Copyright (c) 2026 The attn authors
+#pragma once
+
+/// \file workspace.hpp
+/// attn::Workspace: scratch memory the kernel keeps between calls, so that a loop of calls (a
+/// decoder's steps) allocates nothing once the first call has sized it.
+
+#include <array>
+#include <cstddef>
+#include <cstring>
+#include <memory>
+#include <new>
+
+#include "types.hpp"
+
+namespace attn {
+
+/// Scratch memory for scaled_dot_product_attention, reused across calls: give one to
+/// AttentionOptions::workspace and, after the first call of a shape, later calls of that shape or
+/// smaller perform no heap allocation in the kernel (with the serial executor or a pool of the
+/// user's own; thread_executor starts threads, which allocate).
+///
+/// Each concurrently running chunk of work takes its own slot; there are max_slots of them, and
+/// chunks beyond that use memory of their own. One Workspace serves one call at a time: threads
+/// that call the kernel concurrently need one each.
+///
+/// \code
+/// attn::Workspace workspace;
+/// attn::AttentionOptions options;
+/// options.workspace = &workspace;
+/// for (int step = 0; step < steps; ++step) {
+///   attn::scaled_dot_product_attention_into(q, cache_k, cache_v, out, attn::Mask::causal(), options);
+/// }
+/// \endcode
+class Workspace {
+ public:
+  /// Slots for concurrently running chunks of work (threads).
+  static constexpr Index max_slots = 64;
+
+  Workspace() = default;
+  Workspace(const Workspace&) = delete;
+  Workspace& operator=(const Workspace&) = delete;
+
+  /// Bytes held over all slots.
+  std::size_t bytes() const {
+    std::size_t total = m_shared.size;
+    for (const Buffer& slot : m_slots)
+      total += slot.size;
+    return total;
+  }
+
+  /// Frees everything.
+  void release() {
+    for (Buffer& slot : m_slots)
+      slot = Buffer();
+    m_shared = Buffer();
+  }
+
+  /// Zeroed memory of at least `bytes` for slot `slot` (< max_slots), kept for later calls.
+  /// Internal: used by the kernel.
+  void* slot(Index slot, std::size_t bytes) {
+    return m_slots[static_cast<std::size_t>(slot)].reserve(bytes);
+  }
+  /// Zeroed memory of at least `bytes` shared by the whole call (the decode's partial results).
+  /// Internal: used by the kernel.
+  void* shared(std::size_t bytes) { return m_shared.reserve(bytes); }
+
+ private:
+  struct Free {
+    void operator()(unsigned char* p) const { ::operator delete[](p, std::align_val_t(alignment)); }
+  };
+  // Cache-line alignment: whole packets of any width, and no false sharing between slots.
+  static constexpr std::size_t alignment = 64;
+
+  struct Buffer {
+    std::unique_ptr<unsigned char, Free> data;
+    std::size_t size = 0;
+    void* reserve(std::size_t bytes) {
+      if (bytes > size) {
+        data.reset(
+            static_cast<unsigned char*>(::operator new[](bytes, std::align_val_t(alignment))));
+        std::memset(data.get(), 0, bytes);
+        size = bytes;
+      }
+      return data.get();
+    }
+  };
+
+  std::array<Buffer, max_slots> m_slots;
+  Buffer m_shared;
+};
+
+}  // namespace attn

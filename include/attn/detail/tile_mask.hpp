@@ -19,7 +19,10 @@ class TileMask {
   /// Resolves `mask` for n queries and m keys. A bias of the other precision is converted here,
   /// once per call; matrices of the right precision are read in place.
   TileMask(const Mask& mask, Index n, Index m)
-      : m_keys(m), m_position_offset(m - n), m_left(mask.left()), m_right(mask.right()) {
+      : m_keys(m),
+        m_position_offset(m - n),
+        m_left(clamp_reach(mask.left(), n, m)),
+        m_right(clamp_reach(mask.right(), n, m)) {
     if (mask.has_keep()) {
       m_keep = mask.keep_matrix().data();
       m_keep_stride = mask.keep_matrix().cols();
@@ -91,6 +94,11 @@ class TileMask {
   }
 
  private:
+  // A reach beyond n + m changes nothing; clamping it keeps i + offset ± reach from overflowing.
+  static Index clamp_reach(Index reach, Index n, Index m) {
+    return reach == Mask::unbounded ? reach : std::min(reach, n + m);
+  }
+
   Index m_keys;
   Index m_position_offset;  // p(i) = i + m − n: bottom-right alignment
   Index m_left;

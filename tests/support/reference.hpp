@@ -1,0 +1,311 @@
+// SPDX-License-Identifier: MIT
+// Copyright (c) 2026 The attn authors
+#pragma once
+
+/// \file support/reference.hpp
+/// An independent fp64 reference for attention, written for clarity, not speed: explicit loops,
+/// the n×m score matrix materialised, every formula spelled out once. It shares nothing with the
+/// library but the attn::Matrix alias (and reads weights of any struct with MultiHeadWeights'
+/// member names), so a bug in attn cannot hide in it.
+
+#include <attn/types.hpp>
+
+#include <cmath>
+#include <cstddef>
+#include <limits>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace attn_test {
+
+using Index = Eigen::Index;
+using MatrixD = attn::Matrix<double>;
+using MatrixB = attn::Matrix<bool>;
+using VectorD = Eigen::Matrix<double, Eigen::Dynamic, 1>;
+
+/// A mask described by its documented formulas, evaluated element by element. For n queries and
+/// m keys, query i sits at key position p(i) = i + m − n (bottom-right alignment):
+/// - window(left, right): key j is visible iff p(i) − left ≤ j ≤ p(i) + right, a reach of
+///   `unbounded` (−1) dropping its side; causal is window(unbounded, 0), i.e. j ≤ p(i);
+/// - keep(allowed): key j is visible iff allowed(i, j);
+/// - bias(b): b(i, j) is added to the logit.
+/// Combining with `&` keeps every part: a key is visible iff every window and every keep matrix
+/// lets it through, and the biases are summed. (No part is simplified into another, so this does
+/// not share the library's reasoning about how windows intersect.)
+class ReferenceMask {
+ public:
+  static constexpr Index unbounded = -1;
+
+  static ReferenceMask none() { return ReferenceMask(); }
+  static ReferenceMask causal() { return window(unbounded, 0); }
+  static ReferenceMask window(Index left, Index right) {
+    ReferenceMask mask;
+    mask.m_windows.emplace_back(left, right);
+    return mask;
+  }
+  static ReferenceMask keep(MatrixB allowed) {
+    ReferenceMask mask;
+    mask.m_keeps.push_back(std::move(allowed));
+    return mask;
+  }
+  template <typename Derived>
+  static ReferenceMask bias(const Eigen::MatrixBase<Derived>& additive) {
+    ReferenceMask mask;
+    mask.m_biases.push_back(additive.template cast<double>());
+    return mask;
+  }
+
+  friend ReferenceMask operator&(ReferenceMask a, const ReferenceMask& b) {
+    a.m_windows.insert(a.m_windows.end(), b.m_windows.begin(), b.m_windows.end());
+    a.m_keeps.insert(a.m_keeps.end(), b.m_keeps.begin(), b.m_keeps.end());
+    a.m_biases.insert(a.m_biases.end(), b.m_biases.begin(), b.m_biases.end());
+    return a;
+  }
+
+  /// True if the mask holds an n×m matrix (and so describes a single (n, m)).
+  bool has_explicit() const { return !m_keeps.empty() || !m_biases.empty(); }
+
+  /// May query i (of n) see key j (of m)?
+  bool visible(Index i, Index j, Index n, Index m) const {
+    const Index p = i + m - n;
+    for (const auto& [left, right] : m_windows) {
+      if (left != unbounded && j < p - left) return false;
+      if (right != unbounded && j > p + right) return false;
+    }
+    for (const MatrixB& allowed : m_keeps) {
+      check_shape("keep", allowed.rows(), allowed.cols(), n, m);
+      if (!allowed(i, j)) return false;
+    }
+    return true;
+  }
+
+  /// The n×m visibility matrix.
+  MatrixB allowed(Index n, Index m) const {
+    MatrixB result(n, m);
+    for (Index i = 0; i < n; ++i) {
+      for (Index j = 0; j < m; ++j)
+        result(i, j) = visible(i, j, n, m);
+    }
+    return result;
+  }
+
+  /// The n×m sum of the biases, or an empty matrix when there is none.
+  MatrixD bias(Index n, Index m) const {
+    if (m_biases.empty()) return MatrixD();
+    MatrixD sum = MatrixD::Zero(n, m);
+    for (const MatrixD& b : m_biases) {
+      check_shape("bias", b.rows(), b.cols(), n, m);
+      for (Index i = 0; i < n; ++i) {
+        for (Index j = 0; j < m; ++j)
+          sum(i, j) += b(i, j);
+      }
+    }
+    return sum;
+  }
+
+ private:
+  static void check_shape(const char* part, Index rows, Index cols, Index n, Index m) {
+    if (rows != n || cols != m) {
+      throw std::logic_error(std::string("ReferenceMask: ") + part + " matrix is " +
+                             std::to_string(rows) + "x" + std::to_string(cols) + ", used for " +
+                             std::to_string(n) + "x" + std::to_string(m) + " (a bug in the test)");
+    }
+  }
+
+  std::vector<std::pair<Index, Index>> m_windows;
+  std::vector<MatrixB> m_keeps;
+  std::vector<MatrixD> m_biases;
+};
+
+/// Attention of ONE head, in double:
+///   s(i, j) = scale · Σ_l q(i, l)·k(j, l)
+///   s(i, j) = softcap · tanh(s(i, j) / softcap)         if softcap > 0
+///   s(i, j) = s(i, j) + bias(i, j)                      if bias is not empty
+///   s(i, j) = −∞                                        if !allowed(i, j)
+///   out(i, :) = Σ_j softmax_j(s(i, :)) · v(j, :)        (max subtracted first)
+/// A row in which no key is visible (every s(i, j) = −∞) is zero.
+/// q: (n, d), k: (m, d), v: (m, dv), allowed: (n, m), bias: (n, m) or empty -> (n, dv).
+/// Optionally also: log_sum_exp (n) = log Σ_j exp(s(i, j)) (−∞ for a row that sees nothing), and
+/// weights (n, m) = softmax_j(s(i, :)) (zero rows for such rows).
+template <typename DQ, typename DK, typename DV>
+MatrixD reference_attention(const Eigen::MatrixBase<DQ>& q, const Eigen::MatrixBase<DK>& k,
+                            const Eigen::MatrixBase<DV>& v, const MatrixB& allowed,
+                            const MatrixD& bias, double scale, double softcap = 0,
+                            VectorD* log_sum_exp = nullptr, MatrixD* weights = nullptr) {
+  const Index n = q.rows(), m = k.rows(), d = q.cols(), dv = v.cols();
+  if (k.cols() != d || v.rows() != m || allowed.rows() != n || allowed.cols() != m ||
+      (bias.size() != 0 && (bias.rows() != n || bias.cols() != m))) {
+    throw std::logic_error("reference_attention: inconsistent shapes (a bug in the test)");
+  }
+  constexpr double minus_infinity = -std::numeric_limits<double>::infinity();
+
+  // 1. Scores, soft-capped, biased, masked.
+  MatrixD s(n, m);
+  for (Index i = 0; i < n; ++i) {
+    for (Index j = 0; j < m; ++j) {
+      if (!allowed(i, j)) {
+        s(i, j) = minus_infinity;
+        continue;
+      }
+      double dot = 0;
+      for (Index l = 0; l < d; ++l)
+        dot += static_cast<double>(q(i, l)) * static_cast<double>(k(j, l));
+      double logit = scale * dot;
+      if (softcap > 0) logit = softcap * std::tanh(logit / softcap);
+      if (bias.size() != 0) logit += bias(i, j);
+      s(i, j) = logit;
+    }
+  }
+
+  // 2. Row-wise softmax with the max subtracted, then the weighted sum of values.
+  MatrixD out = MatrixD::Zero(n, dv);
+  if (log_sum_exp != nullptr) *log_sum_exp = VectorD::Constant(n, minus_infinity);
+  if (weights != nullptr) *weights = MatrixD::Zero(n, m);
+  for (Index i = 0; i < n; ++i) {
+    double row_max = minus_infinity;
+    for (Index j = 0; j < m; ++j)
+      row_max = std::max(row_max, s(i, j));
+    if (row_max == minus_infinity) continue;  // no visible key: the row stays zero
+    double sum = 0;
+    for (Index j = 0; j < m; ++j)
+      sum += std::exp(s(i, j) - row_max);
+    if (log_sum_exp != nullptr) (*log_sum_exp)(i) = row_max + std::log(sum);
+    for (Index j = 0; j < m; ++j) {
+      const double weight = std::exp(s(i, j) - row_max) / sum;
+      if (weights != nullptr) (*weights)(i, j) = weight;
+      if (weight == 0) continue;
+      for (Index c = 0; c < dv; ++c)
+        out(i, c) += weight * static_cast<double>(v(j, c));
+    }
+  }
+  return out;
+}
+
+/// Multi-head attention over column blocks: q (n, H·d), k (m, Hkv·d), v (m, Hkv·dv) -> (n, H·dv);
+/// query head h reads kv head h / (H / Hkv). scale defaults to 1/√d. Optionally also the
+/// log-sum-exps (n, H) and the weights ((H·n), m), head h in rows [h·n, (h + 1)·n).
+template <typename DQ, typename DK, typename DV>
+MatrixD reference_multi_head(const Eigen::MatrixBase<DQ>& q, const Eigen::MatrixBase<DK>& k,
+                             const Eigen::MatrixBase<DV>& v, Index num_heads, Index num_kv_heads,
+                             const ReferenceMask& mask = ReferenceMask(),
+                             std::optional<double> scale = std::nullopt, double softcap = 0,
+                             MatrixD* log_sum_exp = nullptr, MatrixD* weights = nullptr) {
+  if (num_heads < 1 || num_kv_heads < 1 || num_heads % num_kv_heads != 0 ||
+      q.cols() % num_heads != 0 || v.cols() % num_kv_heads != 0 ||
+      k.cols() != num_kv_heads * (q.cols() / num_heads)) {
+    throw std::logic_error("reference_multi_head: inconsistent heads (a bug in the test)");
+  }
+  const Index n = q.rows(), m = k.rows();
+  const Index d = q.cols() / num_heads;
+  const Index dv = v.cols() / num_kv_heads;
+  const Index group = num_heads / num_kv_heads;
+  const double head_scale =
+      scale ? *scale : (d > 0 ? 1.0 / std::sqrt(static_cast<double>(d)) : 1.0);
+  const MatrixB allowed = mask.allowed(n, m);
+  const MatrixD bias = mask.bias(n, m);
+  MatrixD out(n, num_heads * dv);
+  if (log_sum_exp != nullptr) log_sum_exp->resize(n, num_heads);
+  if (weights != nullptr) weights->resize(num_heads * n, m);
+  for (Index h = 0; h < num_heads; ++h) {
+    const Index g = h / group;
+    VectorD head_lse;
+    MatrixD head_weights;
+    out.middleCols(h * dv, dv) = reference_attention(q.middleCols(h * d, d), k.middleCols(g * d, d),
+                                                     v.middleCols(g * dv, dv), allowed, bias,
+                                                     head_scale, softcap, &head_lse, &head_weights);
+    if (log_sum_exp != nullptr) log_sum_exp->col(h) = head_lse;
+    if (weights != nullptr) weights->middleRows(h * n, n) = head_weights;
+  }
+  return out;
+}
+
+/// The weights of a multi-head layer in double, PyTorch layout (y = x·Wᵀ + b; empty b: none).
+struct ReferenceWeights {
+  MatrixD q_weight, k_weight, v_weight, out_weight;
+  VectorD q_bias, k_bias, v_bias, out_bias;
+};
+
+/// Converts any struct with MultiHeadWeights' members (attn::MultiHeadWeights<float/double>,
+/// ReferenceWeights) to double.
+template <typename Weights>
+ReferenceWeights reference_weights(const Weights& w) {
+  ReferenceWeights r;
+  r.q_weight = w.q_weight.template cast<double>();
+  r.k_weight = w.k_weight.template cast<double>();
+  r.v_weight = w.v_weight.template cast<double>();
+  r.out_weight = w.out_weight.template cast<double>();
+  r.q_bias = w.q_bias.template cast<double>();
+  r.k_bias = w.k_bias.template cast<double>();
+  r.v_bias = w.v_bias.template cast<double>();
+  r.out_bias = w.out_bias.template cast<double>();
+  return r;
+}
+
+/// y = x·Wᵀ + b with explicit loops; x: (rows, in), W: (out, in), b: (out) or empty.
+template <typename DX>
+MatrixD reference_linear(const Eigen::MatrixBase<DX>& x, const MatrixD& weight,
+                         const VectorD& bias) {
+  if (x.cols() != weight.cols() || (bias.size() != 0 && bias.size() != weight.rows())) {
+    throw std::logic_error("reference_linear: inconsistent shapes (a bug in the test)");
+  }
+  MatrixD y(x.rows(), weight.rows());
+  for (Index r = 0; r < x.rows(); ++r) {
+    for (Index o = 0; o < weight.rows(); ++o) {
+      double sum = bias.size() != 0 ? bias(o) : 0.0;
+      for (Index c = 0; c < x.cols(); ++c)
+        sum += static_cast<double>(x(r, c)) * weight(o, c);
+      y(r, o) = sum;
+    }
+  }
+  return y;
+}
+
+/// Multi-head attention layer:
+///   Q = target·Wqᵀ + bq,  K = source·Wkᵀ + bk,  V = source·Wvᵀ + bv,
+///   y = concat_h(attention_h(Q, K, V, mask))·Woᵀ + bo.
+/// target: (n, E), source: (m, S) -> (n, E). Self-attention is target = source.
+template <typename DT, typename DS, typename Weights>
+MatrixD reference_mha(const Eigen::MatrixBase<DT>& target, const Eigen::MatrixBase<DS>& source,
+                      const Weights& weights, Index num_heads, Index num_kv_heads,
+                      const ReferenceMask& mask = ReferenceMask()) {
+  const ReferenceWeights w = reference_weights(weights);
+  const MatrixD q = reference_linear(target, w.q_weight, w.q_bias);
+  const MatrixD k = reference_linear(source, w.k_weight, w.k_bias);
+  const MatrixD v = reference_linear(source, w.v_weight, w.v_bias);
+  const MatrixD heads = reference_multi_head(q, k, v, num_heads, num_kv_heads, mask);
+  return reference_linear(heads, w.out_weight, w.out_bias);
+}
+
+/// reference_mha over sequences packed row-wise: target sequence b (target_lengths[b] rows)
+/// attends only to source sequence b (source_lengths[b] rows); `mask` is applied per sequence.
+template <typename DT, typename DS, typename Weights>
+MatrixD reference_mha_packed(const Eigen::MatrixBase<DT>& target,
+                             const std::vector<Index>& target_lengths,
+                             const Eigen::MatrixBase<DS>& source,
+                             const std::vector<Index>& source_lengths, const Weights& weights,
+                             Index num_heads, Index num_kv_heads,
+                             const ReferenceMask& mask = ReferenceMask()) {
+  if (target_lengths.size() != source_lengths.size()) {
+    throw std::logic_error("reference_mha_packed: length counts differ (a bug in the test)");
+  }
+  const Index e = weights.out_weight.rows();
+  MatrixD y(target.rows(), e);
+  Index t0 = 0, s0 = 0;
+  for (std::size_t b = 0; b < target_lengths.size(); ++b) {
+    const Index n = target_lengths[b], m = source_lengths[b];
+    y.middleRows(t0, n) = reference_mha(target.middleRows(t0, n), source.middleRows(s0, m), weights,
+                                        num_heads, num_kv_heads, mask);
+    t0 += n;
+    s0 += m;
+  }
+  if (t0 != target.rows() || s0 != source.rows()) {
+    throw std::logic_error(
+        "reference_mha_packed: lengths do not cover the rows (a bug in the test)");
+  }
+  return y;
+}
+
+}  // namespace attn_test

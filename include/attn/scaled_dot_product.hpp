@@ -6,6 +6,7 @@
 /// attn::scaled_dot_product_attention: the one kernel behind every attention in the library.
 
 #include <cmath>
+#include <limits>
 #include <optional>
 #include <type_traits>
 
@@ -95,6 +96,20 @@ AttentionProblem<Scalar> make_problem(const char* who, const ConstMatrixRef<Scal
                       shape_string(q.rows(), heads * dv), " (q.rows() x num_heads*value_dim)");
   }
   mask.check_shape(who, q.rows(), k.rows());
+  if constexpr (std::is_same_v<Scalar, float>) {
+    // A double bias is converted to float for a float call: a value beyond float's range would
+    // become +inf (a large negative one becomes −inf, which only hides the key, as intended).
+    if (const Matrix<double>* bias = mask.bias_matrix<double>()) {
+      for (Index i = 0; i < bias->rows(); ++i) {
+        for (Index j = 0; j < bias->cols(); ++j) {
+          if ((*bias)(i, j) > double(std::numeric_limits<float>::max())) {
+            throw_shape_error(who, ": mask bias(", i, ", ", j, ") is ", (*bias)(i, j),
+                              ", beyond the range of float in a float call");
+          }
+        }
+      }
+    }
+  }
   const double scale = options.scale ? *options.scale : (d > 0 ? 1.0 / std::sqrt(double(d)) : 1.0);
   if (!std::isfinite(scale)) throw_shape_error(who, ": scale is ", scale, ", expected finite");
   if (!(options.softcap >= 0) || !std::isfinite(options.softcap)) {
@@ -169,6 +184,11 @@ constexpr void check_scalars() {
 /// \param extras  optional outputs: log-sum-exp per row and head, attention weights.
 ///
 /// n = 0 gives an empty result; m = 0, or a row whose keys are all masked, gives zero rows.
+/// A NaN in q, k, v or the bias makes NaN exactly the output rows that see it (a key hidden by
+/// the mask reaches no row, even through a zero weight). Values are summed before the softmax's
+/// division: |v| times the number of visible keys must stay below the largest finite Scalar.
+/// The result does not depend on the executor or the number of threads: it is bitwise the same
+/// for any of them (work is split by shape only, and partial results merge in a fixed order).
 /// Never allocates an n×m matrix: memory is O((n + m)·H·d) whatever the mask.
 /// \throws ShapeError (a std::invalid_argument) naming the argument and both shapes when the
 ///         shapes disagree, num_heads/num_kv_heads do not divide, the mask has the wrong shape,

@@ -156,10 +156,12 @@ void online_softmax(Scalar* s_t, Index stride, Index keys, Index width, Scalar* 
   for (Index i = 0; i < width; i += size) {
     Packet tile_max = minus_infinity;
     for (Index j = 0; j < keys; ++j) {
-      tile_max = packet::pmax(tile_max, packet::ploadu<Packet>(s_t + j * stride + i));
+      tile_max =
+          packet::pmax<Eigen::PropagateNaN>(tile_max, packet::ploadu<Packet>(s_t + j * stride + i));
     }
     const Packet old_max = packet::ploadu<Packet>(row_max + i);
-    const Packet new_max = packet::pmax(old_max, tile_max);
+    // NaN propagates: a NaN logit the row can see makes the whole row NaN.
+    const Packet new_max = packet::pmax<Eigen::PropagateNaN>(old_max, tile_max);
     // A column with nothing visible yet subtracts 0 instead of −∞, so its exps are 0, not NaN.
     const Packet shift = packet::pselect(packet::pcmp_eq(new_max, minus_infinity), zero, new_max);
     Packet sum = zero;
@@ -198,13 +200,23 @@ struct QueryBlock {
 /// Soft-caps, biases and masks a tile of logits indexed (query, key), for queries from i0 and
 /// keys from j0; the masking loops run only on tiles the window cuts or with explicit matrices.
 template <typename Scalar, typename Tile>
-void finish_logits(const AttentionProblem<Scalar>& p, const TileMask<Scalar>& mask, Tile&& s,
+bool finish_logits(const AttentionProblem<Scalar>& p, const TileMask<Scalar>& mask, Tile&& s,
                    Index i0, Index j0) {
   if (p.softcap > 0) {
     s = p.softcap * (s.array() / p.softcap).tanh();
   }
   const bool window_cut = !mask.window_covers(i0, i0 + s.rows(), j0, j0 + s.cols());
-  if (window_cut || mask.has_explicit()) mask.apply(s, i0, j0, window_cut);
+  const bool masked = window_cut || mask.has_explicit();
+  if (masked) mask.apply(s, i0, j0, window_cut);
+  return masked;
+}
+
+/// Whether P·V over a masked tile must skip zero weights: only if the value rows hold a NaN or
+/// an infinity, which 0·x would spread to the queries the mask hides them from.
+template <typename Scalar>
+bool values_need_care(bool masked, const Scalar* v, Index v_stride, Index keys, Index dv) {
+  return masked &&
+         !ConstMatrixView<Scalar>(v, keys, dv, Eigen::OuterStride<>(v_stride)).allFinite();
 }
 
 /// Writes a block's normalised rows (zero where no key was visible) and log-sum-exps (−∞ there),
@@ -217,12 +229,13 @@ void write_rows(Scalar* row_max, const Scalar* row_sum, Index rows, Index dv,
   for (Index r = 0; r < rows; ++r) {
     const Scalar sum = row_sum[r];
     Eigen::Map<Eigen::Matrix<Scalar, 1, Eigen::Dynamic>> out_row(dst.out + r * dst.out_stride, dv);
-    if (sum > 0) {
+    // sum is 0 (nothing visible), positive, or NaN (a NaN reached the row: it stays NaN).
+    if (sum != 0) {
       out_row = acc_row(r) / sum;
     } else {
       out_row.setZero();
     }
-    row_max[r] = sum > 0 ? row_max[r] + std::log(sum) : minus_infinity;
+    row_max[r] = sum != 0 ? row_max[r] + std::log(sum) : minus_infinity;
     if (dst.lse != nullptr) dst.lse[r * dst.lse_stride] = row_max[r];
   }
 }
@@ -299,14 +312,18 @@ void narrow_tile(const AttentionProblem<Scalar>& p, const TileMask<Scalar>& mask
         s(st.row(h, r), j) = q.row(st.row(h, r)).dot(k_head);
     }
   }
+  bool masked = false;
   for (Index h = st.first_head; h < h1; ++h) {
-    finish_logits(p, mask, s.block(st.row(h, 0), 0, st.rows, keys), i0, j0);
+    masked = finish_logits(p, mask, s.block(st.row(h, 0), 0, st.rows, keys), i0, j0);
   }
 
   // 2. Online softmax along each state row.
   for (Index row = 0; row < st.count(); ++row) {
     Scalar& row_max = st.scratch.row_max[row];
-    const Scalar new_max = std::max(row_max, s.row(row).head(keys).maxCoeff());
+    const Scalar tile_max = s.row(row).head(keys).template maxCoeff<Eigen::PropagateNaN>();
+    const Scalar new_max = std::isnan(row_max) || std::isnan(tile_max)
+                               ? tile_max + row_max
+                               : std::max(row_max, tile_max);
     if (new_max == minus_infinity) {
       s.row(row).head(keys).setZero();  // nothing visible yet in this row
       continue;
@@ -319,12 +336,16 @@ void narrow_tile(const AttentionProblem<Scalar>& p, const TileMask<Scalar>& mask
   }
 
   // 3. O += P·V, one value row at a time across the heads.
+  const bool careful = values_need_care(masked, p.v.data() + j0 * p.v.outerStride(),
+                                        p.v.outerStride(), keys, p.v.cols());
   for (Index j = 0; j < keys; ++j) {
     const Scalar* v_row = p.v.data() + (j0 + j) * p.v.outerStride();
     for (Index h = st.first_head; h < h1; ++h) {
       const Eigen::Map<const Row> v_head(v_row + (h / group) * dv, dv);
-      for (Index r = 0; r < st.rows; ++r)
-        acc.row(st.row(h, r)) += s(st.row(h, r), j) * v_head;
+      for (Index r = 0; r < st.rows; ++r) {
+        const Scalar weight = s(st.row(h, r), j);
+        if (!careful || weight != 0) acc.row(st.row(h, r)) += weight * v_head;
+      }
     }
   }
 }
@@ -426,9 +447,9 @@ void attend_query_block(const AttentionProblem<Scalar>& p, const TileMask<Scalar
       register_block<false>(keys, d, k + j0 * k_stride, k_stride, Index(1), q_t + i, stride,
                             s_t + i, stride);
     }
-    finish_logits(p, mask,
-                  MatrixView<Scalar>(s_t, keys, rows, Eigen::OuterStride<>(stride)).transpose(),
-                  b.first_row, j0);
+    const bool masked = finish_logits(
+        p, mask, MatrixView<Scalar>(s_t, keys, rows, Eigen::OuterStride<>(stride)).transpose(),
+        b.first_row, j0);
 
     // 2b. Online softmax down the columns; rescale what Oᵀ holds by each column's correction.
     online_softmax(s_t, stride, keys, width, scratch.row_max.data(), scratch.row_sum.data(),
@@ -442,9 +463,18 @@ void attend_query_block(const AttentionProblem<Scalar>& p, const TileMask<Scalar
     }
 
     // 2c. Oᵀ += V_bᵀ·Pᵀ.
-    for (Index i = 0; i < width; i += lanes) {
-      register_block<true>(dv, keys, v + j0 * v_stride, Index(1), v_stride, s_t + i, stride,
-                           out_t + i, stride);
+    if (values_need_care(masked, v + j0 * v_stride, v_stride, keys, dv)) {
+      for (Index j = 0; j < keys; ++j) {
+        const Eigen::Map<const Vector<Scalar>> v_row(v + (j0 + j) * v_stride, dv);
+        for (Index r = 0; r < rows; ++r) {
+          if (s_t[j * stride + r] != 0) scratch.out_t.col(r) += s_t[j * stride + r] * v_row;
+        }
+      }
+    } else {
+      for (Index i = 0; i < width; i += lanes) {
+        register_block<true>(dv, keys, v + j0 * v_stride, Index(1), v_stride, s_t + i, stride,
+                             out_t + i, stride);
+      }
     }
   }
 
@@ -465,8 +495,10 @@ void merge_rows(Index parts, const Scalar* outs, Index out_stride, const Scalar*
   using Row = Eigen::Matrix<Scalar, 1, Eigen::Dynamic>;
   constexpr Scalar minus_infinity = -std::numeric_limits<Scalar>::infinity();
   Scalar max = minus_infinity;
-  for (Index s = 0; s < parts; ++s)
-    max = std::max(max, lses[s * lse_stride]);
+  for (Index s = 0; s < parts; ++s) {
+    const Scalar part = lses[s * lse_stride];
+    max = std::isnan(part) || std::isnan(max) ? part + max : std::max(max, part);  // NaN stays
+  }
   Eigen::Map<Row> row(out, dv);
   row.setZero();
   if (max == minus_infinity) {

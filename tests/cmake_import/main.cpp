@@ -6,6 +6,8 @@
 
 #include <cstdio>
 
+bool exercise_every_template();  // every_template.cpp
+
 int main() {
   const attn::Matrix<float> q = attn::Matrix<float>::Random(3, 4);
   const attn::Matrix<float> k = attn::Matrix<float>::Random(3, 4);
@@ -24,5 +26,5 @@ int main() {
     return 1;
   }
   std::printf("cmake_import: ok (3x4 attention output)\n");
-  return 0;
+  return exercise_every_template() ? 0 : 1;
 }

@@ -155,9 +155,9 @@ inline Golden load_golden(const std::string& name) {
                                          std::to_string(cols));
       }
       for (long c = 0; c < cols; ++c) {
-        if (!detail::parse_number(tokens[c], m(r, c))) {
-          throw malformed(line_number,
-                          "entry '" + entry + "': '" + tokens[c] + "' is not a number");
+        const std::string& token = tokens[static_cast<std::size_t>(c)];
+        if (!detail::parse_number(token, m(r, c))) {
+          throw malformed(line_number, "entry '" + entry + "': '" + token + "' is not a number");
         }
       }
     }

@@ -1,0 +1,785 @@
+// SPDX-License-Identifier: MIT
+// Copyright (c) 2026 The attn authors
+
+// Differential fuzzing of attn against the independent fp64 reference (tests/support/reference.hpp).
+//
+// Each input decodes into one attention problem: sizes n, m, d, dv (0 and 1 included), heads and
+// kv heads (invalid combinations included), a mask of up to three parts joined with & (none,
+// causal, window with any reaches including Mask::unbounded and invalid ones, keep, bias in either
+// precision with −∞ entries and fully hidden rows, +∞ in a bias, parts of the wrong shape), values
+// from tiny (subnormal) to |q·k| ≈ 1e4 and beyond, scale and soft-cap, float or double, the
+// by-value and the _into form, strided and column-major inputs, serial or two threads; then the
+// SelfAttention and CrossAttention functors (and a KV-cache decode) on the same shapes and mask.
+//
+// It aborts, printing what it found, when
+//   - the library disagrees with the reference beyond the documented tolerance
+//     (tests/support/tolerance.hpp), or a row that sees no key is not exactly zero;
+//   - the library gives NaN or ±∞ where the reference is finite, or (NaN mode) NaN anywhere but
+//     exactly the output entries the NaN inputs reach;
+//   - it throws anything but attn::ShapeError, or ShapeError for a valid problem, or nothing for
+//     an invalid one (validity is decided here, independently of the library);
+//   - a call that throws has written to its output.
+// In NaN mode (bit 7 of byte 5) some inputs are NaN, and the contract of scaled_dot_product.hpp is
+// checked exactly: a NaN in q (row i, head h), k (key j) or the bias (i, j) makes NaN every entry of
+// the rows of the heads that see it; a NaN in v (key j, column c) makes NaN column c of the rows
+// that see key j (or leaves it finite if that key's weight may have underflowed to zero); a key the
+// mask hides reaches no row. Every other entry must match the reference run on the inputs with
+// their NaNs replaced by 0 (which those entries do not depend on).
+//
+// Input layout (bytes past the end read as 0; values past the end come from a PRNG seeded with a
+// hash of the input, so every input is deterministic):
+//   0      flags: 1 double, 2 two threads, 4 _into a strided block, 8 strided/column-major inputs,
+//          16 functors, 32 explicit scale, 64 soft-cap, 128 spoil one shape or parameter
+//   1, 2   n, m        length codes (sequence_length() below)
+//   3, 4   d, dv       dim codes (dim() below)
+//   5      heads: low 3 bits index {1, 1, 2, 4, 3, 8, 0, -1}, the next 3 kv heads
+//          {0, 1, 2, 4, 3, -1, 0, 1}[(b >> 3) % 8]; bit 6: through one attn::Workspace kept
+//          across inputs (so scratch sized by earlier shapes is reused); bit 7: NaN mode (the
+//          special byte −128 is NaN in q, k, v, and 127 is NaN in a bias)
+//   6      spoiler (with flag 128), 7 scale code, 8 soft-cap code
+//   9      q/k magnitude code, 10 v magnitude code
+//   11     mask: number of parts (b % 4), then per part a kind byte and its parameters
+//   ...    then the values of q, k, v and any bias, one byte each (int8 × step; −128 is special)
+
+#include <attn/attn.hpp>
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
+#include <limits>
+#include <optional>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "support/random.hpp"
+#include "support/reference.hpp"
+#include "support/tolerance.hpp"
+
+namespace {
+
+using attn::Index;
+using attn::Mask;
+using attn_test::MatrixB;
+using attn_test::MatrixD;
+using attn_test::ReferenceMask;
+
+// ---------------------------------------------------------------------------------------------
+// Reading the input
+// ---------------------------------------------------------------------------------------------
+
+class Input {
+ public:
+  Input(const std::uint8_t* data, std::size_t size) : m_data(data), m_size(size) {
+    std::uint64_t h = 0x9E3779B97F4A7C15ull ^ size;
+    for (std::size_t i = 0; i < size; ++i)
+      h = (h ^ data[i]) * 0x100000001B3ull;
+    m_state = h;
+  }
+
+  std::uint8_t byte() { return m_next < m_size ? m_data[m_next++] : std::uint8_t(0); }
+
+  /// Next byte of the input, or of the PRNG once the input is used up.
+  std::uint8_t value_byte() {
+    if (m_next < m_size) return m_data[m_next++];
+    return static_cast<std::uint8_t>(next_random() >> 56);
+  }
+
+  /// Uniform in [0, 1), from the PRNG only.
+  double uniform() { return static_cast<double>(next_random() >> 11) * 0x1.0p-53; }
+
+  std::uint32_t seed() { return static_cast<std::uint32_t>(next_random() >> 32); }
+
+ private:
+  std::uint64_t next_random() {  // splitmix64
+    std::uint64_t z = (m_state += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+  }
+
+  const std::uint8_t* m_data;
+  std::size_t m_size;
+  std::size_t m_next = 0;
+  std::uint64_t m_state;
+};
+
+/// Sequence lengths: mostly tiny (0 … 5), often across one tile (up to 79), sometimes two or
+/// three tiles (64 … 190).
+Index sequence_length(std::uint8_t b) {
+  if (b < 96) return b % 6;
+  if (b < 192) return (b - 96) % 80;
+  return 64 + 2 * (b - 192);
+}
+
+/// Head dims, small ones and the usual powers of two.
+Index dim(std::uint8_t b) {
+  static constexpr Index dims[] = {0, 1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 64, 1};
+  return dims[b % 16];
+}
+
+/// A window reach: small, or up to 199, or Mask::unbounded, or invalid (−2, −7).
+Index reach(std::uint8_t b) {
+  if (b == 255 || b == 254) return Mask::unbounded;
+  if (b == 253) return -2;
+  if (b == 252) return -7;
+  if (b < 128) return b % 8;
+  return b % 200;
+}
+
+[[noreturn]] void fail(const std::string& what) {
+  std::fprintf(stderr, "\nfuzz_attention: %s\n", what.c_str());
+  std::abort();
+}
+
+// ---------------------------------------------------------------------------------------------
+// One problem
+// ---------------------------------------------------------------------------------------------
+
+struct Problem {
+  bool is_double = false;
+  bool threads = false;
+  bool into = false;
+  bool strided = false;
+  bool functors = false;
+  bool workspace = false;
+  bool nan = false;
+  Index n = 0, m = 0, d = 0, dv = 0;
+  Index heads = 1, kv_heads = 0;
+  std::optional<double> scale;
+  double softcap = 0;
+  std::string description;
+};
+
+template <typename Scalar>
+Scalar element(std::uint8_t byte, double step, Scalar special) {
+  const int t = static_cast<int>(static_cast<std::int8_t>(byte));
+  if (t == -128) return special;
+  return static_cast<Scalar>(t * step);
+}
+
+/// The step of a byte for q and k: |q·k| up to ~1e-2, ~16·d, ~1e4, ~1.6e4·d, or subnormal.
+template <typename Scalar>
+double qk_step(std::uint8_t code, Index d) {
+  const double dd = static_cast<double>(std::max<Index>(d, 1));
+  switch (code % 6) {
+    case 0:
+      return 1.0 / 1024;
+    case 1:
+      return 1.0 / 32;
+    case 2:
+    case 3:
+      return std::sqrt(1e4 / dd) / 127;  // |q·k| up to 1e4
+    case 4:
+      return 1.0;
+    default:
+      return std::numeric_limits<Scalar>::min() / 512;  // subnormal
+  }
+}
+
+template <typename Scalar>
+double v_step(std::uint8_t code) {
+  switch (code % 5) {
+    case 0:
+      return 1.0 / 64;
+    case 1:
+      return 1.0 / 4;
+    case 2:
+      return 4.0;
+    case 3:
+      return 1e20 / 127;  // large, but m·max|v| stays finite in float
+    default:
+      return std::numeric_limits<Scalar>::min() / 512;  // subnormal
+  }
+}
+
+/// A matrix of bytes × step; the byte −128 gives `special` (by default the smallest subnormal: a
+/// value no step produces).
+template <typename Scalar>
+attn::Matrix<Scalar> read_matrix(Input& in, Index rows, Index cols, double step,
+                                 Scalar special = std::numeric_limits<Scalar>::denorm_min()) {
+  attn::Matrix<Scalar> m(rows, cols);
+  for (Index r = 0; r < rows; ++r) {
+    for (Index c = 0; c < cols; ++c)
+      m(r, c) = element<Scalar>(in.value_byte(), step, special);
+  }
+  return m;
+}
+
+/// The mask, built twice (library and reference), and what the fuzzer expects of it.
+struct MaskSpec {
+  Mask mask;
+  ReferenceMask reference;
+  bool construction_throws = false;  // Mask::window, Mask::bias or operator& must throw
+  std::string description;
+  // Explicit parts' shapes, to decide whether the call must reject the mask.
+  std::vector<std::pair<Index, Index>> keep_shapes, bias_shapes;
+  double bias_bound = 0;  // max |finite bias entry|
+};
+
+template <typename Scalar>
+void add_part(MaskSpec& spec, const Mask& part, const ReferenceMask& reference) {
+  spec.mask = spec.mask & part;  // may throw: decided by the caller
+  spec.reference = spec.reference & reference;
+}
+
+/// Decodes the mask; returns false if building it threw, as it had to.
+template <typename Scalar>
+bool decode_mask(Input& in, const Problem& p, MaskSpec& spec) {
+  const int parts = in.byte() % 4;
+  for (int part = 0; part < parts; ++part) {
+    const std::uint8_t kind = in.byte();
+    const std::uint8_t parameter = in.byte();
+    const bool wrong_shape = (kind >> 4) == 15;  // 1 in 16: an explicit part of the wrong shape
+    const Index rows = p.n + (wrong_shape && (kind & 8) ? 1 : 0);
+    const Index cols = p.m + (wrong_shape && !(kind & 8) ? 1 : 0);
+    const auto check_pair = [&](const std::vector<std::pair<Index, Index>>& shapes) {
+      // operator& must reject explicit parts of one kind with different shapes.
+      return !shapes.empty() && shapes.front() != std::make_pair(rows, cols);
+    };
+    switch (kind % 6) {
+      case 0:
+        spec.description += " & none";
+        break;
+      case 1:
+        spec.description += " & causal";
+        add_part<Scalar>(spec, Mask::causal(), ReferenceMask::causal());
+        break;
+      case 2: {
+        const Index left = reach(parameter), right = reach(in.byte());
+        spec.description +=
+            " & window(" + std::to_string(left) + ", " + std::to_string(right) + ")";
+        const bool invalid =
+            (left < 0 && left != Mask::unbounded) || (right < 0 && right != Mask::unbounded);
+        Mask window;
+        try {
+          window = Mask::window(left, right);
+        } catch (const attn::ShapeError&) {
+          if (invalid) return false;
+          fail("Mask::window(" + std::to_string(left) + ", " + std::to_string(right) +
+               ") threw ShapeError for valid reaches");
+        }
+        if (invalid) fail("Mask::window accepted an invalid reach" + spec.description);
+        add_part<Scalar>(spec, window, ReferenceMask::window(left, right));
+        break;
+      }
+      case 3: {
+        const double density = parameter / 255.0;
+        MatrixB keep(rows, cols);
+        for (Index i = 0; i < rows; ++i) {
+          for (Index j = 0; j < cols; ++j)
+            keep(i, j) = in.uniform() < density;
+        }
+        if (rows > 0 && (parameter & 1)) keep.row(in.byte() % rows).setConstant(false);
+        spec.description += " & keep(" + attn::detail::shape_string(rows, cols) + ")";
+        const bool mismatch = check_pair(spec.keep_shapes);
+        spec.keep_shapes.emplace_back(rows, cols);
+        try {
+          add_part<Scalar>(spec, Mask::keep(keep), ReferenceMask::keep(keep));
+        } catch (const attn::ShapeError&) {
+          if (mismatch) return false;
+          fail("operator& threw ShapeError for keep parts of one shape" + spec.description);
+        }
+        if (mismatch) fail("operator& accepted keep parts of different shapes" + spec.description);
+        break;
+      }
+      default: {  // bias: 4 in the call's precision, 5 in the other
+        const bool as_double = ((kind % 6) == 5) != p.is_double;
+        static constexpr double steps[] = {1.0 / 16, 1.0 / 1024, 1.0, 1.0 / 4};
+        const double step = steps[parameter % 4];
+        const bool plus_infinity = (parameter & 0x30) == 0x30;  // 1 in 4: +∞ somewhere
+        const auto make = [&](auto tag) {
+          using B = decltype(tag);
+          attn::Matrix<B> bias = read_matrix<B>(in, rows, cols, step);  // −128 gives denorm_min …
+          for (Index i = 0; i < rows; ++i) {
+            for (Index j = 0; j < cols; ++j) {  // … which becomes −∞ here
+              if (bias(i, j) == std::numeric_limits<B>::denorm_min())
+                bias(i, j) = -std::numeric_limits<B>::infinity();
+            }
+          }
+          if (p.nan) {  // 127 × step is NaN
+            const B nan_code = static_cast<B>(127 * step);
+            for (Index i = 0; i < rows; ++i) {
+              for (Index j = 0; j < cols; ++j) {
+                if (bias(i, j) == nan_code) bias(i, j) = std::numeric_limits<B>::quiet_NaN();
+              }
+            }
+          }
+          if (rows > 0 && (parameter & 4)) {
+            bias.row(in.byte() % rows).setConstant(-std::numeric_limits<B>::infinity());
+          }
+          if (plus_infinity && bias.size() > 0) {
+            const Index i = in.byte() % rows;
+            const Index j = in.byte() % cols;
+            bias(i, j) = std::numeric_limits<B>::infinity();
+          }
+          return bias;
+        };
+        Mask bias_part;
+        ReferenceMask reference;
+        bool has_plus_infinity = false;
+        const auto build = [&](const auto& bias) {
+          using B = typename std::decay_t<decltype(bias)>::Scalar;
+          has_plus_infinity = (bias.array() == std::numeric_limits<B>::infinity()).any();
+          for (Index i = 0; i < bias.rows(); ++i) {
+            for (Index j = 0; j < bias.cols(); ++j) {
+              if (std::isfinite(bias(i, j))) {
+                spec.bias_bound =
+                    std::max(spec.bias_bound, std::abs(static_cast<double>(bias(i, j))));
+              }
+            }
+          }
+          try {
+            bias_part = Mask::bias(bias);
+          } catch (const attn::ShapeError&) {
+            if (has_plus_infinity) return false;
+            fail("Mask::bias threw ShapeError for a bias without +inf" + spec.description);
+          }
+          if (has_plus_infinity) fail("Mask::bias accepted +inf" + spec.description);
+          reference = ReferenceMask::bias(bias);
+          return true;
+        };
+        spec.description += std::string(" & bias<") + (as_double ? "double" : "float") + ">(" +
+                            attn::detail::shape_string(rows, cols) + ")";
+        const bool built = as_double ? build(make(double())) : build(make(float()));
+        if (!built) return false;
+        const bool mismatch = check_pair(spec.bias_shapes);
+        spec.bias_shapes.emplace_back(rows, cols);
+        try {
+          add_part<Scalar>(spec, bias_part, reference);
+        } catch (const attn::ShapeError&) {
+          if (mismatch) return false;
+          fail("operator& threw ShapeError for bias parts of one shape" + spec.description);
+        }
+        if (mismatch) fail("operator& accepted bias parts of different shapes" + spec.description);
+        break;
+      }
+    }
+  }
+  return true;
+}
+
+/// reference_multi_head, except that empty q or k give the answer directly: Eigen's middleCols
+/// on an empty matrix offsets its null data pointer, which UBSan reports (in the reference, not in
+/// attn).
+template <typename DQ, typename DK, typename DV>
+MatrixD reference_heads(const Eigen::MatrixBase<DQ>& q, const Eigen::MatrixBase<DK>& k,
+                        const Eigen::MatrixBase<DV>& v, Index heads, Index kv_heads,
+                        const ReferenceMask& mask, std::optional<double> scale = std::nullopt,
+                        double softcap = 0) {
+  if (q.rows() == 0 || k.rows() == 0) return MatrixD::Zero(q.rows(), heads * (v.cols() / kv_heads));
+  return attn_test::reference_multi_head(q, k, v, heads, kv_heads, mask, scale, softcap);
+}
+
+/// reference_mha (projections, attention, output projection) through reference_heads.
+template <typename Scalar>
+MatrixD reference_layer(const attn::Matrix<Scalar>& target, const attn::Matrix<Scalar>& source,
+                        const attn::MultiHeadWeights<Scalar>& weights, Index heads, Index kv_heads,
+                        const ReferenceMask& mask) {
+  const attn_test::ReferenceWeights w = attn_test::reference_weights(weights);
+  const MatrixD q = attn_test::reference_linear(target, w.q_weight, w.q_bias);
+  const MatrixD k = attn_test::reference_linear(source, w.k_weight, w.k_bias);
+  const MatrixD v = attn_test::reference_linear(source, w.v_weight, w.v_bias);
+  return attn_test::reference_linear(reference_heads(q, k, v, heads, kv_heads, mask), w.out_weight,
+                                     w.out_bias);
+}
+
+/// Compares a functor's result with the reference: no NaN or ∞ where the reference is finite, and
+/// the documented tolerance everywhere.
+template <typename Scalar>
+void compare(const char* what, const attn::Matrix<Scalar>& got, const MatrixD& expected,
+             double tolerance, const std::string& context) {
+  if (got.rows() != expected.rows() || got.cols() != expected.cols()) {
+    fail(std::string(what) + ": result is " + attn::detail::shape_string(got) + ", expected " +
+         attn::detail::shape_string(expected) + context);
+  }
+  for (Index i = 0; i < got.rows(); ++i) {
+    for (Index c = 0; c < got.cols(); ++c) {
+      const double x = static_cast<double>(got(i, c)), y = expected(i, c);
+      char buffer[256];
+      if (!std::isfinite(x)) {
+        std::snprintf(buffer, sizeof buffer, "%s: (%ld, %ld) is %g where the reference is %.17g",
+                      what, static_cast<long>(i), static_cast<long>(c), x, y);
+        fail(buffer + context);
+      }
+      const double error = std::abs(x - y) / std::max(1.0, std::abs(y));
+      if (!(error <= tolerance)) {
+        std::snprintf(buffer, sizeof buffer,
+                      "%s: (%ld, %ld) is %.17g, the reference %.17g: error %.3g > tolerance %.3g",
+                      what, static_cast<long>(i), static_cast<long>(c), x, y, error, tolerance);
+        fail(buffer + context);
+      }
+    }
+  }
+}
+
+/// Runs `call`, which must throw ShapeError iff `invalid`; returns true if it returned normally.
+template <typename Call>
+bool expect_shape_error_iff(bool invalid, const char* what, const std::string& context,
+                            const Call& call) {
+  try {
+    call();
+  } catch (const attn::ShapeError& e) {
+    if (!invalid)
+      fail(std::string(what) + " threw ShapeError for a valid problem: " + e.what() + context);
+    return false;
+  } catch (const std::exception& e) {
+    fail(std::string(what) + " threw something other than ShapeError: " + e.what() + context);
+  } catch (...) {
+    fail(std::string(what) + " threw a non-std::exception" + context);
+  }
+  if (invalid) fail(std::string(what) + " accepted an invalid problem" + context);
+  return true;
+}
+
+template <typename Scalar>
+void run(Input& in, Problem& p, std::uint8_t spoiler, std::uint8_t qk_code, std::uint8_t v_code) {
+  // Shapes as the flags say, then one of them spoiled.
+  const Index heads_for_shapes = p.heads >= 1 ? p.heads : 1;
+  const Index kv_for_shapes =
+      p.kv_heads >= 1 ? p.kv_heads : (p.kv_heads == 0 ? heads_for_shapes : 1);
+  Index q_cols = heads_for_shapes * p.d, k_cols = kv_for_shapes * p.d;
+  Index v_rows = p.m, v_cols = kv_for_shapes * p.dv;
+  Index extra_out_rows = 0, extra_out_cols = 0;
+  switch (spoiler % 10) {
+    case 0:
+      ++q_cols;
+      break;
+    case 1:
+      ++k_cols;
+      break;
+    case 2:
+      ++v_rows;
+      break;
+    case 3:
+      ++v_cols;
+      break;
+    case 4:
+      ++extra_out_rows;
+      break;
+    case 5:
+      ++extra_out_cols;
+      break;
+    case 6:
+      p.scale = spoiler & 16 ? std::numeric_limits<double>::infinity()
+                             : std::numeric_limits<double>::quiet_NaN();
+      break;
+    case 7:
+      p.softcap = spoiler & 16 ? -1.0 : std::numeric_limits<double>::quiet_NaN();
+      break;
+    case 8:
+      p.softcap = std::numeric_limits<double>::infinity();
+      break;
+    default:
+      break;  // 9: nothing spoiled
+  }
+  const Index n = p.n, m = p.m;
+
+  const double qk = qk_step<Scalar>(qk_code, p.d);
+  const Scalar special =
+      p.nan ? std::numeric_limits<Scalar>::quiet_NaN() : std::numeric_limits<Scalar>::denorm_min();
+  const attn::Matrix<Scalar> q = read_matrix<Scalar>(in, n, q_cols, qk, special);
+  const attn::Matrix<Scalar> k = read_matrix<Scalar>(in, m, k_cols, qk, special);
+  const attn::Matrix<Scalar> v =
+      read_matrix<Scalar>(in, v_rows, v_cols, v_step<Scalar>(v_code), special);
+
+  MaskSpec spec;
+  if (!decode_mask<Scalar>(in, p, spec)) return;  // construction threw, as it had to
+
+  // Validity, decided here from the documented contract.
+  const Index heads = p.heads;
+  const Index kv_heads = p.kv_heads == 0 ? heads : p.kv_heads;
+  bool valid = heads >= 1 && kv_heads >= 1 && heads % kv_heads == 0 && q_cols % heads == 0;
+  const Index d = valid ? q_cols / heads : 0;
+  valid = valid && k_cols == kv_heads * d && v_rows == m && v_cols % kv_heads == 0;
+  const Index dv = valid ? v_cols / kv_heads : 0;
+  for (const auto& shape : spec.keep_shapes)
+    valid = valid && shape == std::make_pair(n, m);
+  for (const auto& shape : spec.bias_shapes)
+    valid = valid && shape == std::make_pair(n, m);
+  const double scale = p.scale ? *p.scale : (d > 0 ? 1.0 / std::sqrt(static_cast<double>(d)) : 1.0);
+  valid = valid && std::isfinite(scale) && std::isfinite(p.softcap) && p.softcap >= 0;
+  const bool valid_out = extra_out_rows == 0 && extra_out_cols == 0;
+
+  const std::string context =
+      "\n  " + p.description + ", q " + attn::detail::shape_string(q) + ", k " +
+      attn::detail::shape_string(k) + ", v " + attn::detail::shape_string(v) + ", mask" +
+      (spec.description.empty() ? std::string(" none") : spec.description) +
+      (p.into ? ", _into a strided block" : "") + (p.strided ? ", strided inputs" : "") +
+      (p.threads ? ", thread_executor(2)" : "") + (p.workspace ? ", a reused Workspace" : "") +
+      (p.nan ? ", NaN mode" : "");
+
+  attn::AttentionOptions options;
+  options.num_heads = p.heads;
+  options.num_kv_heads = p.kv_heads;
+  options.scale = p.scale;
+  options.softcap = p.softcap;
+  if (p.threads) options.executor = attn::thread_executor(2);
+  static attn::Workspace workspace;  // outlives the input: later inputs reuse its scratch
+  if (p.workspace) options.workspace = &workspace;
+
+  // The library, by value or into a block of a larger, sentinel-filled matrix.
+  attn::Matrix<Scalar> out;
+  const Index out_rows = n + extra_out_rows,
+              out_cols = heads_for_shapes * (v_cols / kv_for_shapes) + extra_out_cols;
+  const Scalar sentinel = Scalar(-1234.5);
+  attn::Matrix<Scalar> storage =
+      attn::Matrix<Scalar>::Constant(out_rows + 3, out_cols + 2, sentinel);
+  bool returned;
+  if (p.strided) {
+    // q a column block of a wider matrix, k column-major (evaluated once), v a strided Map.
+    attn::Matrix<Scalar> q_wide = attn::Matrix<Scalar>::Zero(q.rows(), q.cols() + 3);
+    q_wide.leftCols(q.cols()) = q;
+    const Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> k_column_major = k;
+    attn::Matrix<Scalar> v_wide = attn::Matrix<Scalar>::Zero(v.rows(), v.cols() + 1);
+    v_wide.leftCols(v.cols()) = v;
+    const attn::ConstMatrixView<Scalar> v_view(v_wide.data(), v.rows(), v.cols(),
+                                               Eigen::OuterStride<>(v_wide.cols()));
+    const auto q_block = q_wide.leftCols(q.cols());
+    if (p.into) {
+      returned = expect_shape_error_iff(
+          !valid || !valid_out, "scaled_dot_product_attention_into", context, [&] {
+            attn::scaled_dot_product_attention_into(q_block, k_column_major, v_view,
+                                                    storage.block(1, 1, out_rows, out_cols),
+                                                    spec.mask, options);
+          });
+    } else {
+      returned = expect_shape_error_iff(!valid, "scaled_dot_product_attention", context, [&] {
+        out =
+            attn::scaled_dot_product_attention(q_block, k_column_major, v_view, spec.mask, options);
+      });
+    }
+  } else if (p.into) {
+    returned = expect_shape_error_iff(
+        !valid || !valid_out, "scaled_dot_product_attention_into", context, [&] {
+          attn::scaled_dot_product_attention_into(q, k, v, storage.block(1, 1, out_rows, out_cols),
+                                                  spec.mask, options);
+        });
+  } else {
+    returned = expect_shape_error_iff(!valid, "scaled_dot_product_attention", context, [&] {
+      out = attn::scaled_dot_product_attention(q, k, v, spec.mask, options);
+    });
+  }
+  if (p.into) {
+    // Nothing outside the block is ever written; inside it, only by a call that returned.
+    attn::Matrix<Scalar> outside = storage;
+    if (returned) {
+      out = storage.block(1, 1, out_rows, out_cols);
+      outside.block(1, 1, out_rows, out_cols).setConstant(sentinel);
+    }
+    if (!(outside.array() == sentinel).all()) {
+      fail(returned ? "scaled_dot_product_attention_into wrote outside its block" + context
+                    : "scaled_dot_product_attention_into threw but wrote to out" + context);
+    }
+  }
+  if (!returned || (p.into && !valid_out)) return;
+
+  // The reference, on the inputs with any NaN replaced by 0 (the entries it is compared with do
+  // not depend on them), and the tolerance of tests/support/tolerance.hpp for this problem.
+  const auto without_nan = [](const auto& x) {
+    using X = std::decay_t<decltype(x)>;
+    return X(x.array().isNaN().select(typename X::Scalar(0), x));
+  };
+  const attn::Matrix<Scalar> q0 = without_nan(q), k0 = without_nan(k), v0 = without_nan(v);
+  const MatrixB allowed = spec.reference.allowed(n, m);
+  const MatrixD bias = spec.reference.bias(n, m);  // summed parts, NaN included
+  const MatrixD bias0 = without_nan(bias);
+  const Index group = heads / kv_heads;
+  MatrixD expected = MatrixD::Zero(n, heads * dv);
+  if (n > 0 && m > 0) {  // (Eigen blocks of empty matrices offset a null pointer)
+    for (Index h = 0; h < heads; ++h) {
+      const Index g = h / group;
+      expected.middleCols(h * dv, dv) = attn_test::reference_attention(
+          q0.middleCols(h * d, d), k0.middleCols(g * d, d), v0.middleCols(g * dv, dv), allowed,
+          bias0, scale, p.softcap);
+    }
+  }
+  double logit_bound = 0;
+  for (Index h = 0; h < heads && n > 0 && m > 0 && d > 0; ++h) {
+    const Index g = h / group;
+    const MatrixD products = q0.middleCols(h * d, d).template cast<double>().cwiseAbs() *
+                             k0.middleCols(g * d, d).template cast<double>().cwiseAbs().transpose();
+    logit_bound = std::max(logit_bound, std::abs(scale) * products.maxCoeff());
+  }
+  const double value_bound = v0.size() > 0 ? v0.template cast<double>().cwiseAbs().maxCoeff() : 0.0;
+  const double tolerance = attn_test::attention_tolerance<Scalar>(
+      logit_bound + p.softcap + spec.bias_bound, m, value_bound);
+  // Whether a visible key's weight may underflow to exactly 0 (its logit more than ~87 (float)
+  // or ~708 (double) below the row's max): then a NaN in its value may or may not show.
+  const double spread =
+      2 * (p.softcap > 0 ? std::min(logit_bound, p.softcap) : logit_bound) + 2 * spec.bias_bound;
+  const bool may_underflow = spread > (std::is_same_v<Scalar, float> ? 80.0 : 700.0);
+
+  for (Index i = 0; i < n; ++i) {
+    for (Index h = 0; h < heads; ++h) {
+      const Index g = h / group;
+      bool sees_a_key = false, row_nan = false;
+      std::vector<bool> column_nan(static_cast<std::size_t>(dv), false);
+      for (Index j = 0; j < m; ++j) {
+        if (!allowed(i, j) || bias(i, j) == -std::numeric_limits<double>::infinity()) continue;
+        sees_a_key = true;
+        if (std::isnan(bias(i, j)) || k.row(j).segment(g * d, d).hasNaN()) row_nan = true;
+        for (Index c = 0; c < dv; ++c) {
+          if (std::isnan(v(j, g * dv + c))) column_nan[static_cast<std::size_t>(c)] = true;
+        }
+      }
+      if (sees_a_key && q.row(i).segment(h * d, d).hasNaN()) row_nan = true;
+      for (Index c = 0; c < dv; ++c) {
+        const Index col = h * dv + c;
+        const double x = static_cast<double>(out(i, col)), y = expected(i, col);
+        const bool value_nan = column_nan[static_cast<std::size_t>(c)];
+        char where[160];
+        std::snprintf(where, sizeof where, "scaled_dot_product_attention: (%ld, %ld), head %ld",
+                      static_cast<long>(i), static_cast<long>(col), static_cast<long>(h));
+        if (row_nan || (value_nan && !may_underflow)) {
+          if (!std::isnan(x)) {
+            fail(std::string(where) + " is " + std::to_string(x) +
+                 " but a NaN input reaches it (expected NaN)" + context);
+          }
+          continue;
+        }
+        if (std::isnan(x) && value_nan) continue;  // through a weight that may be 0 or not
+        if (!std::isfinite(x)) {
+          fail(std::string(where) + " is " + std::to_string(x) + " where the reference is " +
+               std::to_string(y) + (p.nan ? " and no NaN input reaches it" : "") + context);
+        }
+        const double error = std::abs(x - y) / std::max(1.0, std::abs(y));
+        if (!(error <= tolerance)) {
+          char buffer[200];
+          std::snprintf(buffer, sizeof buffer,
+                        " is %.17g, the reference %.17g: error %.3g > tolerance %.3g", x, y, error,
+                        tolerance);
+          fail(where + std::string(buffer) + context);
+        }
+        if (!sees_a_key && x != 0) {
+          fail(std::string(where) + " sees no key but is " + std::to_string(x) + context);
+        }
+      }
+    }
+  }
+
+  // The functors on the same shapes and mask, with inputs and weights as in the layer tests
+  // (entries in [−1, 1], PyTorch's initialisation), so tests/support/tolerance.hpp applies.
+  // (The functors scale by 1/√d, have no soft-cap and use one head dim for keys and values.)
+  if (!p.functors || p.nan || p.scale.has_value() || p.softcap != 0 || dv != d) return;
+  const Index model_dim = heads * d;
+  attn_test::Random rng(in.seed());
+  attn::MultiHeadConfig cfg{model_dim, heads, p.kv_heads};
+  const double functor_tolerance =
+      2 * attn_test::layer_tolerance<Scalar>(std::max<Index>(model_dim, 1),
+                                             std::max<Index>(model_dim, 1), d, m) +
+      8 * Eigen::NumTraits<Scalar>::epsilon() * spec.bias_bound;
+  attn::Executor executor;
+  if (p.threads) executor = attn::thread_executor(2);
+  if (model_dim < 1) {
+    cfg.model_dim = 1;  // any weights: the config is what must be rejected
+    const auto w = attn_test::random_weights<Scalar>(cfg, rng);
+    cfg.model_dim = model_dim;
+    expect_shape_error_iff(true, "CrossAttention(config with model_dim 0)", context,
+                           [&] { attn::CrossAttention<Scalar> rejected(cfg, w); });
+    return;
+  }
+  const auto weights = attn_test::random_weights<Scalar>(cfg, rng);
+
+  // Cross-attention: target n × E over source m × E with the kernel's mask.
+  const attn::Matrix<Scalar> target = rng.uniform_matrix<Scalar>(n, model_dim);
+  const attn::Matrix<Scalar> source = rng.uniform_matrix<Scalar>(m, model_dim);
+  const attn::CrossAttention<Scalar> cross(cfg, weights, executor);
+  attn::Matrix<Scalar> y;
+  expect_shape_error_iff(false, "CrossAttention", context,
+                         [&] { y = cross(target, source, spec.mask); });
+  // (A row that sees no key is the output projection's bias, not zero: no exact-zero check.)
+  compare("CrossAttention", y,
+          reference_layer(target, source, weights, heads, kv_heads, spec.reference),
+          functor_tolerance, context);
+
+  if (n != m) return;
+  // Self-attention over the target with the same (square) mask, and a KV-cache decode of it
+  // under causal: a prefill chunk, then one row at a time, must equal the full causal pass.
+  const attn::SelfAttention<Scalar> self_attn(cfg, weights, executor);
+  expect_shape_error_iff(false, "SelfAttention", context,
+                         [&] { y = self_attn(target, spec.mask); });
+  compare("SelfAttention", y,
+          reference_layer(target, target, weights, heads, kv_heads, spec.reference),
+          functor_tolerance, context);
+
+  attn::KVCache<Scalar> cache = self_attn.make_cache(n);
+  attn::Matrix<Scalar> decoded(n, model_dim);
+  const Index prefill = n / 2;
+  expect_shape_error_iff(false, "SelfAttention with a KV cache", context, [&] {
+    decoded.topRows(prefill) = self_attn(target.topRows(prefill), cache);
+    for (Index i = prefill; i < n; ++i)
+      decoded.row(i) = self_attn(target.row(i), cache);
+  });
+  compare("SelfAttention with a KV cache", decoded,
+          reference_layer(target, target, weights, heads, kv_heads, ReferenceMask::causal()),
+          functor_tolerance, context);
+  if (n > 0) {
+    expect_shape_error_iff(true, "SelfAttention with a full KV cache", context,
+                           [&] { (void)self_attn(target.topRows(1), cache); });
+  }
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  Input in(data, size);
+  Problem p;
+  const std::uint8_t flags = in.byte();
+  p.is_double = flags & 1;
+  p.threads = flags & 2;
+  p.into = flags & 4;
+  p.strided = flags & 8;
+  p.functors = flags & 16;
+  const bool explicit_scale = flags & 32;
+  const bool softcap = flags & 64;
+  const bool spoil = flags & 128;
+  p.n = sequence_length(in.byte());
+  p.m = sequence_length(in.byte());
+  p.d = dim(in.byte());
+  p.dv = dim(in.byte());
+  const std::uint8_t heads_code = in.byte();
+  static constexpr Index head_counts[] = {1, 1, 2, 4, 3, 8, 0, -1};
+  static constexpr Index kv_head_counts[] = {0, 1, 2, 4, 3, -1, 0, 1};
+  p.heads = head_counts[heads_code % 8];
+  p.kv_heads = kv_head_counts[(heads_code >> 3) % 8];
+  p.workspace = heads_code & 64;
+  p.nan = heads_code & 128;
+  const std::uint8_t spoiler = in.byte();
+  const std::uint8_t scale_code = in.byte();
+  const std::uint8_t softcap_code = in.byte();
+  const std::uint8_t qk_code = in.byte();
+  const std::uint8_t v_code = in.byte();
+  if (explicit_scale) {
+    static constexpr double scales[] = {0.0, -0.5, 1.0, 3.0, 1e-3, 0.125, 1e3, -1.0};
+    p.scale = scales[scale_code % 8];
+  }
+  if (softcap) {
+    static constexpr double softcaps[] = {30.0, 5.0, 1.0, 50.0};
+    p.softcap = softcaps[softcap_code % 4];
+  }
+
+  // Keep each input cheap for the O(n·m·H·(d + dv)) reference: shrink n when needed.
+  const Index heads = std::max<Index>(p.heads, 1);
+  const double work = static_cast<double>(p.n) * static_cast<double>(p.m) *
+                      static_cast<double>(heads) * static_cast<double>(p.d + p.dv + 1);
+  if (work > 2e6)
+    p.n = std::max<Index>(1, static_cast<Index>(2e6 / (work / static_cast<double>(p.n))));
+
+  p.description = std::string(p.is_double ? "double" : "float") + ", n " + std::to_string(p.n) +
+                  ", m " + std::to_string(p.m) + ", d " + std::to_string(p.d) + ", dv " +
+                  std::to_string(p.dv) + ", heads " + std::to_string(p.heads) + "/" +
+                  std::to_string(p.kv_heads) +
+                  (p.scale ? ", scale " + std::to_string(*p.scale) : std::string()) +
+                  (p.softcap != 0 ? ", softcap " + std::to_string(p.softcap) : std::string());
+  const std::uint8_t effective_spoiler = spoil ? spoiler : std::uint8_t(9);
+  if (p.is_double) {
+    run<double>(in, p, effective_spoiler, qk_code, v_code);
+  } else {
+    run<float>(in, p, effective_spoiler, qk_code, v_code);
+  }
+  return 0;
+}

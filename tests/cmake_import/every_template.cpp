@@ -1,0 +1,79 @@
+// SPDX-FileCopyrightText: 2026 The attn authors
+// SPDX-License-Identifier: MIT
+
+// Instantiates every public template of attn, for float and for double, in this consumer's C++17
+// and with its warnings as errors (-Wshadow -Wconversion included): a template that no one
+// instantiates is never compiled, so main.cpp's one call would leave most of the headers unchecked.
+#include <attn/attn.hpp>
+
+#include <cstdio>
+#include <vector>
+
+namespace {
+
+template <typename Scalar>
+bool exercise() {
+  using M = attn::Matrix<Scalar>;
+  const M q = M::Random(5, 8), k = M::Random(7, 4), v = M::Random(7, 6);
+  attn::Workspace workspace;
+  attn::AttentionOptions options;
+  options.num_heads = 2;
+  options.num_kv_heads = 1;
+  options.executor = attn::thread_executor(2);
+  options.workspace = &workspace;
+  M lse, weights;
+  attn::AttentionExtras<Scalar> extras;
+  extras.log_sum_exp = &lse;
+  extras.weights = &weights;
+  const attn::Mask mask = attn::Mask::causal() & attn::Mask::window(3, attn::Mask::unbounded) &
+                          attn::Mask::keep(attn::Matrix<bool>::Constant(5, 7, true)) &
+                          attn::Mask::bias(M::Zero(5, 7)) &
+                          attn::Mask::bias(attn::Matrix<float>::Zero(5, 7));
+  const M out = attn::scaled_dot_product_attention(q, k, v, mask, options, extras);
+  M into(5, 12);
+  attn::scaled_dot_product_attention_into(q, k, v, into, mask, options);
+  auto merged = attn::scaled_dot_product_attention_partial(q, k.topRows(3), v.topRows(3),
+                                                           attn::Mask(), options);
+  attn::merge_partial_attention(
+      merged, attn::scaled_dot_product_attention_partial(q, k.bottomRows(4), v.bottomRows(4),
+                                                         attn::Mask(), options));
+  const M whole = attn::scaled_dot_product_attention(q, k, v, attn::Mask(), options);
+  bool ok = out.isApprox(into) && merged.out.isApprox(whole, Scalar(1e-4));
+
+  attn::MultiHeadConfig cfg{/*model_dim*/ 8, /*num_heads*/ 2, /*num_kv_heads*/ 1};
+  const auto w =
+      attn::MultiHeadWeights<Scalar>::from_pytorch(M::Random(16, 8), attn::Vector<Scalar>::Zero(16),
+                                                   M::Random(8, 8), attn::Vector<Scalar>::Zero(8));
+  const attn::SelfAttention<Scalar> self_attn(cfg, w);
+  const M x = M::Random(6, 8);
+  const M y = self_attn(x, attn::Mask::causal());
+  const M packed = self_attn(x, std::vector<attn::Index>{2, 4}, attn::Mask::causal());
+  attn::KVCache<Scalar> cache = self_attn.make_cache(6);
+  M decoded(6, 8);
+  decoded.topRows(3) = self_attn(x.topRows(3), cache);
+  for (attn::Index i = 3; i < 6; ++i)
+    decoded.row(i) = self_attn(x.row(i), cache);
+  ok = ok && decoded.isApprox(y, Scalar(1e-4)) && packed.rows() == 6;
+
+  attn::MultiHeadConfig cross_cfg{/*model_dim*/ 8, /*num_heads*/ 2};
+  cross_cfg.source_dim = 4;
+  const auto cross_w = attn::MultiHeadWeights<Scalar>::from_pytorch(
+      M::Random(8, 8), M::Random(8, 4), M::Random(8, 4), attn::Vector<Scalar>::Zero(24),
+      M::Random(8, 8), attn::Vector<Scalar>::Zero(8));
+  const attn::CrossAttention<Scalar> cross(cross_cfg, cross_w);
+  const M source = M::Random(9, 4);
+  const auto memory = cross.remember(source);
+  ok = ok && cross(x, memory).isApprox(cross(x, source)) &&
+       cross(x, std::vector<attn::Index>{6}, source, std::vector<attn::Index>{9}).rows() == 6;
+  return ok;
+}
+
+}  // namespace
+
+/// Runs every template for both precisions; false if a result is wrong.
+bool exercise_every_template() {
+  const bool ok = exercise<float>() && exercise<double>();
+  std::printf("cmake_import: every public template compiled and ran for float and double: %s\n",
+              ok ? "ok" : "WRONG RESULTS");
+  return ok;
+}

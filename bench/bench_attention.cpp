@@ -137,7 +137,8 @@ attn::MultiHeadWeights<float> random_weights(Index e, Index s) {
 }
 
 double projection_flops(Index n, Index m, Index e, Index s) {
-  return 2.0 * double(n) * e * e * 2 + 2.0 * double(m) * s * e * 2;  // Q and out; K and V
+  return 4.0 * double(n) * double(e) * double(e) +
+         4.0 * double(m) * double(s) * double(e);  // Q, out; K, V
 }
 
 void BM_SelfAttention(benchmark::State& state) {

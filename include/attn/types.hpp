@@ -47,16 +47,17 @@ template <typename Scalar>
 inline constexpr bool is_supported_scalar =
     std::is_same_v<Scalar, float> || std::is_same_v<Scalar, double>;
 
-/// Columns [first, first + count) of a row-major view, as a view (no copy).
+/// Columns [first, first + count) of a row-major view, as a view (no copy). An empty matrix may
+/// have no storage: its null data pointer is never offset.
 template <typename Scalar>
 ConstMatrixView<Scalar> column_block(const ConstMatrixRef<Scalar>& m, Index first, Index count) {
-  return ConstMatrixView<Scalar>(m.data() + first, m.rows(), count,
+  return ConstMatrixView<Scalar>(m.rows() == 0 ? m.data() : m.data() + first, m.rows(), count,
                                  Eigen::OuterStride<>(m.outerStride()));
 }
 
 template <typename Scalar>
 MatrixView<Scalar> column_block(MatrixRef<Scalar>& m, Index first, Index count) {
-  return MatrixView<Scalar>(m.data() + first, m.rows(), count,
+  return MatrixView<Scalar>(m.rows() == 0 ? m.data() : m.data() + first, m.rows(), count,
                             Eigen::OuterStride<>(m.outerStride()));
 }
 

@@ -213,11 +213,18 @@ MatrixD reference_multi_head(const Eigen::MatrixBase<DQ>& q, const Eigen::Matrix
     const Index g = h / group;
     VectorD head_lse;
     MatrixD head_weights;
-    out.middleCols(h * dv, dv) = reference_attention(q.middleCols(h * d, d), k.middleCols(g * d, d),
-                                                     v.middleCols(g * dv, dv), allowed, bias,
-                                                     head_scale, softcap, &head_lse, &head_weights);
+    // Column blocks of an empty matrix would offset its null data pointer (UB that UBSan
+    // reports inside Eigen), so empty inputs pass as fresh empty matrices.
+    const auto columns = [](const auto& x, Index first, Index count) {
+      return x.rows() == 0 ? MatrixD(0, count)
+                           : MatrixD(x.middleCols(first, count).template cast<double>());
+    };
+    const MatrixD head_out =
+        reference_attention(columns(q, h * d, d), columns(k, g * d, d), columns(v, g * dv, dv),
+                            allowed, bias, head_scale, softcap, &head_lse, &head_weights);
+    if (n > 0) out.middleCols(h * dv, dv) = head_out;
     if (log_sum_exp != nullptr) log_sum_exp->col(h) = head_lse;
-    if (weights != nullptr) weights->middleRows(h * n, n) = head_weights;
+    if (weights != nullptr && n > 0) weights->middleRows(h * n, n) = head_weights;
   }
   return out;
 }

@@ -428,8 +428,9 @@ void attend_query_block(const AttentionProblem<Scalar>& p, const TileMask<Scalar
   Scalar* out_t = scratch.out_t.data();
   const Index k_stride = p.k.outerStride();
   const Index v_stride = p.v.outerStride();
-  const Scalar* k = p.k.data() + kv_head * d;
-  const Scalar* v = p.v.data() + kv_head * dv;
+  // No keys: the storage may be null, and a null pointer is never offset.
+  const Scalar* k = p.k.rows() == 0 ? p.k.data() : p.k.data() + kv_head * d;
+  const Scalar* v = p.v.rows() == 0 ? p.v.data() : p.v.data() + kv_head * dv;
 
   // 1. Scaled, transposed queries: the scale is folded in once instead of into every logit.
   scratch.q_t.leftCols(width).setZero();

@@ -585,7 +585,8 @@ void run(Input& in, Problem& p, std::uint8_t spoiler, std::uint8_t qk_code, std:
   };
   const attn::Matrix<Scalar> q0 = without_nan(q), k0 = without_nan(k), v0 = without_nan(v);
   const MatrixB allowed = spec.reference.allowed(n, m);
-  const MatrixD bias = spec.reference.bias(n, m);  // summed parts, NaN included
+  MatrixD bias = spec.reference.bias(n, m);  // summed parts, NaN included; empty without any
+  if (bias.size() == 0) bias = MatrixD::Zero(n, m);
   const MatrixD bias0 = without_nan(bias);
   const Index group = heads / kv_heads;
   MatrixD expected = MatrixD::Zero(n, heads * dv);

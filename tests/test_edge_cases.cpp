@@ -4,7 +4,8 @@
 // Numerical edge cases of scaled_dot_product_attention, each against a closed form or the
 // independent fp64 reference (support/reference.hpp): logits that overflow a naive exp, rows that
 // see no key, ±∞ in an additive bias, NaN reaching exactly the rows that can see it, denormal
-// inputs, values near the top of the range, and agreement at long lengths.
+// inputs, values at the documented range, empty sequences, and agreement with the reference to
+// 1e-12 (double) and at 32 768 keys (float).
 
 #include <attn/cross_attention.hpp>
 #include <attn/kv_cache.hpp>
@@ -463,6 +464,41 @@ TYPED_TEST(EdgeCases, NanInTheBiasReachesOnlyItsRowIfTheKeyIsVisible) {
   const MatrixD clean = f.clean(ReferenceMask::causal());
   EXPECT_TRUE(nan_exactly_where(
       out, clean, [](Index i, Index) { return i == 60; }, f.tolerance()));
+}
+
+// −∞ in the bias hides a key (mask.hpp) just as keep = false does, so a NaN in that key's k or v
+// row reaches only the rows whose bias for it is finite, and a NaN query whose every key carries
+// −∞ gives a zero row. (NaN + −∞ is NaN: the bias must hide the key, not be added to it.)
+TYPED_TEST(EdgeCases, NanBehindAMinusInfinityBiasReachesNoRow) {
+  using Scalar = TypeParam;
+  using F = NanFixture<Scalar>;
+  const F f(537);
+  attn::Matrix<Scalar> bias = attn::Matrix<Scalar>::Zero(F::n, F::m);
+  bias.col(37).head(50).setConstant(-infinity<Scalar>);  // rows 0..49 do not see key 37
+  bias.row(3).setConstant(-infinity<Scalar>);            // row 3 sees no key at all
+  const MatrixD clean = f.clean(ReferenceMask::bias(bias));
+  const auto reached = [](Index i, Index) { return i >= 50; };
+
+  attn::Matrix<Scalar> k = f.k;
+  k.row(37).setConstant(nan_value<Scalar>);
+  EXPECT_TRUE(nan_exactly_where(
+      attn::scaled_dot_product_attention(f.q, k, f.v, Mask::bias(bias), f.options), clean, reached,
+      f.tolerance()))
+      << "NaN in k(37, :)";
+
+  attn::Matrix<Scalar> v = f.v;
+  v.row(37).setConstant(nan_value<Scalar>);
+  EXPECT_TRUE(nan_exactly_where(
+      attn::scaled_dot_product_attention(f.q, f.k, v, Mask::bias(bias), f.options), clean, reached,
+      f.tolerance()))
+      << "NaN in v(37, :)";
+
+  attn::Matrix<Scalar> q = f.q;
+  q.row(3).setConstant(nan_value<Scalar>);
+  EXPECT_TRUE(nan_exactly_where(
+      attn::scaled_dot_product_attention(q, f.k, f.v, Mask::bias(bias), f.options), clean,
+      [](Index, Index) { return false; }, f.tolerance()))
+      << "NaN in q(3, :), whose keys all carry -inf";
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -67,10 +67,11 @@ class TileMask {
     const Index rows = s.rows();
     const Index cols = s.cols();
     if (m_bias != nullptr) {
+      // −∞ hides the key even when its logit is NaN (NaN + −∞ would be NaN), as keep = false does.
       for (Index r = 0; r < rows; ++r) {
         const Scalar* bias_row = m_bias + (i0 + r) * m_bias_stride + j0;
         for (Index c = 0; c < cols; ++c)
-          s(r, c) += bias_row[c];
+          s(r, c) = bias_row[c] == hidden ? hidden : s(r, c) + bias_row[c];
       }
     }
     if (m_keep != nullptr) {

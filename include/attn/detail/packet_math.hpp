@@ -7,6 +7,7 @@
 /// (AVX-512, AVX2+FMA, SSE or NEON: whatever the compiler was told to target).
 
 #include <Eigen/Core>
+#include <cstdint>
 #include <type_traits>
 
 #include "../types.hpp"
@@ -109,6 +110,24 @@ void register_block(Index rows, Index depth, const Scalar* a, Index a_row, Index
     default:
       break;
   }
+}
+
+/// Hints that the `rows` × `cols` row-major block at `data` (row stride `stride`) will be read
+/// soon, so that its cache lines start coming from L3 or memory while the caller computes. Every
+/// line the block touches is asked for once; it changes no result.
+template <typename Scalar>
+EIGEN_ALWAYS_INLINE void prefetch_block(const Scalar* data, Index stride, Index rows, Index cols) {
+#if defined(__GNUC__)
+  constexpr std::uintptr_t line = 64;
+  for (Index r = 0; r < rows; ++r) {
+    const auto first = reinterpret_cast<std::uintptr_t>(data + r * stride) & ~(line - 1);
+    const auto last = reinterpret_cast<std::uintptr_t>(data + r * stride + cols - 1);
+    for (std::uintptr_t address = first; address <= last; address += line)
+      __builtin_prefetch(reinterpret_cast<const void*>(address), 0, 3);
+  }
+#else
+  (void)data, (void)stride, (void)rows, (void)cols;
+#endif
 }
 
 /// e^x for the softmax, where x = logit − row max ≤ 0 or −∞: exactly 0 below the smallest normal

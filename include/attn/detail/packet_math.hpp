@@ -6,8 +6,8 @@
 /// The register-blocked inner kernel and the softmax exponential, on Eigen's packet types
 /// (AVX-512, AVX2+FMA, SSE or NEON: whatever the compiler was told to target).
 
-#include <Eigen/Core>
 #include <cstdint>
+#include <Eigen/Core>
 #include <type_traits>
 
 #include "../types.hpp"

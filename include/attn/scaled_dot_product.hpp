@@ -189,7 +189,8 @@ constexpr void check_scalars() {
 /// division: |v| times the number of visible keys must stay below the largest finite Scalar.
 /// The result does not depend on the executor or the number of threads: it is bitwise the same
 /// for any of them (work is split by shape only, and partial results merge in a fixed order).
-/// Never allocates an n×m matrix: memory is O((n + m)·H·d) whatever the mask.
+/// Never allocates an n×m matrix: memory is O((n + m)·H·d) whatever the mask, plus, per thread
+/// and at most 64 MiB, a contiguous copy of one head's K and V when heads share rows.
 /// \throws ShapeError (a std::invalid_argument) naming the argument and both shapes when the
 ///         shapes disagree, num_heads/num_kv_heads do not divide, the mask has the wrong shape,
 ///         or scale/softcap are not finite; out is then untouched.

@@ -502,7 +502,7 @@ void attend_query_block(const AttentionProblem<Scalar>& p, const TileMask<Scalar
     const Index next_keys = std::min(key_block_rows, b.keys_end - j0 - keys);
     const Index groups = width / lanes;
     const auto prefetch_share = [&](const Scalar* head, Index head_stride, Index cols, Index g) {
-      if (next_keys <= 0) return;
+      if (next_keys <= 0 || cols == 0) return;  // (no columns: the storage may be null)
       const Index first = g * next_keys / groups, last = (g + 1) * next_keys / groups;
       prefetch_block(head + (j0 + keys + first) * head_stride, head_stride, last - first, cols);
     };

@@ -119,6 +119,7 @@ template <typename Scalar>
 EIGEN_ALWAYS_INLINE void prefetch_block(const Scalar* data, Index stride, Index rows, Index cols) {
 #if defined(__GNUC__)
   constexpr std::uintptr_t line = 64;
+  if (cols <= 0) return;
   for (Index r = 0; r < rows; ++r) {
     const auto first = reinterpret_cast<std::uintptr_t>(data + r * stride) & ~(line - 1);
     const auto last = reinterpret_cast<std::uintptr_t>(data + r * stride + cols - 1);

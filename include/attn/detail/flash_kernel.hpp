@@ -106,8 +106,8 @@ struct TileScratch {
     const Index narrow = narrow_heads * narrow_rows;
     const Index stats = std::max(query_block_rows, narrow);
     return (head_dim + key_block_rows + value_dim) * query_block_rows +
-           narrow * (head_dim + narrow_key_block_rows + value_dim) + 2 * stats + query_block_rows +
-           packed_keys * (head_dim + value_dim);
+           narrow * (head_dim + narrow_key_block_rows + value_dim) + 2 * stats +
+           2 * query_block_rows + packed_keys * (head_dim + value_dim);
   }
 
   /// `memory` holds scalars(head_dim, value_dim, narrow_heads, packed_keys) values; zeroed when
@@ -127,6 +127,7 @@ struct TileScratch {
                 std::max(query_block_rows, narrow_heads * narrow_rows)),
         row_sum(take(memory, row_max.size()), row_max.size()),
         correction(take(memory, query_block_rows), query_block_rows),
+        column_max(take(memory, query_block_rows), query_block_rows),
         packed_k(take(memory, packed_keys * head_dim), packed_keys, head_dim),
         packed_v(take(memory, packed_keys * value_dim), packed_keys, value_dim) {}
 
@@ -141,6 +142,7 @@ struct TileScratch {
   VectorMap row_max;   // running max, then the log-sum-exp
   VectorMap row_sum;
   VectorMap correction;
+  VectorMap column_max;  // a score tile's max per query, from the register tiles
   // One kv head's K and V, contiguous (empty unless the chunk packs heads).
   MatrixMap packed_k;
   MatrixMap packed_v;
@@ -172,6 +174,20 @@ void with_scratch(Workspace& workspace, Index slot, Index head_dim, Index value_
   }
 }
 
+/// Copies `rows` rows of `cols` values, `stride` apart, to contiguous `dst`. The source rows are
+/// a few cache lines a whole row apart, which the hardware prefetchers do not follow, so each row
+/// is asked for a few rows ahead (a plain copy ran at 2 GB/s here, bound by memory latency).
+template <typename Scalar>
+void pack_rows(const Scalar* src, Index stride, Index rows, Index cols, Scalar* dst) {
+  constexpr Index ahead = 8;
+  for (Index r = 0; r < std::min(ahead, rows); ++r)
+    prefetch_block(src + r * stride, stride, 1, cols);
+  for (Index r = 0; r < rows; ++r) {
+    if (r + ahead < rows) prefetch_block(src + (r + ahead) * stride, stride, 1, cols);
+    std::copy_n(src + r * stride, cols, dst + r * cols);
+  }
+}
+
 /// K and V of kv head `kv_head` for the wide path: packed into the scratch (once per head in a
 /// row of work items) when `pack`, else read in place. Null-safe when there are no keys.
 template <typename Scalar>
@@ -184,8 +200,9 @@ HeadKeyValues<Scalar> head_key_values(const AttentionProblem<Scalar>& p,
             p.v.outerStride()};
   }
   if (scratch.packed_head != kv_head) {
-    scratch.packed_k = p.k.middleCols(kv_head * d, d);
-    scratch.packed_v = p.v.middleCols(kv_head * dv, dv);
+    pack_rows(p.k.data() + kv_head * d, p.k.outerStride(), p.k.rows(), d, scratch.packed_k.data());
+    pack_rows(p.v.data() + kv_head * dv, p.v.outerStride(), p.v.rows(), dv,
+              scratch.packed_v.data());
     scratch.packed_head = kv_head;
   }
   return {scratch.packed_k.data(), d, scratch.packed_v.data(), dv};
@@ -197,25 +214,34 @@ inline Index balanced_block(Index t, Index count) {
   return t % 2 == 0 ? t / 2 : count - 1 - t / 2;
 }
 
-/// Online softmax over one score tile, columns [0, width): folds the tile's max into the running
-/// max, turns logits into probabilities in place, updates the running sum and returns, per
-/// column, the factor by which the accumulator must be rescaled.
+/// Online softmax over one score tile, columns [0, width): folds the tile's max (`tile_max` if
+/// given, else found here) into the running max, turns logits into probabilities in place,
+/// updates the running sum and writes, per column, the factor by which the accumulator must be
+/// rescaled. Returns whether any factor differs from 1 (once the running max has settled, none
+/// does, and the accumulator need not be touched).
 template <typename Scalar>
-void online_softmax(Scalar* s_t, Index stride, Index keys, Index width, Scalar* row_max,
-                    Scalar* row_sum, Scalar* correction) {
+bool online_softmax(Scalar* s_t, Index stride, Index keys, Index width, const Scalar* tile_max,
+                    Scalar* row_max, Scalar* row_sum, Scalar* correction) {
   using Packet = typename PacketTraits<Scalar>::Packet;
   constexpr int size = PacketTraits<Scalar>::size;
   const Packet minus_infinity = packet::pset1<Packet>(-std::numeric_limits<Scalar>::infinity());
   const Packet zero = packet::pset1<Packet>(Scalar(0));
+  const Packet one = packet::pset1<Packet>(Scalar(1));
+  const Packet all_bits = packet::ptrue(zero);
+  Packet rescaled = zero;  // lanes whose factor is not 1
   for (Index i = 0; i < width; i += size) {
-    Packet tile_max = minus_infinity;
-    for (Index j = 0; j < keys; ++j) {
-      tile_max =
-          packet::pmax<Eigen::PropagateNaN>(tile_max, packet::ploadu<Packet>(s_t + j * stride + i));
+    Packet block_max = minus_infinity;
+    if (tile_max != nullptr) {
+      block_max = packet::ploadu<Packet>(tile_max + i);
+    } else {
+      for (Index j = 0; j < keys; ++j) {
+        block_max = packet::pmax<Eigen::PropagateNaN>(block_max,
+                                                      packet::ploadu<Packet>(s_t + j * stride + i));
+      }
     }
     const Packet old_max = packet::ploadu<Packet>(row_max + i);
     // NaN propagates: a NaN logit the row can see makes the whole row NaN.
-    const Packet new_max = packet::pmax<Eigen::PropagateNaN>(old_max, tile_max);
+    const Packet new_max = packet::pmax<Eigen::PropagateNaN>(old_max, block_max);
     // A column with nothing visible yet subtracts 0 instead of −∞, so its exps are 0, not NaN.
     const Packet shift = packet::pselect(packet::pcmp_eq(new_max, minus_infinity), zero, new_max);
     Packet sum = zero;
@@ -226,10 +252,12 @@ void online_softmax(Scalar* s_t, Index stride, Index keys, Index width, Scalar* 
       sum = packet::padd(sum, p);
     }
     const Packet rescale = softmax_exp(packet::psub(old_max, shift));
+    rescaled = packet::por(rescaled, packet::pandnot(all_bits, packet::pcmp_eq(rescale, one)));
     packet::pstoreu(correction + i, rescale);
     packet::pstoreu(row_sum + i, packet::pmadd(rescale, packet::ploadu<Packet>(row_sum + i), sum));
     packet::pstoreu(row_max + i, new_max);
   }
+  return packet::predux_any(rescaled);
 }
 
 /// Where a query block's normalised rows and log-sum-exps go: the problem's output, or one key
@@ -273,25 +301,34 @@ bool values_need_care(bool masked, const Scalar* v, Index v_stride, Index keys, 
          !ConstMatrixView<Scalar>(v, keys, dv, Eigen::OuterStride<>(v_stride)).allFinite();
 }
 
+/// Turns a block's running maxes into log-sum-exps (−∞ where no key was visible), left in row_max
+/// (for the weights pass) and written to dst.lse if wanted.
+template <typename Scalar>
+void write_log_sum_exps(Scalar* row_max, const Scalar* row_sum, Index rows,
+                        const BlockOutput<Scalar>& dst) {
+  constexpr Scalar minus_infinity = -std::numeric_limits<Scalar>::infinity();
+  for (Index r = 0; r < rows; ++r) {
+    row_max[r] = row_sum[r] != 0 ? row_max[r] + std::log(row_sum[r]) : minus_infinity;
+    if (dst.lse != nullptr) dst.lse[r * dst.lse_stride] = row_max[r];
+  }
+}
+
 /// Writes a block's normalised rows (zero where no key was visible) and log-sum-exps (−∞ there),
-/// and leaves the log-sum-exp in row_max (for the weights pass). acc_row(r) is the unnormalised
-/// output row r.
+/// and leaves the log-sum-exp in row_max. acc_row(r) is the unnormalised output row r.
 template <typename Scalar, typename AccRow>
 void write_rows(Scalar* row_max, const Scalar* row_sum, Index rows, Index dv,
                 const BlockOutput<Scalar>& dst, const AccRow& acc_row) {
-  constexpr Scalar minus_infinity = -std::numeric_limits<Scalar>::infinity();
   for (Index r = 0; r < rows; ++r) {
     const Scalar sum = row_sum[r];
     Eigen::Map<Eigen::Matrix<Scalar, 1, Eigen::Dynamic>> out_row(dst.out + r * dst.out_stride, dv);
     // sum is 0 (nothing visible), positive, or NaN (a NaN reached the row: it stays NaN).
     if (sum != 0) {
-      out_row = acc_row(r) / sum;
+      out_row = acc_row(r) * (Scalar(1) / sum);  // one division per row, not per element
     } else {
       out_row.setZero();
     }
-    row_max[r] = sum != 0 ? row_max[r] + std::log(sum) : minus_infinity;
-    if (dst.lse != nullptr) dst.lse[r * dst.lse_stride] = row_max[r];
   }
+  write_log_sum_exps(row_max, row_sum, rows, dst);
 }
 
 /// e^(s[j] − shift) in place for j < count, exact zeros below the normal range; returns the sum.
@@ -486,7 +523,8 @@ void attend_query_block(const AttentionProblem<Scalar>& p, const TileMask<Scalar
 
   // 1. Scaled, transposed queries: the scale is folded in once instead of into every logit.
   scratch.q_t.leftCols(width).setZero();
-  scratch.q_t.leftCols(rows) = p.scale * p.q.block(b.first_row, b.head * d, rows, d).transpose();
+  transpose_scaled(p.q.data() + b.first_row * p.q.outerStride() + b.head * d, p.q.outerStride(),
+                   rows, d, p.scale, q_t, stride);
   scratch.out_t.leftCols(width).setZero();
   scratch.row_max.head(width).setConstant(minus_infinity);
   scratch.row_sum.head(width).setZero();
@@ -507,20 +545,25 @@ void attend_query_block(const AttentionProblem<Scalar>& p, const TileMask<Scalar
       prefetch_block(head + (j0 + keys + first) * head_stride, head_stride, last - first, cols);
     };
 
-    // 2a. Logits Sᵀ = K_b·(scale·Qᵀ), soft-capped, biased and masked.
+    // 2a. Logits Sᵀ = K_b·(scale·Qᵀ), soft-capped, biased and masked. The register tiles also
+    // find each query's max, which holds unless soft-capping or masking changes the logits.
+    Scalar* column_max = scratch.column_max.data();
+    scratch.column_max.head(width).setConstant(minus_infinity);
     for (Index i = 0; i < width; i += lanes) {
       prefetch_share(k, k_stride, d, i / lanes);
       register_block<false>(keys, d, k + j0 * k_stride, k_stride, Index(1), q_t + i, stride,
-                            s_t + i, stride);
+                            s_t + i, stride, column_max + i);
     }
     const bool masked = finish_logits(
         p, mask, MatrixView<Scalar>(s_t, keys, rows, Eigen::OuterStride<>(stride)).transpose(),
         b.first_row, j0);
+    const bool max_holds = !masked && !(p.softcap > 0);
 
     // 2b. Online softmax down the columns; rescale what Oᵀ holds by each column's correction.
-    online_softmax(s_t, stride, keys, width, scratch.row_max.data(), scratch.row_sum.data(),
-                   scratch.correction.data());
-    for (Index e = 0; e < dv; ++e) {
+    const bool rescale =
+        online_softmax(s_t, stride, keys, width, max_holds ? column_max : nullptr,
+                       scratch.row_max.data(), scratch.row_sum.data(), scratch.correction.data());
+    for (Index e = 0; rescale && e < dv; ++e) {
       for (Index i = 0; i < width; i += size) {
         Scalar* o = out_t + e * stride + i;
         packet::pstoreu(o, packet::pmul(packet::ploadu<Packet>(o),
@@ -545,9 +588,28 @@ void attend_query_block(const AttentionProblem<Scalar>& p, const TileMask<Scalar
     }
   }
 
-  // 3. Normalise once.
-  write_rows(scratch.row_max.data(), scratch.row_sum.data(), rows, dv, dst,
-             [&](Index r) { return scratch.out_t.col(r).transpose(); });
+  // 3. Normalise once: Oᵀ's columns by 1 / sum (0 where no key was visible: the column holds
+  // zeros then; a NaN sum keeps the column NaN), then transposed into the destination.
+  Scalar* inverse = scratch.correction.data();
+  for (Index r = 0; r < width; ++r) {
+    const Scalar sum = r < rows ? scratch.row_sum[r] : Scalar(0);
+    inverse[r] = sum != 0 ? Scalar(1) / sum : Scalar(0);
+  }
+  for (Index e = 0; e < dv; ++e) {
+    for (Index i = 0; i < width; i += size) {
+      Scalar* o = out_t + e * stride + i;
+      packet::pstoreu(o,
+                      packet::pmul(packet::ploadu<Packet>(o), packet::ploadu<Packet>(inverse + i)));
+    }
+  }
+  transpose_scaled(out_t, stride, dv, rows, Scalar(1), dst.out, dst.out_stride);
+  for (Index r = 0; r < rows; ++r) {
+    if (scratch.row_sum[r] == 0) {  // exact zeros (0 · a finite −x would give −0)
+      Eigen::Map<Eigen::Matrix<Scalar, 1, Eigen::Dynamic>>(dst.out + r * dst.out_stride, dv)
+          .setZero();
+    }
+  }
+  write_log_sum_exps(scratch.row_max.data(), scratch.row_sum.data(), rows, dst);
   if (p.weights != nullptr) write_weights(p, mask, scratch, b);
 }
 

@@ -1,23 +1,32 @@
 // SPDX-License-Identifier: MIT
 // Copyright (c) 2026 The attn authors
 //
-// Attention throughput, with its yardsticks measured in the same run: this core's FP32 FMA peak,
-// and a naive materialise-the-scores Eigen baseline on the same shapes. After the runs, a summary
-// table gives each fused run's GFLOP/s, its fraction of peak and its ratio to the baseline.
+// Attention throughput, with its yardsticks measured in the same run: the FP32 FMA peak of one
+// core and of two, Eigen's own GEMM on the two products of one head, and a naive
+// materialise-the-scores Eigen baseline on the same shapes. After the runs, a summary table gives
+// each fused run's GFLOP/s, its fraction of peak, its ratio to the baseline and, for 2 threads,
+// its ratio to 1 thread.
 //
-//   cmake --workflow --preset bench        (or: build/native/bench/bench_attention)
+//   build/native/bench/bench_attention --benchmark_repetitions=9
+//                                      --benchmark_enable_random_interleaving=true
+//
+// On a shared machine the clock and the memory system change from minute to minute; interleaving
+// the repetitions of all runs at random spreads those changes evenly over the peak and the
+// kernels, so the medians compare like with like.
 //
 // FLOPs count 4·n·m·d per head (Q·Kᵀ and P·V, a multiply-add each), only the visible pairs for
 // causal masks, so a causal kernel that skips hidden blocks is not credited for them.
 
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <attn/attn.hpp>
 #include <chrono>
 #include <cstdio>
 #include <limits>
 #include <map>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace {
@@ -40,35 +49,47 @@ double attention_flops(Index n, Index m, Index d, Index h, bool causal) {
   return 4.0 * pairs * double(d) * double(h);
 }
 
-// ---- 1. This core's FP32 FMA peak: independent chains of packet FMAs, no memory traffic.
-// Twelve chains cover the FMA latency × pipes of current x86 cores (4 cycles × 2 pipes) and, with
-// the two operands, fit AVX2's 16 vector registers. The chains are named variables, not an
-// array: GCC keeps an array of packets on the stack, and then every FMA waits on a store and a
-// reload (that version measured 53 GFLOP/s here, against 90 with registers).
-void BM_FmaPeak(benchmark::State& state) {
+// ---- 1. The FP32 FMA peak: independent chains of packet FMAs, no memory traffic, on 1 or more
+// threads. Twelve chains cover the FMA latency × pipes of current x86 cores (4 cycles × 2 pipes)
+// and, with the two operands, fit AVX2's 16 vector registers. The chains are named variables,
+// not an array: GCC keeps an array of packets on the stack, and then every FMA waits on a store
+// and a reload (that version measured 53 GFLOP/s here, against 90 with registers).
+constexpr long fma_iterations = 1 << 21;
+constexpr int fma_chains = 12;
+
+void fma_chains_loop() {
   using Packet = Eigen::internal::packet_traits<float>::type;
   using Eigen::internal::pmadd;
   using Eigen::internal::pset1;
-  constexpr int lanes = Eigen::internal::packet_traits<float>::size;
-  constexpr int chains = 12;
   Packet c0 = pset1<Packet>(0.0f), c1 = pset1<Packet>(1e-3f), c2 = pset1<Packet>(2e-3f),
          c3 = pset1<Packet>(3e-3f), c4 = pset1<Packet>(4e-3f), c5 = pset1<Packet>(5e-3f),
          c6 = pset1<Packet>(6e-3f), c7 = pset1<Packet>(7e-3f), c8 = pset1<Packet>(8e-3f),
          c9 = pset1<Packet>(9e-3f), c10 = pset1<Packet>(1e-2f), c11 = pset1<Packet>(1.1e-2f);
   const Packet a = pset1<Packet>(0.999999f);
   const Packet b = pset1<Packet>(1e-7f);
-  constexpr long iterations = 1 << 20;
-  for (auto _ : state) {
-    for (long i = 0; i < iterations; ++i) {
-      c0 = pmadd(c0, a, b), c1 = pmadd(c1, a, b), c2 = pmadd(c2, a, b), c3 = pmadd(c3, a, b);
-      c4 = pmadd(c4, a, b), c5 = pmadd(c5, a, b), c6 = pmadd(c6, a, b), c7 = pmadd(c7, a, b);
-      c8 = pmadd(c8, a, b), c9 = pmadd(c9, a, b), c10 = pmadd(c10, a, b), c11 = pmadd(c11, a, b);
-    }
-    for (Packet* c : {&c0, &c1, &c2, &c3, &c4, &c5, &c6, &c7, &c8, &c9, &c10, &c11})
-      benchmark::DoNotOptimize(*c);
+  for (long i = 0; i < fma_iterations; ++i) {
+    c0 = pmadd(c0, a, b), c1 = pmadd(c1, a, b), c2 = pmadd(c2, a, b), c3 = pmadd(c3, a, b);
+    c4 = pmadd(c4, a, b), c5 = pmadd(c5, a, b), c6 = pmadd(c6, a, b), c7 = pmadd(c7, a, b);
+    c8 = pmadd(c8, a, b), c9 = pmadd(c9, a, b), c10 = pmadd(c10, a, b), c11 = pmadd(c11, a, b);
   }
-  state.counters["FLOP/s"] = benchmark::Counter(2.0 * lanes * chains * double(iterations),
-                                                benchmark::Counter::kIsIterationInvariantRate);
+  for (Packet* c : {&c0, &c1, &c2, &c3, &c4, &c5, &c6, &c7, &c8, &c9, &c10, &c11})
+    benchmark::DoNotOptimize(*c);
+}
+
+void BM_FmaPeak(benchmark::State& state) {
+  constexpr int lanes = Eigen::internal::packet_traits<float>::size;
+  const int threads = int(state.range(0));
+  for (auto _ : state) {
+    std::vector<std::thread> others;
+    for (int t = 1; t < threads; ++t)
+      others.emplace_back(fma_chains_loop);
+    fma_chains_loop();
+    for (std::thread& t : others)
+      t.join();
+  }
+  state.counters["FLOP/s"] =
+      benchmark::Counter(2.0 * lanes * fma_chains * double(fma_iterations) * threads,
+                         benchmark::Counter::kIsIterationInvariantRate);
   state.SetLabel(std::to_string(lanes * 32) + "-bit packets");
 }
 
@@ -112,6 +133,23 @@ void BM_Naive(benchmark::State& state) {
     benchmark::DoNotOptimize(in.out.data());
   }
   state.counters["FLOP/s"] = benchmark::Counter(attention_flops(n, m, head_dim, heads, causal),
+                                                benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// ---- 2b. Eigen's own GEMM on one head's two products, S = Q·Kᵀ (n×m) and O = S·V, without the
+// softmax: what Eigen's GEMM reaches on these shapes on this machine.
+void BM_EigenGemm(benchmark::State& state) {
+  const Index n = state.range(0), m = state.range(1);
+  const Matrix<float> q = Matrix<float>::Random(n, head_dim),
+                      k = Matrix<float>::Random(m, head_dim),
+                      v = Matrix<float>::Random(m, head_dim);
+  Matrix<float> scores(n, m), out(n, head_dim);
+  for (auto _ : state) {
+    scores.noalias() = q * k.transpose();
+    out.noalias() = scores * v;
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.counters["FLOP/s"] = benchmark::Counter(attention_flops(n, m, head_dim, 1, false),
                                                 benchmark::Counter::kIsIterationInvariantRate);
 }
 
@@ -177,7 +215,19 @@ void BM_CrossAttention(benchmark::State& state) {
 }
 
 void register_all() {
-  benchmark::RegisterBenchmark("FmaPeak", BM_FmaPeak)->Unit(benchmark::kMillisecond);
+  for (const int threads : {1, 2}) {
+    benchmark::RegisterBenchmark("FmaPeak", BM_FmaPeak)
+        ->Arg(threads)
+        ->ArgName("threads")
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
+  }
+  for (const Index l : {1024, 4096}) {
+    benchmark::RegisterBenchmark("EigenGemm", BM_EigenGemm)
+        ->Args({l, l})
+        ->ArgNames({"n", "m"})
+        ->Unit(benchmark::kMillisecond);
+  }
   for (const int causal : {0, 1}) {
     for (const Index l : {128, 256, 512, 1024, 2048, 4096}) {
       benchmark::RegisterBenchmark("Naive", BM_Naive)
@@ -235,28 +285,38 @@ class SummaryReporter : public benchmark::ConsoleReporter {
   }
   void Finalize() override {
     ConsoleReporter::Finalize();
-    double peak = 0;
-    std::map<std::string, double> naive;
+    // Interleaved repetitions report in random order; list the runs as registered instead.
+    std::stable_sort(m_rows.begin(), m_rows.end(),
+                     [](const Row& a, const Row& b) { return order(a.name) < order(b.name); });
+    double peak = 0, peak_2 = 0;
+    std::map<std::string, double> naive, kernel;
     for (const auto& row : m_rows) {
-      if (row.name.rfind("FmaPeak", 0) == 0) peak = row.flops;
+      if (row.name.rfind("FmaPeak/threads:1", 0) == 0) peak = row.flops;
+      if (row.name.rfind("FmaPeak/threads:2", 0) == 0) peak_2 = row.flops;
       if (row.name.rfind("Naive/", 0) == 0) naive[row.name.substr(6)] = row.flops;
+      if (row.name.rfind("Kernel/", 0) == 0) kernel[row.name] = row.flops;
     }
     std::printf(
         "\nSummary (GFLOP/s; %% of the 1-core FP32 FMA peak %.1f GFLOP/s; x naive = ratio to "
-        "the naive baseline of the same shape, 1 thread)\n",
-        peak * 1e-9);
-    std::printf("%-52s %10s %8s %9s\n", "run", "GFLOP/s", "% peak", "x naive");
+        "the naive baseline of the same shape, 1 thread; x 1 thread = a 2-thread run's ratio to "
+        "the same shape on 1 thread, where the FMA peak itself scales %.2fx)\n",
+        peak * 1e-9, peak > 0 ? peak_2 / peak : 0.0);
+    std::printf("%-52s %10s %8s %9s %11s\n", "run", "GFLOP/s", "% peak", "x naive", "x 1 thread");
     for (const auto& row : m_rows) {
-      std::string ratio = "";
+      std::string ratio = "", scaling = "";
       if (row.name.rfind("Kernel/", 0) == 0) {
         // Kernel/n:…/m:…/causal:…/threads:T/real_time -> n:…/m:…/causal:…
         std::string shape = row.name.substr(7);
+        const std::string threads = shape.substr(shape.find("/threads:"));
         shape = shape.substr(0, shape.find("/threads:"));
         const auto base = naive.find(shape);
         if (base != naive.end()) ratio = std::to_string(row.flops / base->second).substr(0, 5);
+        const auto one = kernel.find("Kernel/" + shape + "/threads:1/real_time");
+        if (threads != "/threads:1/real_time" && one != kernel.end())
+          scaling = std::to_string(row.flops / one->second).substr(0, 4);
       }
-      std::printf("%-52s %10.1f %8.1f %9s\n", row.name.c_str(), row.flops * 1e-9,
-                  peak > 0 ? 100.0 * row.flops / peak : 0.0, ratio.c_str());
+      std::printf("%-52s %10.1f %8.1f %9s %11s\n", row.name.c_str(), row.flops * 1e-9,
+                  peak > 0 ? 100.0 * row.flops / peak : 0.0, ratio.c_str(), scaling.c_str());
     }
   }
 
@@ -265,6 +325,22 @@ class SummaryReporter : public benchmark::ConsoleReporter {
     std::string name;
     double flops;
   };
+
+  // Family as registered, then causal, shape and threads: Naive and Kernel of a shape side by side.
+  static std::vector<long> order(const std::string& name) {
+    const auto arg = [&](const std::string& key) {
+      const auto at = name.find("/" + key + ":");
+      return at == std::string::npos ? 0L : std::stol(name.substr(at + key.size() + 2));
+    };
+    long family = 0;
+    for (const char* prefix : {"FmaPeak", "EigenGemm", "", "SelfAttention", "CrossAttention"}) {
+      if (*prefix != 0 && name.rfind(prefix, 0) == 0) break;
+      ++family;
+    }
+    const long kernel = name.rfind("Kernel/", 0) == 0 ? 1 : 0;
+    const long n = arg("n") + arg("L");
+    return {family, arg("causal"), n == 64 ? 1L : 0L, n, kernel, arg("threads")};
+  }
   std::vector<Row> m_rows;
 };
 

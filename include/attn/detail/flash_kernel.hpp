@@ -9,9 +9,14 @@
 ///
 /// A query block works in transposed form, queries along the vector lanes: Qᵀ (d × Bq, scaled),
 /// the score tile Sᵀ = K_b·Qᵀ (Bk × Bq), and the accumulator Oᵀ (dv × Bq) += V_bᵀ·Pᵀ. Then both
-/// products are register tiles that broadcast one element of K or V straight from the caller's
-/// row-major storage (no packing of K or V), the softmax's max and sum run down columns with
-/// whole packets (no horizontal reductions), and only Qᵀ, packed once per block, is copied.
+/// products are register tiles that broadcast one element of K or V from row-major storage (the
+/// caller's, or one head's contiguous copy when heads share rows), the S tiles also yield the
+/// softmax's max, and the softmax's sums run down columns with whole packets (no horizontal
+/// reductions). Qᵀ and the output go through packet transposes once per block.
+///
+/// Decoding (fewer queries than a packet) takes the narrow path instead: keys along the rows, each
+/// key row read once across all heads, the keys split into parts for the threads and merged by
+/// log-sum-exp.
 
 #include <algorithm>
 #include <atomic>

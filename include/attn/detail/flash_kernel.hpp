@@ -433,8 +433,11 @@ void narrow_tile(const AttentionProblem<Scalar>& p, const TileMask<Scalar>& mask
       const Scalar* k_head = k_row + (h / group) * d;
       for (Index r = 0; r < st.rows; ++r) {
         const Index row = st.row(h, r);
-        s(row, j) = whole_packets ? packet_dot(q_row(row), k_head, d)
-                                  : q.row(row).dot(Eigen::Map<const Row>(k_head, d));
+        if (whole_packets) {
+          packet_dot_rows<1>(q_row(row), k_head, 0, d, &s(row, j));
+        } else {
+          s(row, j) = q.row(row).dot(Eigen::Map<const Row>(k_head, d));
+        }
       }
     }
   }
@@ -471,7 +474,7 @@ void narrow_tile(const AttentionProblem<Scalar>& p, const TileMask<Scalar>& mask
       for (Index h = st.first_head; h < h1; ++h) {
         for (Index r = 0; r < st.rows; ++r) {
           const Index row = st.row(h, r);
-          packet_axpy_rows<key_rows>(&s(row, j), 1, v_rows + (h / group) * dv, p.v.outerStride(),
+          packet_axpy_rows<key_rows>(&s(row, j), v_rows + (h / group) * dv, p.v.outerStride(),
                                      acc_row(row), dv);
         }
       }
@@ -486,7 +489,7 @@ void narrow_tile(const AttentionProblem<Scalar>& p, const TileMask<Scalar>& mask
         const Scalar weight = s(row, j);
         if (careful && weight == 0) continue;
         if (whole_packets) {
-          packet_axpy(weight, v_head, acc_row(row), dv);
+          packet_axpy_rows<1>(&weight, v_head, 0, acc_row(row), dv);
         } else {
           acc.row(row) += weight * Eigen::Map<const Row>(v_head, dv);
         }

@@ -160,39 +160,10 @@ void transpose_scaled(const Scalar* src, Index src_stride, Index rows, Index col
   }
 }
 
-/// Σ a[i]·b[i] for i < count, a multiple of the packet size: two packet accumulators and one
-/// horizontal sum. The decode path takes one per head and key; Eigen's dot on a dynamic-size map
-/// spends about as much again on its size and alignment cases.
-template <typename Scalar>
-EIGEN_ALWAYS_INLINE Scalar packet_dot(const Scalar* a, const Scalar* b, Index count) {
-  using Packet = typename PacketTraits<Scalar>::Packet;
-  constexpr Index size = PacketTraits<Scalar>::size;
-  Packet even = packet::pset1<Packet>(Scalar(0)), odd = even;
-  Index i = 0;
-  for (; i + 2 * size <= count; i += 2 * size) {
-    even = packet::pmadd(packet::ploadu<Packet>(a + i), packet::ploadu<Packet>(b + i), even);
-    odd = packet::pmadd(packet::ploadu<Packet>(a + i + size), packet::ploadu<Packet>(b + i + size),
-                        odd);
-  }
-  if (i < count)
-    even = packet::pmadd(packet::ploadu<Packet>(a + i), packet::ploadu<Packet>(b + i), even);
-  return packet::predux(packet::padd(even, odd));
-}
-
-/// y[i] += w·x[i] for i < count, a multiple of the packet size.
-template <typename Scalar>
-EIGEN_ALWAYS_INLINE void packet_axpy(Scalar w, const Scalar* x, Scalar* y, Index count) {
-  using Packet = typename PacketTraits<Scalar>::Packet;
-  constexpr Index size = PacketTraits<Scalar>::size;
-  const Packet weight = packet::pset1<Packet>(w);
-  for (Index i = 0; i < count; i += size) {
-    packet::pstoreu(
-        y + i, packet::pmadd(weight, packet::ploadu<Packet>(x + i), packet::ploadu<Packet>(y + i)));
-  }
-}
-
 /// out[r] = Σ_i a[i]·b[r·b_stride + i] for r < Rows and i < count, a multiple of the packet
-/// size: a is loaded once for all Rows dot products.
+/// size: a is loaded once for all Rows dot products. The decode path takes these per head and
+/// key rows; Eigen's dot on a dynamic-size map spends about as much again on its size and
+/// alignment cases.
 template <int Rows, typename Scalar>
 EIGEN_ALWAYS_INLINE void packet_dot_rows(const Scalar* a, const Scalar* b, Index b_stride,
                                          Index count, Scalar* out) {
@@ -216,14 +187,14 @@ EIGEN_ALWAYS_INLINE void packet_dot_rows(const Scalar* a, const Scalar* b, Index
 /// y[i] += Σ_r w[r]·x[r·x_stride + i] for r < Rows and i < count, a multiple of the packet size:
 /// several value rows per pass over y, so y is loaded and stored once for all of them.
 template <int Rows, typename Scalar>
-EIGEN_ALWAYS_INLINE void packet_axpy_rows(const Scalar* w, Index w_stride, const Scalar* x,
-                                          Index x_stride, Scalar* y, Index count) {
+EIGEN_ALWAYS_INLINE void packet_axpy_rows(const Scalar* w, const Scalar* x, Index x_stride,
+                                          Scalar* y, Index count) {
   using Packet = typename PacketTraits<Scalar>::Packet;
   constexpr Index size = PacketTraits<Scalar>::size;
   Packet weight[Rows];
   ATTN_UNROLL
   for (int r = 0; r < Rows; ++r)
-    weight[r] = packet::pset1<Packet>(w[r * w_stride]);
+    weight[r] = packet::pset1<Packet>(w[r]);
   for (Index i = 0; i < count; i += size) {
     Packet sum = packet::ploadu<Packet>(y + i);
     ATTN_UNROLL

@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdint>
 #include <limits>
 #include <vector>
 
@@ -107,13 +108,18 @@ struct TileScratch {
   using MatrixMap = Eigen::Map<Matrix<Scalar>>;
   using VectorMap = Eigen::Map<Vector<Scalar>>;
   static constexpr Index narrow_rows = PacketTraits<Scalar>::size;
+  /// Row stride of the wide blocks (Qᵀ, Sᵀ, Oᵀ): one cache line more than a block's queries. At
+  /// 64 floats a row would be 256 bytes, so a register tile's column panel (one line per row)
+  /// would fall into a quarter of the L1's sets, the same quarter in all three blocks and in V's
+  /// column strips; the extra line spreads each panel over all the sets.
+  static constexpr Index block_stride = query_block_rows + 64 / Index(sizeof(Scalar));
 
   /// Scalars a TileScratch needs; `narrow_heads` heads keep narrow state at once (all heads when
   /// decoding, else 1).
   static Index scalars(Index head_dim, Index value_dim, Index narrow_heads, Index packed_keys) {
     const Index narrow = narrow_heads * narrow_rows;
     const Index stats = std::max(query_block_rows, narrow);
-    return (head_dim + key_block_rows + value_dim) * query_block_rows +
+    return (head_dim + key_block_rows + value_dim) * block_stride +
            narrow * (head_dim + narrow_key_block_rows + value_dim) + 2 * stats +
            2 * query_block_rows + packed_keys * (head_dim + value_dim);
   }
@@ -122,9 +128,9 @@ struct TileScratch {
   /// new, so the padding lanes of a block never read uninitialised memory.
   TileScratch(Scalar* memory, Index head_dim, Index value_dim, Index narrow_heads,
               Index packed_keys)
-      : q_t(take(memory, head_dim * query_block_rows), head_dim, query_block_rows),
-        s_t(take(memory, key_block_rows * query_block_rows), key_block_rows, query_block_rows),
-        out_t(take(memory, value_dim * query_block_rows), value_dim, query_block_rows),
+      : q_t(take(memory, head_dim * block_stride), head_dim, block_stride),
+        s_t(take(memory, key_block_rows * block_stride), key_block_rows, block_stride),
+        out_t(take(memory, value_dim * block_stride), value_dim, block_stride),
         q_rows(take(memory, narrow_heads * narrow_rows * head_dim), narrow_heads * narrow_rows,
                head_dim),
         s_rows(take(memory, narrow_heads * narrow_rows * narrow_key_block_rows),
@@ -222,21 +228,25 @@ inline Index balanced_block(Index t, Index count) {
   return t % 2 == 0 ? t / 2 : count - 1 - t / 2;
 }
 
+static_assert(query_block_rows <= 64, "online_softmax returns one bit per packet of a block");
+
 /// Online softmax over one score tile, columns [0, width): folds the tile's max (`tile_max` if
 /// given, else found here) into the running max, turns logits into probabilities in place,
 /// updates the running sum and writes, per column, the factor by which the accumulator must be
-/// rescaled. Returns whether any factor differs from 1 (once the running max has settled, none
-/// does, and the accumulator need not be touched).
+/// rescaled. Returns a bit per packet of columns (bit i / P for columns i…i + P − 1) set where a
+/// factor differs from 1: once the running maxes have settled, none does, and those packets of the
+/// accumulator need not be touched. width ≤ 64·P.
 template <typename Scalar>
-bool online_softmax(Scalar* s_t, Index stride, Index keys, Index width, const Scalar* tile_max,
-                    Scalar* row_max, Scalar* row_sum, Scalar* correction) {
+std::uint64_t online_softmax(Scalar* s_t, Index stride, Index keys, Index width,
+                             const Scalar* tile_max, Scalar* row_max, Scalar* row_sum,
+                             Scalar* correction) {
   using Packet = typename PacketTraits<Scalar>::Packet;
   constexpr int size = PacketTraits<Scalar>::size;
   const Packet minus_infinity = packet::pset1<Packet>(-std::numeric_limits<Scalar>::infinity());
   const Packet zero = packet::pset1<Packet>(Scalar(0));
   const Packet one = packet::pset1<Packet>(Scalar(1));
   const Packet all_bits = packet::ptrue(zero);
-  Packet rescaled = zero;  // lanes whose factor is not 1
+  std::uint64_t rescaled = 0;
   for (Index i = 0; i < width; i += size) {
     Packet block_max = minus_infinity;
     if (tile_max != nullptr) {
@@ -260,12 +270,13 @@ bool online_softmax(Scalar* s_t, Index stride, Index keys, Index width, const Sc
       sum = packet::padd(sum, p);
     }
     const Packet rescale = softmax_exp(packet::psub(old_max, shift));
-    rescaled = packet::por(rescaled, packet::pandnot(all_bits, packet::pcmp_eq(rescale, one)));
+    if (packet::predux_any(packet::pandnot(all_bits, packet::pcmp_eq(rescale, one))))
+      rescaled |= std::uint64_t(1) << (i / size);
     packet::pstoreu(correction + i, rescale);
     packet::pstoreu(row_sum + i, packet::pmadd(rescale, packet::ploadu<Packet>(row_sum + i), sum));
     packet::pstoreu(row_max + i, new_max);
   }
-  return packet::predux_any(rescaled);
+  return rescaled;
 }
 
 /// Where a query block's normalised rows and log-sum-exps go: the problem's output, or one key
@@ -569,7 +580,7 @@ void attend_query_block(const AttentionProblem<Scalar>& p, const TileMask<Scalar
   // Queries padded to whole register tiles: padding columns hold zero queries, are never masked
   // and never written out.
   const Index width = (rows + lanes - 1) / lanes * lanes;
-  const Index stride = query_block_rows;
+  const Index stride = TileScratch<Scalar>::block_stride;
   Scalar* q_t = scratch.q_t.data();
   Scalar* s_t = scratch.s_t.data();
   Scalar* out_t = scratch.out_t.data();
@@ -616,15 +627,18 @@ void attend_query_block(const AttentionProblem<Scalar>& p, const TileMask<Scalar
         b.first_row, j0);
     const bool max_holds = !masked && !(p.softcap > 0);
 
-    // 2b. Online softmax down the columns; rescale what Oᵀ holds by each column's correction.
-    const bool rescale =
+    // 2b. Online softmax down the columns; rescale what Oᵀ holds by each column's correction, in
+    // the packets of columns where one differs from 1 (with random logits the running max of some
+    // column still rises in most key blocks, that of a given packet far less often).
+    const std::uint64_t rescale =
         online_softmax(s_t, stride, keys, width, max_holds ? column_max : nullptr,
                        scratch.row_max.data(), scratch.row_sum.data(), scratch.correction.data());
-    for (Index e = 0; rescale && e < dv; ++e) {
-      for (Index i = 0; i < width; i += size) {
+    for (Index i = 0; i < width; i += size) {
+      if ((rescale >> (i / size) & 1) == 0) continue;
+      const Packet factor = packet::ploadu<Packet>(scratch.correction.data() + i);
+      for (Index e = 0; e < dv; ++e) {
         Scalar* o = out_t + e * stride + i;
-        packet::pstoreu(o, packet::pmul(packet::ploadu<Packet>(o),
-                                        packet::ploadu<Packet>(scratch.correction.data() + i)));
+        packet::pstoreu(o, packet::pmul(packet::ploadu<Packet>(o), factor));
       }
     }
 

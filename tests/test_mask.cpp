@@ -2,7 +2,8 @@
 // Copyright (c) 2026 The attn authors
 
 // attn::Mask: construction, accessors, composition with &, its errors, and what the kernel makes
-// of it (bottom-right alignment, composed masks equal their hand-composed equivalents).
+// of it (bottom-right alignment, composed masks equal their hand-composed equivalents, a key
+// length equals the keys it keeps).
 
 #include <attn/mask.hpp>
 #include <attn/scaled_dot_product.hpp>
@@ -70,6 +71,24 @@ TEST(Mask, WindowRejectsNegativeReachesOtherThanUnbounded) {
   EXPECT_SHAPE_ERROR(Mask::window(std::numeric_limits<Index>::min(), 0), "left");
   EXPECT_NO_THROW(Mask::window(0, 0));
   EXPECT_NO_THROW(Mask::window(Mask::unbounded, Mask::unbounded));
+}
+
+TEST(Mask, KeyLengthStoresItsCountAndIntersects) {
+  EXPECT_EQ(Mask().visible_keys(), Mask::unbounded);
+  EXPECT_FALSE(Mask().has_key_length());
+  const Mask padded = Mask::key_length(5);
+  EXPECT_TRUE(padded.has_key_length());
+  EXPECT_FALSE(padded.is_none());
+  EXPECT_FALSE(padded.has_window());
+  EXPECT_FALSE(padded.has_explicit());
+  EXPECT_EQ(padded.visible_keys(), 5);
+  EXPECT_EQ((Mask::key_length(5) & Mask::key_length(3)).visible_keys(), 3);
+  EXPECT_EQ((Mask::key_length(3) & Mask::key_length(5)).visible_keys(), 3);
+  const Mask both = Mask::key_length(9) & Mask::causal();
+  EXPECT_EQ(both.visible_keys(), 9);
+  EXPECT_EQ(both.right(), 0);
+  EXPECT_EQ(Mask::key_length(0).visible_keys(), 0);
+  EXPECT_SHAPE_ERROR(Mask::key_length(-1), "Mask::key_length", "count is -1");
 }
 
 TEST(Mask, KeepCopiesItsMatrix) {
@@ -381,6 +400,53 @@ TYPED_TEST(MaskInKernel, ComposedMasksEqualTheirEquivalents) {
   EXPECT_TRUE(
       attn_test::matrix_near(run(Mask::bias(attn::Matrix<Scalar>::Constant(n, m, Scalar(0.75)))),
                              run(Mask::none()), 16 * Eigen::NumTraits<Scalar>::epsilon()));
+}
+
+// Padding: key_length(count) gives what the first count rows of K and V alone give, whatever the
+// padding rows hold (NaN here: a key block wholly beyond count is never read, and a straddling
+// block's padding never reaches the output). Wide and narrow query blocks, one head and packed
+// multi-head K/V, counts around the 64-key blocks, and a decode step whose keys are split.
+TYPED_TEST(MaskInKernel, KeyLengthEqualsTheFirstKeysAlone) {
+  using Scalar = TypeParam;
+  using M = attn::Matrix<Scalar>;
+  attn_test::Random rng(33);
+  const Scalar nan = std::numeric_limits<Scalar>::quiet_NaN();
+  struct Shape {
+    Index n, m, heads;
+  };
+  for (const Shape& shape : {Shape{70, 200, 1}, Shape{70, 200, 2}, Shape{3, 200, 2},
+                             Shape{1, 2100, 2}, Shape{130, 150, 4}}) {
+    const Index d = 16;
+    const M q = rng.uniform_matrix<Scalar>(shape.n, shape.heads * d);
+    const M k = rng.uniform_matrix<Scalar>(shape.m, shape.heads * d);
+    const M v = rng.uniform_matrix<Scalar>(shape.m, shape.heads * d);
+    attn::AttentionOptions options;
+    options.num_heads = shape.heads;
+    for (const Index count :
+         {Index(0), Index(1), Index(63), Index(64), Index(65), Index(129), shape.m - 1, shape.m}) {
+      M k_padded = k, v_padded = v;
+      k_padded.bottomRows(shape.m - count).setConstant(nan);
+      v_padded.bottomRows(shape.m - count).setConstant(nan);
+      const M got = attn::scaled_dot_product_attention(q, k_padded, v_padded,
+                                                       Mask::key_length(count), options);
+      M expected = M::Zero(shape.n, v.cols());  // no visible key: zeros
+      if (count > 0) {
+        expected = attn::scaled_dot_product_attention(q, M(k.topRows(count)), M(v.topRows(count)),
+                                                      Mask(), options);
+      }
+      EXPECT_TRUE(got.allFinite()) << "n=" << shape.n << " m=" << shape.m << " count=" << count;
+      EXPECT_TRUE(attn_test::matrix_near(got, expected, 4 * Eigen::NumTraits<Scalar>::epsilon()))
+          << "n=" << shape.n << " m=" << shape.m << " heads=" << shape.heads << " count=" << count;
+    }
+  }
+}
+
+TYPED_TEST(MaskInKernel, KeyLengthBeyondTheKeysNamesBoth) {
+  using M = attn::Matrix<TypeParam>;
+  const M q = M::Ones(5, 8), k = M::Ones(7, 8), v = M::Ones(7, 4);
+  EXPECT_SHAPE_ERROR(attn::scaled_dot_product_attention(q, k, v, Mask::key_length(8)),
+                     "key_length is 8", "7 keys");
+  EXPECT_NO_THROW(attn::scaled_dot_product_attention(q, k, v, Mask::key_length(7)));
 }
 
 TYPED_TEST(MaskInKernel, ExplicitMaskOfTheWrongShapeNamesBothShapes) {

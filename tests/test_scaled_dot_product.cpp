@@ -49,13 +49,23 @@ enum class MaskKind {
   BiasInfinite,     // some −∞ entries and one row all −∞
   KeepAndCausal,
   BiasAndCausal,
+  KeyLength,           // key_length(count), count in [0, m]
+  KeyLengthAndWindow,  // key_length(count) & window(left, right)
 };
 
-const std::vector<MaskKind> all_mask_kinds = {
-    MaskKind::None,          MaskKind::Causal,       MaskKind::WindowLeft,
-    MaskKind::WindowRight,   MaskKind::WindowBoth,   MaskKind::CausalAndWindow,
-    MaskKind::Keep,          MaskKind::Bias,         MaskKind::BiasInfinite,
-    MaskKind::KeepAndCausal, MaskKind::BiasAndCausal};
+const std::vector<MaskKind> all_mask_kinds = {MaskKind::None,
+                                              MaskKind::Causal,
+                                              MaskKind::WindowLeft,
+                                              MaskKind::WindowRight,
+                                              MaskKind::WindowBoth,
+                                              MaskKind::CausalAndWindow,
+                                              MaskKind::Keep,
+                                              MaskKind::Bias,
+                                              MaskKind::BiasInfinite,
+                                              MaskKind::KeepAndCausal,
+                                              MaskKind::BiasAndCausal,
+                                              MaskKind::KeyLength,
+                                              MaskKind::KeyLengthAndWindow};
 
 const char* name(MaskKind kind) {
   switch (kind) {
@@ -77,6 +87,10 @@ const char* name(MaskKind kind) {
       return "bias";
     case MaskKind::BiasInfinite:
       return "bias with -inf";
+    case MaskKind::KeyLength:
+      return "key_length";
+    case MaskKind::KeyLengthAndWindow:
+      return "key_length & window(left, right)";
     case MaskKind::KeepAndCausal:
       return "keep & causal";
     case MaskKind::BiasAndCausal:
@@ -169,6 +183,18 @@ MaskPair make_mask(MaskKind kind, Index n, Index m, Random& rng) {
       const auto bias = random_bias<BiasScalar>(rng, n, m, false, -1);
       return both(label, attn::Mask::bias(bias) & attn::Mask::causal(),
                   ReferenceMask::bias(bias) & ReferenceMask::causal(), 2);
+    }
+    case MaskKind::KeyLength: {
+      const Index count = rng.integer(0, m);
+      return both(label + " count=" + std::to_string(count), attn::Mask::key_length(count),
+                  ReferenceMask::key_length(count));
+    }
+    case MaskKind::KeyLengthAndWindow: {
+      const Index count = rng.integer(0, m);
+      return both(label + " count=" + std::to_string(count) + " left=" + std::to_string(left) +
+                      " right=" + std::to_string(right),
+                  attn::Mask::key_length(count) & attn::Mask::window(left, right),
+                  ReferenceMask::key_length(count) & ReferenceMask::window(left, right));
     }
   }
   return both("?", attn::Mask(), ReferenceMask());

@@ -126,6 +126,19 @@ TYPED_TEST(SelfAttentionTest, PackedBatchEqualsSequencesOneByOne) {
   }
 }
 
+// A key length describes one sequence, as explicit matrices do: a packed batch carries its
+// sequences' lengths already.
+TYPED_TEST(SelfAttentionTest, KeyLengthMaskInABatchIsRejected) {
+  using Scalar = TypeParam;
+  Random rng(301);
+  const MultiHeadConfig cfg = config(32, 8, 2, true);
+  const attn::SelfAttention<Scalar> self_attn(cfg, attn_test::random_weights<Scalar>(cfg, rng));
+  const attn::Matrix<Scalar> x = rng.uniform_matrix<Scalar>(100, 32);
+  EXPECT_SHAPE_ERROR(self_attn(x, std::vector<Index>{40, 60}, attn::Mask::key_length(30)),
+                     "key-length", "2 sequences");
+  EXPECT_NO_THROW(self_attn(x, std::vector<Index>{100}, attn::Mask::key_length(30)));
+}
+
 // The functor is immutable: four std::threads calling one instance at once (on different and on
 // equal inputs) get exactly what serial calls get.
 TYPED_TEST(SelfAttentionTest, ConcurrentCallsEqualSerialCalls) {

@@ -16,7 +16,7 @@
 namespace attn {
 
 /// Describes which keys a query may see, as a description evaluated per tile by the kernel:
-/// structured masks (causal, sliding window) never allocate an n×m matrix.
+/// structured masks (causal, sliding window, key length) never allocate an n×m matrix.
 ///
 /// Conventions, for n queries and m keys:
 /// - **Bottom-right alignment.** Structured masks align the last query with the last key: query i
@@ -26,6 +26,9 @@ namespace attn {
 /// - **causal**: query i sees key j iff j ≤ p(i).
 /// - **window(left, right)**: query i sees key j iff p(i) − left ≤ j ≤ p(i) + right; either reach
 ///   may be Mask::unbounded. causal() is window(unbounded, 0).
+/// - **key_length(count)**: padding; query i sees key j iff j < count. Only the first count rows of
+///   K and V are real (the rest may hold anything: key blocks wholly beyond count are never read).
+///   Windows stay aligned to all m rows: every part of a mask tests (i, j) on its own.
 /// - **keep(allowed)**: an explicit n×m boolean matrix, true where the key is visible.
 /// - **bias(additive)**: an explicit n×m matrix added to the scaled logits; −∞ hides a key, +∞
 ///   is rejected (ShapeError), NaN makes the rows it reaches NaN.
@@ -40,6 +43,7 @@ namespace attn {
 /// \code
 /// attn::Mask causal = attn::Mask::causal();
 /// attn::Mask local = attn::Mask::causal() & attn::Mask::window(128, 0);   // sliding window
+/// attn::Mask padded = attn::Mask::key_length(37);  // keys 37, 38, … of K and V are padding
 /// attn::Matrix<bool> allowed = attn::Matrix<bool>::Constant(n, m, true);
 /// allowed(0, 3) = false;
 /// attn::Mask explicit_keep = attn::Mask::keep(allowed);
@@ -73,6 +77,17 @@ class Mask {
     Mask mask;
     mask.m_left = left;
     mask.m_right = right;
+    return mask;
+  }
+
+  /// Padding: only keys j < count are visible; the rows of K and V from count on are not read
+  /// where a whole key block lies beyond count, and are hidden where one straddles it.
+  /// \throws ShapeError if count is negative; a call throws if count exceeds its number of keys.
+  static Mask key_length(Index count) {
+    if (count < 0)
+      detail::throw_shape_error("Mask::key_length: count is ", count, ", expected >= 0");
+    Mask mask;
+    mask.m_key_length = count;
     return mask;
   }
 
@@ -115,6 +130,7 @@ class Mask {
     Mask mask;
     mask.m_left = intersect_reach(a.m_left, b.m_left);
     mask.m_right = intersect_reach(a.m_right, b.m_right);
+    mask.m_key_length = intersect_reach(a.m_key_length, b.m_key_length);
     mask.m_keep = a.m_keep ? a.m_keep : b.m_keep;
     if (a.m_keep && b.m_keep) {
       check_same_shape("keep", *a.m_keep, *b.m_keep);
@@ -144,10 +160,14 @@ class Mask {
   Index left() const { return m_left; }
   /// Right reach of the window (0 for causal), or Mask::unbounded.
   Index right() const { return m_right; }
+  /// Keys visible under the key-length part (key_length(count): count), or Mask::unbounded.
+  Index visible_keys() const { return m_key_length; }
   /// True if no key is ever hidden or biased.
-  bool is_none() const { return !has_window() && !has_keep() && !has_bias(); }
+  bool is_none() const { return !has_window() && !has_key_length() && !has_keep() && !has_bias(); }
   /// True if a structured (causal or window) part is present.
   bool has_window() const { return m_left != unbounded || m_right != unbounded; }
+  /// True if a key-length (padding) part is present.
+  bool has_key_length() const { return m_key_length != unbounded; }
   /// True if an explicit keep matrix is present.
   bool has_keep() const { return static_cast<bool>(m_keep); }
   /// True if an explicit additive bias is present.
@@ -177,9 +197,13 @@ class Mask {
     return m_bias_double->template cast<Scalar>();
   }
 
-  /// Checks that explicit parts fit n queries and m keys.
-  /// \throws ShapeError naming `who`, the part and both shapes.
+  /// Checks that explicit parts fit n queries and m keys, and a key length m keys.
+  /// \throws ShapeError naming `who`, the part and both shapes (or the length and m).
   void check_shape(const char* who, Index n, Index m) const {
+    if (m_key_length > m) {
+      detail::throw_shape_error(who, ": mask key_length is ", m_key_length, ", expected <= the ", m,
+                                " keys (rows of k)");
+    }
     if (m_keep) check_fits(who, "keep", m_keep->rows(), m_keep->cols(), n, m);
     if (m_bias_float) check_fits(who, "bias", m_bias_float->rows(), m_bias_float->cols(), n, m);
     if (m_bias_double) check_fits(who, "bias", m_bias_double->rows(), m_bias_double->cols(), n, m);
@@ -236,6 +260,7 @@ class Mask {
 
   Index m_left = unbounded;
   Index m_right = unbounded;
+  Index m_key_length = unbounded;
   std::shared_ptr<const Matrix<bool>> m_keep;
   std::shared_ptr<const Matrix<float>> m_bias_float;
   std::shared_ptr<const Matrix<double>> m_bias_double;

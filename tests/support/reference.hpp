@@ -30,11 +30,12 @@ using VectorD = Eigen::Matrix<double, Eigen::Dynamic, 1>;
 /// m keys, query i sits at key position p(i) = i + m − n (bottom-right alignment):
 /// - window(left, right): key j is visible iff p(i) − left ≤ j ≤ p(i) + right, a reach of
 ///   `unbounded` (−1) dropping its side; causal is window(unbounded, 0), i.e. j ≤ p(i);
+/// - key_length(count): key j is visible iff j < count;
 /// - keep(allowed): key j is visible iff allowed(i, j);
 /// - bias(b): b(i, j) is added to the logit.
-/// Combining with `&` keeps every part: a key is visible iff every window and every keep matrix
-/// lets it through, and the biases are summed. (No part is simplified into another, so this does
-/// not share the library's reasoning about how windows intersect.)
+/// Combining with `&` keeps every part: a key is visible iff every window, key length and keep
+/// matrix lets it through, and the biases are summed. (No part is simplified into another, so this
+/// does not share the library's reasoning about how windows intersect.)
 class ReferenceMask {
  public:
   static constexpr Index unbounded = -1;
@@ -44,6 +45,11 @@ class ReferenceMask {
   static ReferenceMask window(Index left, Index right) {
     ReferenceMask mask;
     mask.m_windows.emplace_back(left, right);
+    return mask;
+  }
+  static ReferenceMask key_length(Index count) {
+    ReferenceMask mask;
+    mask.m_key_lengths.push_back(count);
     return mask;
   }
   static ReferenceMask keep(MatrixB allowed) {
@@ -60,6 +66,7 @@ class ReferenceMask {
 
   friend ReferenceMask operator&(ReferenceMask a, const ReferenceMask& b) {
     a.m_windows.insert(a.m_windows.end(), b.m_windows.begin(), b.m_windows.end());
+    a.m_key_lengths.insert(a.m_key_lengths.end(), b.m_key_lengths.begin(), b.m_key_lengths.end());
     a.m_keeps.insert(a.m_keeps.end(), b.m_keeps.begin(), b.m_keeps.end());
     a.m_biases.insert(a.m_biases.end(), b.m_biases.begin(), b.m_biases.end());
     return a;
@@ -74,6 +81,9 @@ class ReferenceMask {
     for (const auto& [left, right] : m_windows) {
       if (left != unbounded && j < p - left) return false;
       if (right != unbounded && j > p + right) return false;
+    }
+    for (const Index count : m_key_lengths) {
+      if (j >= count) return false;
     }
     for (const MatrixB& allowed : m_keeps) {
       check_shape("keep", allowed.rows(), allowed.cols(), n, m);
@@ -116,6 +126,7 @@ class ReferenceMask {
   }
 
   std::vector<std::pair<Index, Index>> m_windows;
+  std::vector<Index> m_key_lengths;
   std::vector<MatrixB> m_keeps;
   std::vector<MatrixD> m_biases;
 };

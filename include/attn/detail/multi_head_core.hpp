@@ -106,14 +106,16 @@ class MultiHeadCore {
     return kv_rows;
   }
 
-  /// Checks that the mask fits the packed sequences: explicit matrices describe one sequence.
+  /// Checks that the mask fits the packed sequences: explicit matrices and a key length describe
+  /// one sequence (a packed batch carries its sequences' lengths already).
   void check_mask(const char* who, const Mask& mask, const std::vector<Index>& query_lengths,
                   const std::vector<Index>& key_lengths) const {
-    if (!mask.has_explicit()) return;
+    if (!mask.has_explicit() && !mask.has_key_length()) return;
     if (query_lengths.size() != 1) {
-      throw_shape_error(who,
-                        ": an explicit keep/bias mask describes one sequence, but the batch has ",
-                        query_lengths.size(), " sequences; use one call per sequence");
+      throw_shape_error(who, ": ",
+                        mask.has_explicit() ? "an explicit keep/bias mask" : "a key-length mask",
+                        " describes one sequence, but the batch has ", query_lengths.size(),
+                        " sequences; use one call per sequence");
     }
     mask.check_shape(who, query_lengths[0], key_lengths[0]);
   }

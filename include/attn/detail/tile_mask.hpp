@@ -20,6 +20,7 @@ class TileMask {
   /// once per call; matrices of the right precision are read in place.
   TileMask(const Mask& mask, Index n, Index m)
       : m_keys(m),
+        m_visible_keys(mask.has_key_length() ? std::min(mask.visible_keys(), m) : m),
         m_position_offset(m - n),
         m_left(clamp_reach(mask.left(), n, m)),
         m_right(clamp_reach(mask.right(), n, m)) {
@@ -45,13 +46,14 @@ class TileMask {
     if (m_left == Mask::unbounded) return 0;
     return std::clamp<Index>(i + m_position_offset - m_left, 0, m_keys);
   }
-  /// One past the last key that query i may see under the window.
+  /// One past the last key that query i may see under the window and the key length.
   Index key_end(Index i) const {
-    if (m_right == Mask::unbounded) return m_keys;
-    return std::clamp<Index>(i + m_position_offset + m_right + 1, 0, m_keys);
+    if (m_right == Mask::unbounded) return m_visible_keys;
+    return std::clamp<Index>(i + m_position_offset + m_right + 1, 0, m_visible_keys);
   }
 
-  /// True if the window lets every query of [i0, i1) see every key of [j0, j1) (i1 > i0).
+  /// True if the window and the key length let every query of [i0, i1) see every key of [j0, j1)
+  /// (i1 > i0).
   bool window_covers(Index i0, Index i1, Index j0, Index j1) const {
     return key_begin(i1 - 1) <= j0 && key_end(i0) >= j1;
   }
@@ -60,7 +62,8 @@ class TileMask {
   bool has_explicit() const { return m_keep != nullptr || m_bias != nullptr; }
 
   /// Applies the mask to the tile s (rows: queries i0.., columns: keys j0..): adds the bias, and
-  /// sets hidden logits to −∞. `window_cut` says whether the window cuts through this tile.
+  /// sets hidden logits to −∞. `window_cut` says whether the window (or the key length) cuts
+  /// through this tile.
   template <typename Tile>
   void apply(Tile& s, Index i0, Index j0, bool window_cut) const {
     const Scalar hidden = -std::numeric_limits<Scalar>::infinity();
@@ -101,6 +104,7 @@ class TileMask {
   }
 
   Index m_keys;
+  Index m_visible_keys;     // m, or the key length
   Index m_position_offset;  // p(i) = i + m − n: bottom-right alignment
   Index m_left;
   Index m_right;

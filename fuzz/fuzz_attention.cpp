@@ -5,11 +5,12 @@
 //
 // Each input decodes into one attention problem: sizes n, m, d, dv (0 and 1 included), heads and
 // kv heads (invalid combinations included), a mask of up to three parts joined with & (none,
-// causal, window with any reaches including Mask::unbounded and invalid ones, keep, bias in either
-// precision with −∞ entries and fully hidden rows, +∞ in a bias, parts of the wrong shape), values
-// from tiny (subnormal) to |q·k| ≈ 1e4 and beyond, scale and soft-cap, float or double, the
-// by-value and the _into form, strided and column-major inputs, serial or two threads; then the
-// SelfAttention and CrossAttention functors (and a KV-cache decode) on the same shapes and mask.
+// key length (beyond m included), causal, window with any reaches including Mask::unbounded and
+// invalid ones, keep, bias in either precision with −∞ entries and fully hidden rows, +∞ in a
+// bias, parts of the wrong shape), values from tiny (subnormal) to |q·k| ≈ 1e4 and beyond, scale
+// and soft-cap, float or double, the by-value and the _into form, strided and column-major inputs,
+// serial or two threads; then the SelfAttention and CrossAttention functors (and a KV-cache
+// decode) on the same shapes and mask.
 //
 // It aborts, printing what it found, when
 //   - the library disagrees with the reference beyond the documented tolerance
@@ -38,8 +39,9 @@
 //          special byte −128 is NaN in q, k, v, and 127 is NaN in a bias)
 //   6      spoiler (with flag 128), 7 scale code, 8 soft-cap code
 //   9      q/k magnitude code, 10 v magnitude code
-//   11     mask: number of parts (b % 4), then per part a kind byte and its parameters
-//   ...    then the values of q, k, v and any bias, one byte each (int8 × step; −128 is special)
+//   11     mask: number of parts (b % 4), then per part a kind byte, its parameters and, for a
+//          bias, its values (fuzz/make_corpus.py writes seeds in this layout)
+//   ...    then the values of q, k, v, one byte each (int8 × step; −128 is special)
 
 #include <attn/attn.hpp>
 
@@ -217,7 +219,8 @@ struct MaskSpec {
   std::string description;
   // Explicit parts' shapes, to decide whether the call must reject the mask.
   std::vector<std::pair<Index, Index>> keep_shapes, bias_shapes;
-  double bias_bound = 0;  // max |finite bias entry|
+  Index key_length = Mask::unbounded;  // the smallest key_length part, which must not exceed m
+  double bias_bound = 0;               // max |finite bias entry|
 };
 
 template <typename Scalar>
@@ -242,7 +245,15 @@ bool decode_mask(Input& in, const Problem& p, MaskSpec& spec) {
     };
     switch (kind % 6) {
       case 0:
-        spec.description += " & none";
+        if (parameter < 128) {
+          spec.description += " & none";
+        } else {  // key_length(count), count up to m + 2 (beyond m: the call must throw)
+          const Index count = (parameter - 128) % (p.m + 3);
+          spec.description += " & key_length(" + std::to_string(count) + ")";
+          add_part<Scalar>(spec, Mask::key_length(count), ReferenceMask::key_length(count));
+          if (spec.key_length == Mask::unbounded || count < spec.key_length)
+            spec.key_length = count;
+        }
         break;
       case 1:
         spec.description += " & causal";
@@ -478,6 +489,10 @@ void run(Input& in, Problem& p, std::uint8_t spoiler, std::uint8_t qk_code, std:
   }
   const Index n = p.n, m = p.m;
 
+  // The mask first (with any bias values), then q, k, v: the layout documented at the top.
+  MaskSpec spec;
+  if (!decode_mask<Scalar>(in, p, spec)) return;  // construction threw, as it had to
+
   const double qk = qk_step<Scalar>(qk_code, p.d);
   const Scalar special =
       p.nan ? std::numeric_limits<Scalar>::quiet_NaN() : std::numeric_limits<Scalar>::denorm_min();
@@ -485,9 +500,6 @@ void run(Input& in, Problem& p, std::uint8_t spoiler, std::uint8_t qk_code, std:
   const attn::Matrix<Scalar> k = read_matrix<Scalar>(in, m, k_cols, qk, special);
   const attn::Matrix<Scalar> v =
       read_matrix<Scalar>(in, v_rows, v_cols, v_step<Scalar>(v_code), special);
-
-  MaskSpec spec;
-  if (!decode_mask<Scalar>(in, p, spec)) return;  // construction threw, as it had to
 
   // Validity, decided here from the documented contract.
   const Index heads = p.heads;
@@ -500,6 +512,7 @@ void run(Input& in, Problem& p, std::uint8_t spoiler, std::uint8_t qk_code, std:
     valid = valid && shape == std::make_pair(n, m);
   for (const auto& shape : spec.bias_shapes)
     valid = valid && shape == std::make_pair(n, m);
+  valid = valid && spec.key_length <= m;
   const double scale = p.scale ? *p.scale : (d > 0 ? 1.0 / std::sqrt(static_cast<double>(d)) : 1.0);
   valid = valid && std::isfinite(scale) && std::isfinite(p.softcap) && p.softcap >= 0;
   const bool valid_out = extra_out_rows == 0 && extra_out_cols == 0;

@@ -48,34 +48,90 @@ def reach(r):
     return r
 
 
-# Mask parts: (kind byte, parameter byte[, extra byte]).
-NONE = [0, 0]
-CAUSAL = [1, 0]
+# Mask parts: functions of (n, m, rng) giving the part's bytes: a kind byte, its parameter and
+# what that kind reads next (a window's right reach, a keep's emptied row, a bias's values).
+def NONE(n, m, rng):
+    return [0, 0]
+
+
+def CAUSAL(n, m, rng):
+    return [1, 0]
+
+
+def key_length(count):
+    """A key_length(count) part: kind 0 ("none") with a parameter of 128 or more."""
+    assert 0 <= count < 128
+    return lambda n, m, rng: [0, 128 + count]
 
 
 def window(left, right):
-    return [2, reach(left), reach(right)]
+    return lambda n, m, rng: [2, reach(left), reach(right)]
 
 
 def keep(density=0.7, empty_row=False, wrong_shape=False):
-    return [3 | (0xF0 if wrong_shape else 0), (int(density * 255) & 0xFE) | int(empty_row)]
+    def part(n, m, rng):
+        data = [3 | (0xF0 if wrong_shape else 0), (int(density * 255) & 0xFE) | int(empty_row)]
+        return data + ([rng.randrange(256)] if empty_row else [])  # the row to empty
+    return part
 
 
 def bias(step=0, other_precision=False, minus_infinity_row=False, plus_infinity=False,
-         wrong_shape=False):
-    kind = (5 if other_precision else 4) | (0xF0 if wrong_shape else 0)
-    parameter = step | (4 if minus_infinity_row else 0) | (0x30 if plus_infinity else 0)
-    return [kind, parameter]
+         wrong_shape=False, nan_at=()):
+    """A bias of n × m values (m + 1 columns if wrong_shape); nan_at: (i, j) entries set to 127,
+    NaN in NaN mode."""
+    def part(n, m, rng):
+        kind = (5 if other_precision else 4) | (0xF0 if wrong_shape else 0)
+        parameter = step | (4 if minus_infinity_row else 0) | (0x30 if plus_infinity else 0)
+        cols = m + (1 if wrong_shape else 0)
+        values = [rng.randrange(256) for _ in range(n * cols)]
+        for i, j in nan_at:
+            values[i * cols + j] = 127
+        data = [kind, parameter] + values
+        if minus_infinity_row and n > 0:
+            data.append(rng.randrange(256))
+        if plus_infinity and n * cols > 0:
+            data += [rng.randrange(256), rng.randrange(256)]
+        return data
+    return part
+
+
+def shapes(flags, n, m, d, dv, head_code, spoiler):
+    """n as the fuzzer uses it (shrunk for big problems) and the number of q, k, v values it reads,
+    mirroring run() in fuzz_attention.cpp."""
+    h, kv = HEADS[head_code % 8], KV_HEADS[(head_code >> 3) % 8]
+    heads_for_shapes = h if h >= 1 else 1
+    kv_for_shapes = kv if kv >= 1 else (heads_for_shapes if kv == 0 else 1)
+    q_cols, k_cols, v_rows, v_cols = heads_for_shapes * d, kv_for_shapes * d, m, kv_for_shapes * dv
+    if flags & SPOIL:
+        case = spoiler % 10
+        q_cols += case == 0
+        k_cols += case == 1
+        v_rows += case == 2
+        v_cols += case == 3
+    work = n * m * max(h, 1) * (d + dv + 1)
+    if work > 2e6:
+        n = max(1, int(2e6 / (work / n)))
+    return n, q_cols, k_cols, v_rows * v_cols
 
 
 def seed(flags=0, n=4, m=6, d=8, dv=8, head_code=0, spoiler=0, scale=0, softcap=0, qk=0, v=0,
-         mask=(), values=256, rng=None):
+         mask=(), rng=None, nan_q=(), nan_k=(), nan_v=()):
+    """One input: the header, the mask, then every q, k and v value (random bytes). nan_q, nan_k,
+    nan_v: (row, column) entries set to −128, NaN in NaN mode."""
     data = [flags, length(n), length(m), dim(d), dim(dv), head_code, spoiler, scale, softcap, qk, v,
             len(mask)]
+    n_used, q_cols, k_cols, v_count = shapes(flags, n, m, d, dv, head_code, spoiler)
     for part in mask:
-        data += part
-    data += [rng.randrange(256) for _ in range(values)]
-    return bytes(data)
+        data += part(n_used, m, rng)
+    q_values = [rng.randrange(256) for _ in range(n_used * q_cols)]
+    k_values = [rng.randrange(256) for _ in range(m * k_cols)]
+    v_values = [rng.randrange(256) for _ in range(v_count)]
+    v_cols = v_count // m if m else 0
+    for values, cols, entries in ((q_values, q_cols, nan_q), (k_values, k_cols, nan_k),
+                                  (v_values, v_cols, nan_v)):
+        for row, col in entries:
+            values[row * cols + col] = 0x80
+    return bytes(data + q_values + k_values + v_values)
 
 
 def main():
@@ -90,9 +146,9 @@ def main():
         "d0": seed(d=0, dv=3, rng=rng),
         "dv0": seed(d=4, dv=0, rng=rng),
         "one_by_one": seed(n=1, m=1, d=1, dv=1, rng=rng),
-        "tile_edges": seed(n=65, m=64, d=16, dv=16, mask=[CAUSAL], values=1024, rng=rng),
-        "two_tiles": seed(n=70, m=130, d=8, dv=4, mask=[window(3, 2)], values=2048, rng=rng),
-        "decode_long": seed(n=1, m=190, d=32, dv=32, mask=[CAUSAL], values=2048, rng=rng),
+        "tile_edges": seed(n=65, m=64, d=16, dv=16, mask=[CAUSAL], rng=rng),
+        "two_tiles": seed(n=70, m=130, d=8, dv=4, mask=[window(3, 2)], rng=rng),
+        "decode_long": seed(n=1, m=190, d=32, dv=32, mask=[CAUSAL], rng=rng),
         "double": seed(flags=DOUBLE, n=9, m=12, mask=[CAUSAL], rng=rng),
         # Heads.
         "gqa": seed(n=6, m=7, d=4, dv=4, head_code=heads(4, 2), mask=[CAUSAL], rng=rng),
@@ -105,7 +161,7 @@ def main():
         # Masks.
         "window_unbounded": seed(n=5, m=5, mask=[window(None, 1)], rng=rng),
         "window_invalid": seed(mask=[window(-2, 0)], rng=rng),
-        "sliding": seed(n=70, m=70, d=8, dv=8, mask=[CAUSAL, window(5, 0)], values=1024, rng=rng),
+        "sliding": seed(n=70, m=70, d=8, dv=8, mask=[CAUSAL, window(5, 0)], rng=rng),
         "keep": seed(n=5, m=5, mask=[keep(0.5, empty_row=True)], rng=rng),
         "keep_and_causal": seed(flags=DOUBLE, n=5, m=4, mask=[keep(0.8), CAUSAL], rng=rng),
         "keep_wrong_shape": seed(mask=[keep(wrong_shape=True)], rng=rng),
@@ -130,9 +186,9 @@ def main():
         # Layouts, threads, functors.
         "into": seed(flags=INTO, n=6, m=6, mask=[CAUSAL], rng=rng),
         "strided": seed(flags=STRIDED, n=6, m=7, head_code=heads(2, 1), rng=rng),
-        "strided_into": seed(flags=STRIDED | INTO | DOUBLE, n=66, m=70, d=4, dv=4, values=1024,
+        "strided_into": seed(flags=STRIDED | INTO | DOUBLE, n=66, m=70, d=4, dv=4,
                              rng=rng),
-        "threads": seed(flags=THREADS, n=70, m=70, d=8, dv=8, head_code=heads(2), values=1024,
+        "threads": seed(flags=THREADS, n=70, m=70, d=8, dv=8, head_code=heads(2),
                         rng=rng),
         "functors": seed(flags=FUNCTORS, n=6, m=6, d=4, dv=4, head_code=heads(2, 1),
                          mask=[CAUSAL], rng=rng),
@@ -142,38 +198,35 @@ def main():
                                  head_code=heads(4, 2), mask=[keep(0.6)], rng=rng),
         "functors_d0": seed(flags=FUNCTORS, n=3, m=3, d=0, dv=0, rng=rng),
         "workspace_large": seed(flags=THREADS, n=70, m=130, d=16, dv=8,
-                                head_code=heads(2, 1, workspace=True), values=1024, rng=rng),
+                                head_code=heads(2, 1, workspace=True), rng=rng),
         "workspace_small": seed(n=3, m=9, d=4, dv=4, head_code=heads(1, workspace=True),
                                 mask=[CAUSAL], rng=rng),
         "workspace_decode": seed(n=1, m=190, d=8, dv=8, head_code=heads(4, 2, workspace=True),
                                  rng=rng),
     }
     # NaN mode: byte -128 (0x80) is NaN in q, k, v; 127 × step is NaN in a bias.
-    def with_nan(data, positions):
-        data = bytearray(data)
-        for position in positions:
-            data[position] = 0x80
-        return bytes(data)
-    header = 12  # bytes before the values when the mask has no parameters
-    seeds["nan_q"] = with_nan(seed(n=70, m=70, d=8, dv=4, head_code=heads(2, nan=True),
-                                   mask=[CAUSAL], values=2048, rng=rng), [header + 5 * 16 + 3])
-    seeds["nan_k"] = with_nan(seed(n=70, m=70, d=8, dv=4, head_code=heads(2, 1, nan=True),
-                                   mask=[CAUSAL], values=2048, rng=rng), [header + 70 * 16 + 37 * 8])
-    seeds["nan_v"] = with_nan(seed(n=70, m=70, d=8, dv=4, head_code=heads(1, nan=True),
-                                   mask=[CAUSAL], values=2048, rng=rng),
-                              [header + 70 * 8 + 70 * 8 + 37 * 4 + 1])
-    seeds["nan_v_decode"] = with_nan(seed(n=1, m=190, d=4, dv=4, head_code=heads(1, nan=True),
-                                          mask=[CAUSAL, window(3, 0)], values=2048, rng=rng),
-                                     [header + 4 + 190 * 4 + 7 * 4])
-    nan_bias = bytearray(seed(n=4, m=5, head_code=heads(1, nan=True), mask=[bias(0), CAUSAL],
-                              values=512, rng=rng))
-    nan_bias[header + 2 + (4 * 8 + 5 * 8 + 5 * 8) + 2] = 127  # bias(0, 2): hidden by causal
-    nan_bias[header + 2 + (4 * 8 + 5 * 8 + 5 * 8) + 5 * 3 + 1] = 127  # bias(3, 1): visible
-    seeds["nan_bias"] = bytes(nan_bias)
+    seeds["nan_q"] = seed(n=70, m=70, d=8, dv=4, head_code=heads(2, nan=True), mask=[CAUSAL],
+                          nan_q=[(5, 3)], rng=rng)
+    seeds["nan_k"] = seed(n=70, m=70, d=8, dv=4, head_code=heads(2, 1, nan=True), mask=[CAUSAL],
+                          nan_k=[(37, 0)], rng=rng)
+    seeds["nan_v"] = seed(n=70, m=70, d=8, dv=4, head_code=heads(1, nan=True), mask=[CAUSAL],
+                          nan_v=[(37, 1)], rng=rng)
+    seeds["nan_v_decode"] = seed(n=1, m=190, d=4, dv=4, head_code=heads(1, nan=True),
+                                 mask=[CAUSAL, window(3, 0)], nan_v=[(7, 0), (187, 1)], rng=rng)
+    # bias(0, 2) is hidden by causal, bias(3, 1) visible.
+    seeds["nan_bias"] = seed(n=4, m=5, head_code=heads(1, nan=True),
+                             mask=[bias(0, nan_at=[(0, 2), (3, 1)]), CAUSAL], rng=rng)
     # Spoilers: one invalid shape or parameter each (see run()).
     for case in range(9):
         seeds["spoil_%d" % case] = seed(flags=SPOIL | (INTO if case in (4, 5) else 0),
                                         spoiler=case | (16 if case % 2 else 0), rng=rng)
+    # Key length (padding); in NaN mode, NaN in padding rows of K and V must not show.
+    seeds["key_length"] = seed(n=70, m=130, d=8, dv=4, head_code=heads(2), mask=[key_length(100)],
+                               rng=rng)
+    seeds["key_length_beyond_m"] = seed(n=4, m=6, mask=[key_length(7)], rng=rng)
+    seeds["key_length_nan_padding"] = seed(n=70, m=130, d=8, dv=4, head_code=heads(1, nan=True),
+                                           mask=[key_length(70), CAUSAL], nan_k=[(120, 3)],
+                                           nan_v=[(125, 1)], rng=rng)
     for name, data in sorted(seeds.items()):
         with open(os.path.join(out, name), "wb") as f:
             f.write(data)

@@ -227,6 +227,12 @@ def main():
     seeds["key_length_nan_padding"] = seed(n=70, m=130, d=8, dv=4, head_code=heads(1, nan=True),
                                            mask=[key_length(70), CAUSAL], nan_k=[(120, 3)],
                                            nan_v=[(125, 1)], rng=rng)
+    # Empty head dims over several key blocks, with strided views: a matrix without columns may
+    # have null storage, which no prefetch or packing may offset.
+    seeds["d0_two_blocks"] = seed(flags=STRIDED, n=70, m=130, d=0, dv=4, head_code=heads(2),
+                                  rng=rng)
+    seeds["dv0_two_blocks"] = seed(flags=STRIDED | INTO, n=70, m=130, d=4, dv=0,
+                                   head_code=heads(2), rng=rng)
     for name, data in sorted(seeds.items()):
         with open(os.path.join(out, name), "wb") as f:
             f.write(data)

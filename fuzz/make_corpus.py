@@ -96,8 +96,8 @@ def bias(step=0, other_precision=False, minus_infinity_row=False, plus_infinity=
 
 
 def shapes(flags, n, m, d, dv, head_code, spoiler):
-    """n as the fuzzer uses it (shrunk for big problems) and the number of q, k, v values it reads,
-    mirroring run() in fuzz_attention.cpp."""
+    """n as the fuzzer uses it (shrunk for big problems) and the columns of q and k and the shape
+    of v it reads, mirroring run() in fuzz_attention.cpp."""
     h, kv = HEADS[head_code % 8], KV_HEADS[(head_code >> 3) % 8]
     heads_for_shapes = h if h >= 1 else 1
     kv_for_shapes = kv if kv >= 1 else (heads_for_shapes if kv == 0 else 1)
@@ -111,7 +111,7 @@ def shapes(flags, n, m, d, dv, head_code, spoiler):
     work = n * m * max(h, 1) * (d + dv + 1)
     if work > 2e6:
         n = max(1, int(2e6 / (work / n)))
-    return n, q_cols, k_cols, v_rows * v_cols
+    return n, q_cols, k_cols, v_rows, v_cols
 
 
 def seed(flags=0, n=4, m=6, d=8, dv=8, head_code=0, spoiler=0, scale=0, softcap=0, qk=0, v=0,
@@ -120,13 +120,12 @@ def seed(flags=0, n=4, m=6, d=8, dv=8, head_code=0, spoiler=0, scale=0, softcap=
     nan_v: (row, column) entries set to −128, NaN in NaN mode."""
     data = [flags, length(n), length(m), dim(d), dim(dv), head_code, spoiler, scale, softcap, qk, v,
             len(mask)]
-    n_used, q_cols, k_cols, v_count = shapes(flags, n, m, d, dv, head_code, spoiler)
+    n_used, q_cols, k_cols, v_rows, v_cols = shapes(flags, n, m, d, dv, head_code, spoiler)
     for part in mask:
         data += part(n_used, m, rng)
     q_values = [rng.randrange(256) for _ in range(n_used * q_cols)]
     k_values = [rng.randrange(256) for _ in range(m * k_cols)]
-    v_values = [rng.randrange(256) for _ in range(v_count)]
-    v_cols = v_count // m if m else 0
+    v_values = [rng.randrange(256) for _ in range(v_rows * v_cols)]
     for values, cols, entries in ((q_values, q_cols, nan_q), (k_values, k_cols, nan_k),
                                   (v_values, v_cols, nan_v)):
         for row, col in entries:

@@ -126,19 +126,6 @@ TYPED_TEST(SelfAttentionTest, PackedBatchEqualsSequencesOneByOne) {
   }
 }
 
-// A key length describes one sequence, as explicit matrices do: a packed batch carries its
-// sequences' lengths already.
-TYPED_TEST(SelfAttentionTest, KeyLengthMaskInABatchIsRejected) {
-  using Scalar = TypeParam;
-  Random rng(301);
-  const MultiHeadConfig cfg = config(32, 8, 2, true);
-  const attn::SelfAttention<Scalar> self_attn(cfg, attn_test::random_weights<Scalar>(cfg, rng));
-  const attn::Matrix<Scalar> x = rng.uniform_matrix<Scalar>(100, 32);
-  EXPECT_SHAPE_ERROR(self_attn(x, std::vector<Index>{40, 60}, attn::Mask::key_length(30)),
-                     "key-length", "2 sequences");
-  EXPECT_NO_THROW(self_attn(x, std::vector<Index>{100}, attn::Mask::key_length(30)));
-}
-
 // The functor is immutable: four std::threads calling one instance at once (on different and on
 // equal inputs) get exactly what serial calls get.
 TYPED_TEST(SelfAttentionTest, ConcurrentCallsEqualSerialCalls) {
@@ -249,6 +236,9 @@ TYPED_TEST(SelfAttentionTest, ShapeErrorsNameTheArgumentAndShapes) {
   EXPECT_SHAPE_ERROR(self_attn(x, {2, 3}, Mask::keep(MatrixB::Constant(5, 5, true))),
                      "SelfAttention", "explicit", "2 sequences");
   EXPECT_SHAPE_ERROR(self_attn(x, {2, 3}, Mask::bias(M::Zero(2, 2))), "explicit", "2 sequences");
+  // So does a key length (a packed batch carries its sequences' lengths already).
+  EXPECT_SHAPE_ERROR(self_attn(x, {2, 3}, Mask::key_length(2)), "key-length", "2 sequences");
+  EXPECT_SHAPE_ERROR(self_attn(x, {5}, Mask::key_length(6)), "key_length is 6", "5 keys");
   // Mask shape.
   EXPECT_SHAPE_ERROR(self_attn(x, Mask::keep(MatrixB::Constant(4, 4, true))), "SelfAttention",
                      "keep", "4x4", "5x5");
@@ -257,6 +247,7 @@ TYPED_TEST(SelfAttentionTest, ShapeErrorsNameTheArgumentAndShapes) {
   EXPECT_SHAPE_ERROR(self_attn(x, {5}, Mask::bias(M::Zero(6, 5))), "bias", "6x5", "5x5");
   // One sequence in a list is fine with an explicit mask.
   EXPECT_NO_THROW(self_attn(x, {5}, Mask::keep(MatrixB::Constant(5, 5, true))));
+  EXPECT_NO_THROW(self_attn(x, {5}, Mask::key_length(3)));
 }
 
 }  // namespace

@@ -349,6 +349,7 @@ class SummaryReporter : public benchmark::ConsoleReporter {
 int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::AddCustomContext("attn SIMD", attn::simd_instruction_set());
   register_all();
   SummaryReporter reporter;
   benchmark::RunSpecifiedBenchmarks(&reporter);

@@ -204,6 +204,7 @@ void register_all() {
 int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::AddCustomContext("attn SIMD", attn::simd_instruction_set());
   register_all();
   SummaryReporter reporter;
   benchmark::RunSpecifiedBenchmarks(&reporter);

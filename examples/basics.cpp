@@ -34,7 +34,8 @@ attn::Matrix<float> one_hot(attn::Index rows, attn::Index cols, float strength) 
 }  // namespace
 
 int main() {
-  std::printf("attn %s: softmax(Q·Kᵀ/√d + mask)·V\n\n", attn::version);
+  std::printf("attn %s: softmax(Q·Kᵀ/√d + mask)·V\n", attn::version);
+  std::printf("compiled for %s\n\n", attn::simd_instruction_set().c_str());
 
   // 1. The kernel. Keys equal to the queries make each query prefer its own key; values are the
   //    identity, so each output row is that query's attention weights over the keys.

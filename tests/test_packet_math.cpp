@@ -11,7 +11,16 @@
 
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
+
+#include "support/float_mode.hpp"
+
+// Packet types carry alignment attributes that GCC reports as ignored in template arguments (as
+// detail/packet_math.hpp explains).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wignored-attributes"
+#endif
 
 namespace {
 
@@ -23,19 +32,34 @@ class PacketMathTest : public ::testing::Test {};
 using Scalars = ::testing::Types<float, double>;
 TYPED_TEST_SUITE(PacketMathTest, Scalars);
 
-// softmax_exp on every lane of a packet filled from `x` (padded with `pad`).
+// softmax_exp on every lane of a packet filled from `x` (padded with `pad`). For float packets,
+// by_conversion takes the rounding by integer conversion, the fallback for compilers without an
+// optimisation barrier, which this build would otherwise not run.
 template <typename Scalar>
-std::vector<Scalar> softmax_exp_lanes(const std::vector<Scalar>& x, Scalar pad = 0) {
+std::vector<Scalar> softmax_exp_lanes(const std::vector<Scalar>& x, bool by_conversion = false,
+                                      Scalar pad = 0) {
   using Packet = typename attn::detail::PacketTraits<Scalar>::Packet;
   constexpr Index size = attn::detail::PacketTraits<Scalar>::size;
   std::vector<Scalar> in(x), out(x.size() + size);
   in.resize((x.size() + size - 1) / size * size, pad);
   for (std::size_t i = 0; i < in.size(); i += size) {
-    packet::pstoreu(out.data() + i,
-                    attn::detail::softmax_exp(packet::ploadu<Packet>(in.data() + i)));
+    const Packet lanes = packet::ploadu<Packet>(in.data() + i);
+    Packet result = attn::detail::softmax_exp(lanes);
+    if constexpr (std::is_same_v<Scalar, float> &&
+                  attn::detail::has_integer_packet<Packet>::value) {
+      if (by_conversion) result = attn::detail::softmax_exp_float<Packet, true>(lanes);
+    }
+    packet::pstoreu(out.data() + i, result);
   }
   out.resize(x.size());
   return out;
+}
+
+// The ways of rounding softmax_exp has for Scalar: two for float, one for double.
+template <typename Scalar>
+std::vector<bool> rounding_variants() {
+  if (std::is_same_v<Scalar, float>) return {false, true};
+  return {false};
 }
 
 template <typename Scalar>
@@ -47,6 +71,10 @@ Scalar log_smallest_normal() {
 // long double stays within 2 ulps: float's polynomial is within 2·10⁻⁸ of e^r, its Horner
 // evaluation and the final scaling add about one rounding each (measured maximum 1.0 ulp); double
 // takes Eigen's pexp. A wrong coefficient, exponent or reduction constant errs by far more.
+// Under -fassociative-math (part of -ffast-math) the compiler may merge the two-part reduction
+// x − n·ln2_hi − n·ln2_lo into x − n·ln2 rounded once, an error of up to |x| ulps in the result:
+// what rounding x itself already costs (e^x's condition number is |x|), and so what the kernel's
+// tolerances allow for its logits. Beyond that, the same defects still show.
 TYPED_TEST(PacketMathTest, SoftmaxExpIsWithinTwoUlpsOverTheNormalRange) {
   using Scalar = TypeParam;
   // Within 0.01 of the edge the result is either the smallest normals or 0, depending on how the
@@ -58,17 +86,25 @@ TYPED_TEST(PacketMathTest, SoftmaxExpIsWithinTwoUlpsOverTheNormalRange) {
     x.push_back(low * Scalar(i) / Scalar(steps));
   for (Scalar near_zero : {Scalar(-1e-30), Scalar(-0.0)})
     x.push_back(near_zero);
-  const std::vector<Scalar> got = softmax_exp_lanes(x);
-  const long double ulp = std::numeric_limits<Scalar>::epsilon();
-  long double worst = 0;
-  Scalar worst_x = 0;
-  for (std::size_t i = 0; i < x.size(); ++i) {
-    const long double expected = std::exp(static_cast<long double>(x[i]));
-    const long double error = std::fabs(got[i] / expected - 1) / ulp;
-    if (error > worst) worst = error, worst_x = x[i];
+  for (const bool by_conversion : rounding_variants<Scalar>()) {
+    SCOPED_TRACE(by_conversion ? "rounding by conversion" : "rounding by the default way");
+    const std::vector<Scalar> got = softmax_exp_lanes(x, by_conversion);
+    const long double ulp = std::numeric_limits<Scalar>::epsilon();
+    long double worst = 0;
+    Scalar worst_x = 0;
+    for (std::size_t i = 0; i < x.size(); ++i) {
+      const long double expected = std::exp(static_cast<long double>(x[i]));
+#if defined(__ASSOCIATIVE_MATH__) || defined(__FAST_MATH__)
+      const long double allowed = 2.0L + std::fabs(static_cast<long double>(x[i]));
+#else
+      const long double allowed = 2.0L;
+#endif
+      const long double error = std::fabs(got[i] / expected - 1) / ulp / allowed;
+      if (error > worst) worst = error, worst_x = x[i];
+    }
+    EXPECT_LE(worst, 1.0L) << "worst relative error " << static_cast<double>(worst)
+                           << " of what is allowed at x = " << worst_x;
   }
-  EXPECT_LE(worst, 2.0L) << "worst relative error " << static_cast<double>(worst)
-                         << " ulps at x = " << worst_x;
 }
 
 TYPED_TEST(PacketMathTest, SoftmaxExpIsExactAtZeroAndZeroBelowTheNormalRange) {
@@ -77,13 +113,16 @@ TYPED_TEST(PacketMathTest, SoftmaxExpIsExactAtZeroAndZeroBelowTheNormalRange) {
   const Scalar low = log_smallest_normal<Scalar>();
   const std::vector<Scalar> x = {Scalar(0), -infinity, std::nextafter(low, -infinity) - Scalar(1),
                                  Scalar(-1e4), -std::numeric_limits<Scalar>::max()};
-  const std::vector<Scalar> got = softmax_exp_lanes(x);
-  EXPECT_EQ(got[0], Scalar(1));
-  for (std::size_t i = 1; i < x.size(); ++i)
-    EXPECT_EQ(got[i], Scalar(0)) << "x = " << x[i];
+  for (const bool by_conversion : rounding_variants<Scalar>()) {
+    const std::vector<Scalar> got = softmax_exp_lanes(x, by_conversion);
+    EXPECT_EQ(got[0], Scalar(1)) << "by conversion: " << by_conversion;
+    for (std::size_t i = 1; i < x.size(); ++i)
+      EXPECT_EQ(got[i], Scalar(0)) << "x = " << x[i] << ", by conversion: " << by_conversion;
+  }
 }
 
 TYPED_TEST(PacketMathTest, SoftmaxExpKeepsNaNToItsOwnLane) {
+  ATTN_TEST_SKIP_UNDER_FINITE_MATH();
   using Scalar = TypeParam;
   constexpr Index size = attn::detail::PacketTraits<Scalar>::size;
   const Scalar nan = std::numeric_limits<Scalar>::quiet_NaN();

@@ -14,6 +14,7 @@
 #include "partial_attention.hpp"
 #include "scaled_dot_product.hpp"
 #include "self_attention.hpp"
+#include "simd.hpp"
 #include "types.hpp"
 #include "version.hpp"
 #include "workspace.hpp"

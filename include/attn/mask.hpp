@@ -10,6 +10,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "detail/float_bits.hpp"
 #include "error.hpp"
 #include "types.hpp"
 
@@ -227,7 +228,7 @@ class Mask {
   static void check_no_positive_infinity(const Matrix<Scalar>& additive) {
     for (Index i = 0; i < additive.rows(); ++i) {
       for (Index j = 0; j < additive.cols(); ++j) {
-        if (additive(i, j) == std::numeric_limits<Scalar>::infinity()) {
+        if (detail::is_plus_infinity(additive(i, j))) {
           detail::throw_shape_error("Mask::bias: bias(", i, ", ", j,
                                     ") is +inf, expected a finite value or -inf (masked)");
         }

@@ -111,8 +111,8 @@ AttentionProblem<Scalar> make_problem(const char* who, const ConstMatrixRef<Scal
     }
   }
   const double scale = options.scale ? *options.scale : (d > 0 ? 1.0 / std::sqrt(double(d)) : 1.0);
-  if (!std::isfinite(scale)) throw_shape_error(who, ": scale is ", scale, ", expected finite");
-  if (!(options.softcap >= 0) || !std::isfinite(options.softcap)) {
+  if (!is_finite(scale)) throw_shape_error(who, ": scale is ", scale, ", expected finite");
+  if (!is_finite(options.softcap) || !(options.softcap >= 0)) {
     throw_shape_error(who, ": softcap is ", options.softcap, ", expected finite and >= 0");
   }
   const auto view = [](const ConstMatrixRef<Scalar>& m) {

@@ -7,7 +7,7 @@
 /// roundoff u = NumTraits<Scalar>::epsilon() and the lengths of the reductions. They are used
 /// with attn_test::matrix_near, whose error is |got − expected| / max(1, |expected|).
 
-#include <Eigen/Core>
+#include <attn/types.hpp>
 
 #include <algorithm>
 #include <cmath>

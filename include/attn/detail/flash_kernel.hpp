@@ -270,7 +270,7 @@ std::uint64_t online_softmax(Scalar* s_t, Index stride, Index keys, Index width,
       sum = packet::padd(sum, p);
     }
     const Packet rescale = softmax_exp(packet::psub(old_max, shift));
-    if (packet::predux_any(packet::pandnot(all_bits, packet::pcmp_eq(rescale, one))))
+    if (any_lane(packet::pandnot(all_bits, packet::pcmp_eq(rescale, one))))
       rescaled |= std::uint64_t(1) << (i / size);
     packet::pstoreu(correction + i, rescale);
     packet::pstoreu(row_sum + i, packet::pmadd(rescale, packet::ploadu<Packet>(row_sum + i), sum));
@@ -316,8 +316,7 @@ bool finish_logits(const AttentionProblem<Scalar>& p, const TileMask<Scalar>& ma
 /// an infinity, which 0·x would spread to the queries the mask hides them from.
 template <typename Scalar>
 bool values_need_care(bool masked, const Scalar* v, Index v_stride, Index keys, Index dv) {
-  return masked &&
-         !ConstMatrixView<Scalar>(v, keys, dv, Eigen::OuterStride<>(v_stride)).allFinite();
+  return masked && !all_finite(v, v_stride, keys, dv);
 }
 
 /// Turns a block's running maxes into log-sum-exps (−∞ where no key was visible), left in row_max
@@ -404,7 +403,6 @@ template <typename Scalar>
 void narrow_tile(const AttentionProblem<Scalar>& p, const TileMask<Scalar>& mask,
                  const NarrowState<Scalar>& st, Index i0, Index j0, Index keys) {
   using Row = Eigen::Matrix<Scalar, 1, Eigen::Dynamic>;
-  constexpr Scalar minus_infinity = -std::numeric_limits<Scalar>::infinity();
   const Index d = p.head_dim;
   const Index dv = p.value_dim;
   const Index group = p.num_heads / p.num_kv_heads;
@@ -461,10 +459,9 @@ void narrow_tile(const AttentionProblem<Scalar>& p, const TileMask<Scalar>& mask
   for (Index row = 0; row < st.count(); ++row) {
     Scalar& row_max = st.scratch.row_max[row];
     const Scalar tile_max = s.row(row).head(keys).template maxCoeff<Eigen::PropagateNaN>();
-    const Scalar new_max = std::isnan(row_max) || std::isnan(tile_max)
-                               ? tile_max + row_max
-                               : std::max(row_max, tile_max);
-    if (new_max == minus_infinity) {
+    const Scalar new_max =
+        is_nan(row_max) || is_nan(tile_max) ? tile_max + row_max : std::max(row_max, tile_max);
+    if (is_minus_infinity(new_max)) {
       s.row(row).head(keys).setZero();  // nothing visible yet in this row
       continue;
     }
@@ -532,7 +529,6 @@ void attend_narrow(const AttentionProblem<Scalar>& p, const TileMask<Scalar>& ma
 template <typename Scalar>
 void write_weights(const AttentionProblem<Scalar>& p, const TileMask<Scalar>& mask,
                    TileScratch<Scalar>& scratch, const QueryBlock& b) {
-  constexpr Scalar minus_infinity = -std::numeric_limits<Scalar>::infinity();
   const Index d = p.head_dim;
   const Index k_stride = p.k.outerStride();
   const Index kv_head = b.head / (p.num_heads / p.num_kv_heads);
@@ -549,7 +545,7 @@ void write_weights(const AttentionProblem<Scalar>& p, const TileMask<Scalar>& ma
       Scalar* w = p.weights + (b.head * p.q.rows() + b.first_row + r) * p.weights_stride + j0;
       const Scalar lse = scratch.row_max[r];
       for (Index j = 0; j < keys; ++j) {
-        w[j] = lse == minus_infinity ? Scalar(0) : std::exp(s_t(j, r) - lse);
+        w[j] = is_minus_infinity(lse) ? Scalar(0) : std::exp(s_t(j, r) - lse);
       }
     }
   }
@@ -697,17 +693,17 @@ void merge_rows(Index parts, const Scalar* outs, Index out_stride, const Scalar*
   Scalar max = minus_infinity;
   for (Index s = 0; s < parts; ++s) {
     const Scalar part = lses[s * lse_stride];
-    max = std::isnan(part) || std::isnan(max) ? part + max : std::max(max, part);  // NaN stays
+    max = is_nan(part) || is_nan(max) ? part + max : std::max(max, part);  // NaN stays
   }
   Eigen::Map<Row> row(out, dv);
   row.setZero();
-  if (max == minus_infinity) {
+  if (is_minus_infinity(max)) {
     if (lse != nullptr) *lse = minus_infinity;
     return;
   }
   Scalar total = 0;
   for (Index s = 0; s < parts; ++s) {
-    if (lses[s * lse_stride] == minus_infinity) continue;
+    if (is_minus_infinity(lses[s * lse_stride])) continue;
     const Scalar weight = std::exp(lses[s * lse_stride] - max);
     total += weight;
     row += weight * Eigen::Map<const Row>(outs + s * out_stride, dv);

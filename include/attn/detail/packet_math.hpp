@@ -7,10 +7,10 @@
 /// (AVX-512, AVX2+FMA, SSE or NEON: whatever the compiler was told to target).
 
 #include <cstdint>
-#include <Eigen/Core>
 #include <type_traits>
 
 #include "../types.hpp"
+#include "float_bits.hpp"
 
 // Packet types such as __m256 carry alignment attributes that GCC reports as ignored when they
 // are template arguments; Eigen's own headers are system headers and never warn about it.
@@ -223,6 +223,23 @@ EIGEN_ALWAYS_INLINE void prefetch_block(const Scalar* data, Index stride, Index 
 #endif
 }
 
+/// Whether any lane of a comparison's result (all bits set where true) is true. Eigen's generic
+/// predux_any, which double packets get, adds the lanes as numbers, where all bits set is NaN:
+/// under -ffinite-math-only the compiler may then take NaN != 0 to be false. Or-ing the lanes'
+/// bits as integers holds under any flags.
+template <typename Packet>
+EIGEN_ALWAYS_INLINE bool any_lane(const Packet& mask) {
+  using Scalar = typename packet::unpacket_traits<Packet>::type;
+  using Bits = typename FloatBits<Scalar>::Unsigned;
+  constexpr int size = packet::unpacket_traits<Packet>::size;
+  Scalar lanes[size];
+  packet::pstoreu(lanes, mask);
+  Bits any = 0;
+  for (int i = 0; i < size; ++i)
+    any |= FloatBits<Scalar>::of(lanes[i]);
+  return any != 0;
+}
+
 /// Whether Packet has an integer packet of the same width (every SIMD float packet of Eigen's;
 /// not double on AVX2, not the scalar fallback), which the fast exponential needs.
 template <typename Packet, typename = void>
@@ -232,6 +249,13 @@ struct has_integer_packet<Packet,
                           std::void_t<typename packet::unpacket_traits<Packet>::integer_packet>>
     : std::true_type {};
 
+/// Whether EIGEN_OPTIMIZATION_BARRIER works here: on GCC-compatible compilers for x86 and ARM.
+#if EIGEN_COMP_GNUC && (EIGEN_ARCH_i386_OR_x86_64 || EIGEN_ARCH_ARM_OR_ARM64)
+inline constexpr bool has_optimization_barrier = true;
+#else
+inline constexpr bool has_optimization_barrier = false;
+#endif
+
 /// e^x for float packets with x ≤ 0 (or −∞, or NaN), in few operations: x = n·ln 2 + r with
 /// n = round(x·log₂e) and |r| ≤ ln 2 / 2 (r accurate to an ulp whatever n is),
 /// e^r from a degree-6 polynomial (the interpolant at the Chebyshev nodes: 2·10⁻⁸ relative error,
@@ -240,14 +264,33 @@ struct has_integer_packet<Packet,
 /// softmax evaluates one per logit, which makes it the kernel's largest cost after the two
 /// products. Results below the smallest normal (x < ln 2⁻¹²⁶) are exactly 0, as are those of −∞;
 /// NaN stays NaN.
-template <typename Packet>
+///
+/// n is rounded one of two ways, both right under -ffast-math:
+/// - By default, adding 1.5·2²³ to x·log₂e rounds it (in the current, round-to-nearest mode) and
+///   leaves n in the low mantissa bits, for |n| < 2²²: no rounding instruction, no conversion.
+///   -fassociative-math lets the compiler fold (y + c) − c back into y, which without FMA left n
+///   unrounded and the results wrong by percents; an optimisation barrier on the sum forbids it.
+/// - Where that barrier is unavailable (RoundByConversion), a conversion to integer: beyond any
+///   floating-point flag, and a little slower (bench/bench_exp.cpp measures both).
+template <typename Packet, bool RoundByConversion = !has_optimization_barrier>
 EIGEN_ALWAYS_INLINE Packet softmax_exp_float(const Packet& x) {
   using PacketI = typename packet::unpacket_traits<Packet>::integer_packet;
-  // Adding 1.5·2²³ rounds x·log₂e to an integer n (in the current, round-to-nearest mode) and
-  // leaves n in the low mantissa bits, for |n| < 2²²: no rounding instruction, no conversion.
-  const Packet magic = packet::pset1<Packet>(12582912.0f);
-  const Packet shifted = packet::pmadd(x, packet::pset1<Packet>(1.44269504088896341f), magic);
-  const Packet n = packet::psub(shifted, magic);
+  const Packet log2e = packet::pset1<Packet>(1.44269504088896341f);
+  PacketI n_int;
+  Packet n;
+  if constexpr (RoundByConversion) {
+    // Conversion truncates toward zero, so for y = x·log₂e ≤ 0 it rounds y − ½ up: the integer
+    // nearest y. −∞ and NaN become the integer minimum; the underflow mask below covers them.
+    n_int = packet::pcast<Packet, PacketI>(packet::pmadd(x, log2e, packet::pset1<Packet>(-0.5f)));
+    n = packet::pcast<PacketI, Packet>(n_int);
+  } else {
+    const Packet magic = packet::pset1<Packet>(12582912.0f);
+    Packet shifted = packet::pmadd(x, log2e, magic);
+    EIGEN_OPTIMIZATION_BARRIER(shifted);
+    n = packet::psub(shifted, magic);
+    // The magic number's own bits shift out past bit 31 in 2^n below.
+    n_int = packet::preinterpret<PacketI>(shifted);
+  }
   // r = x − n·ln 2 with ln 2 = 0.693359375 − 2.12194440·10⁻⁴ (Cody–Waite): the first part has 9
   // significant bits, so n times it is exact even where pmadd is a multiply and an add.
   Packet r = packet::pmadd(n, packet::pset1<Packet>(-0.693359375f), x);
@@ -259,11 +302,9 @@ EIGEN_ALWAYS_INLINE Packet softmax_exp_float(const Packet& x) {
   p = packet::pmadd(p, r, packet::pset1<Packet>(0.5f));
   p = packet::pmadd(p, r, packet::pset1<Packet>(1.0f));
   p = packet::pmadd(p, r, packet::pset1<Packet>(1.0f));
-  // 2^n for −126 ≤ n ≤ 0 is the float with biased exponent n + 127 and a zero mantissa; the
-  // magic number's own bits shift out past bit 31. Outside that range the bits are garbage, and
-  // the mask below replaces them (NaN·garbage is NaN).
-  const PacketI biased =
-      packet::padd(packet::preinterpret<PacketI>(shifted), packet::pset1<PacketI>(127));
+  // 2^n for −126 ≤ n ≤ 0 is the float with biased exponent n + 127 and a zero mantissa. Outside
+  // that range the bits are garbage, and the mask below replaces them (NaN·garbage is NaN).
+  const PacketI biased = packet::padd(n_int, packet::pset1<PacketI>(127));
   const Packet two_n = packet::preinterpret<Packet>(packet::plogical_shift_left<23>(biased));
   const Packet underflow = packet::pcmp_lt(x, packet::pset1<Packet>(-87.3365447f));
   return packet::pandnot(packet::pmul(p, two_n), underflow);

@@ -10,6 +10,7 @@
 #include <limits>
 
 #include "../mask.hpp"
+#include "float_bits.hpp"
 
 namespace attn::detail {
 
@@ -74,7 +75,7 @@ class TileMask {
       for (Index r = 0; r < rows; ++r) {
         const Scalar* bias_row = m_bias + (i0 + r) * m_bias_stride + j0;
         for (Index c = 0; c < cols; ++c)
-          s(r, c) = bias_row[c] == hidden ? hidden : s(r, c) + bias_row[c];
+          s(r, c) = is_minus_infinity(bias_row[c]) ? hidden : s(r, c) + bias_row[c];
       }
     }
     if (m_keep != nullptr) {

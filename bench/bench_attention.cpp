@@ -29,6 +29,8 @@
 #include <thread>
 #include <vector>
 
+#include "summary_reporter.hpp"
+
 namespace {
 
 using attn::Index;
@@ -268,20 +270,11 @@ void register_all() {
 
 // Collects runs and prints, at the end, each run's fraction of the FMA peak and each kernel run's
 // ratio to the naive baseline of the same shape.
-class SummaryReporter : public benchmark::ConsoleReporter {
+class SummaryReporter : public attn_bench::SummaryReporter {
  public:
-  void ReportRuns(const std::vector<Run>& runs) override {
-    ConsoleReporter::ReportRuns(runs);
-    for (const Run& run : runs) {
-      if (run.error_occurred) continue;
-      // With repetitions, keep only the median aggregate; without, the single run.
-      if (run.run_type == Run::RT_Aggregate && run.aggregate_name != "median") continue;
-      if (run.run_type == Run::RT_Iteration && run.repetitions > 1) continue;
-      const auto it = run.counters.find("FLOP/s");
-      if (it == run.counters.end()) continue;
-      const std::string name = run.run_name.str();
-      m_rows.push_back({name, it->second.value});
-    }
+  void keep(const Run& run) override {
+    const auto it = run.counters.find("FLOP/s");
+    if (it != run.counters.end()) m_rows.push_back({run.run_name.str(), it->second.value});
   }
   void Finalize() override {
     ConsoleReporter::Finalize();

@@ -23,6 +23,8 @@
 #include <string>
 #include <vector>
 
+#include "summary_reporter.hpp"
+
 namespace {
 
 using attn::Index;
@@ -131,18 +133,12 @@ void BM_GreedyDecode(benchmark::State& state) {
 
 // Prints, after the runs, each decode step's fraction of the streaming bandwidth on as many
 // threads, and the greedy decode's speed-up from the cache and the memory.
-class SummaryReporter : public benchmark::ConsoleReporter {
+class SummaryReporter : public attn_bench::SummaryReporter {
  public:
-  void ReportRuns(const std::vector<Run>& runs) override {
-    ConsoleReporter::ReportRuns(runs);
-    for (const Run& run : runs) {
-      if (run.error_occurred) continue;
-      if (run.run_type == Run::RT_Aggregate && run.aggregate_name != "median") continue;
-      if (run.run_type == Run::RT_Iteration && run.repetitions > 1) continue;
-      for (const char* counter : {"bytes/s", "s/token"}) {
-        const auto it = run.counters.find(counter);
-        if (it != run.counters.end()) m_values[run.run_name.str()] = it->second.value;
-      }
+  void keep(const Run& run) override {
+    for (const char* counter : {"bytes/s", "s/token"}) {
+      const auto it = run.counters.find(counter);
+      if (it != run.counters.end()) m_values[run.run_name.str()] = it->second.value;
     }
   }
   void Finalize() override {

@@ -20,6 +20,8 @@
 #include <string>
 #include <vector>
 
+#include "summary_reporter.hpp"
+
 // Packet types such as __m256 carry alignment attributes that GCC reports as ignored when they are
 // template arguments (as detail/packet_math.hpp explains).
 #if defined(__GNUC__) && !defined(__clang__)
@@ -87,17 +89,11 @@ Packet eigen_pexp(const Packet& x) {
 }
 
 // Prints each variant's median rate relative to attn's exponential.
-class SummaryReporter : public benchmark::ConsoleReporter {
+class SummaryReporter : public attn_bench::SummaryReporter {
  public:
-  void ReportRuns(const std::vector<Run>& runs) override {
-    ConsoleReporter::ReportRuns(runs);
-    for (const Run& run : runs) {
-      if (run.error_occurred) continue;
-      if (run.run_type == Run::RT_Aggregate && run.aggregate_name != "median") continue;
-      if (run.run_type == Run::RT_Iteration && run.repetitions > 1) continue;
-      const auto it = run.counters.find("GB/s");
-      if (it != run.counters.end()) m_rate[run.run_name.function_name] = it->second.value;
-    }
+  void keep(const Run& run) override {
+    const auto it = run.counters.find("GB/s");
+    if (it != run.counters.end()) m_rate[run.run_name.function_name] = it->second.value;
   }
   void Finalize() override {
     ConsoleReporter::Finalize();

@@ -185,8 +185,11 @@ constexpr void check_scalars() {
 ///
 /// n = 0 gives an empty result; m = 0, or a row whose keys are all masked, gives zero rows.
 /// A NaN in q, k, v or the bias makes NaN exactly the output rows that see it (a key hidden by
-/// the mask reaches no row, even through a zero weight). Values are summed before the softmax's
-/// division: |v| times the number of visible keys must stay below the largest finite Scalar.
+/// the mask reaches no row, even through a zero weight); under -ffinite-math-only (part of
+/// -ffast-math) the compiler assumes there is no NaN, and NaN inputs are outside this contract.
+/// Masks, −∞ biases and rows that see nothing behave the same under any flags. Values are summed
+/// before the softmax's division: |v| times the number of visible keys must stay below the
+/// largest finite Scalar.
 /// The result does not depend on the executor or the number of threads: it is bitwise the same
 /// for any of them (work is split by shape only, and partial results merge in a fixed order).
 /// Never allocates an n×m matrix: memory is O((n + m)·H·d) whatever the mask, plus, per thread

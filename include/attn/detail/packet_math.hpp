@@ -249,12 +249,26 @@ struct has_integer_packet<Packet,
                           std::void_t<typename packet::unpacket_traits<Packet>::integer_packet>>
     : std::true_type {};
 
-/// Whether EIGEN_OPTIMIZATION_BARRIER works here: on GCC-compatible compilers for x86 and ARM.
-#if EIGEN_COMP_GNUC && (EIGEN_ARCH_i386_OR_x86_64 || EIGEN_ARCH_ARM_OR_ARM64)
+/// Whether optimization_barrier exists here: on GCC-compatible compilers for x86 and ARM.
+#if defined(__GNUC__) && (defined(__SSE2__) || defined(__ARM_NEON))
 inline constexpr bool has_optimization_barrier = true;
 #else
 inline constexpr bool has_optimization_barrier = false;
 #endif
+
+/// Makes x opaque to the optimiser, at no cost: an empty assembly statement that claims to change
+/// the vector register x lives in. Eigen's EIGEN_OPTIMIZATION_BARRIER allows a general register or
+/// memory too, and clang then takes memory: a store and a load per packet.
+template <typename Packet>
+EIGEN_ALWAYS_INLINE void optimization_barrier(Packet& x) {
+#if defined(__GNUC__) && defined(__SSE2__)
+  __asm__("" : "+v"(x));  // any SSE/AVX register (with AVX-512, xmm16–31 too)
+#elif defined(__GNUC__) && defined(__ARM_NEON)
+  __asm__("" : "+w"(x));  // any NEON register
+#else
+  (void)x;
+#endif
+}
 
 /// e^x for float packets with x ≤ 0 (or −∞, or NaN), in few operations: x = n·ln 2 + r with
 /// n = round(x·log₂e) and |r| ≤ ln 2 / 2 (r accurate to an ulp whatever n is),
@@ -286,7 +300,7 @@ EIGEN_ALWAYS_INLINE Packet softmax_exp_float(const Packet& x) {
   } else {
     const Packet magic = packet::pset1<Packet>(12582912.0f);
     Packet shifted = packet::pmadd(x, log2e, magic);
-    EIGEN_OPTIMIZATION_BARRIER(shifted);
+    optimization_barrier(shifted);
     n = packet::psub(shifted, magic);
     // The magic number's own bits shift out past bit 31 in 2^n below.
     n_int = packet::preinterpret<PacketI>(shifted);

@@ -66,12 +66,12 @@ bool is_plus_infinity(Scalar x) {
 
 /// Whether every element of the rows × cols row-major block at `data` (row stride `stride`) is
 /// finite. Eigen's allFinite() tests x − x == x − x, which -ffinite-math-only folds to true.
-template <typename Scalar, typename Index>
-bool all_finite(const Scalar* data, Index stride, Index rows, Index cols) {
+template <typename Scalar, typename Size>
+bool all_finite(const Scalar* data, Size stride, Size rows, Size cols) {
   using B = FloatBits<Scalar>;
-  for (Index r = 0; r < rows; ++r) {
+  for (Size r = 0; r < rows; ++r) {
     typename B::Unsigned any_all_ones = 0;
-    for (Index c = 0; c < cols; ++c)
+    for (Size c = 0; c < cols; ++c)
       any_all_ones |= ((B::of(data[r * stride + c]) & B::exponent) == B::exponent);
     if (any_all_ones != 0) return false;
   }

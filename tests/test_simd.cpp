@@ -1,0 +1,210 @@
+// SPDX-License-Identifier: MIT
+// Copyright (c) 2026 The attn authors
+
+// attn/simd.hpp's report, and every public computation against the fp64 reference in one
+// translation unit, so that .ci/portability can build it cheaply for every instruction set,
+// compiler and -ffast-math cell: the kernel under each mask kind, grouped heads, soft-capping,
+// decoding and its extras, the partial merge, and both functors with a KV cache and a remembered
+// memory. The other test files go deeper into each; this one is their common ground.
+
+#include <gtest/gtest.h>
+
+#include <attn/attn.hpp>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "support/matrix_near.hpp"
+#include "support/random.hpp"
+#include "support/reference.hpp"
+#include "support/tolerance.hpp"
+
+namespace {
+
+using attn::Index;
+using attn::Mask;
+using attn_test::Random;
+using attn_test::ReferenceMask;
+
+// The report names what the compiler was told: the widest of its instruction sets, the packet
+// width, and -ffast-math.
+TEST(SimdReport, NamesTheInstructionSetOfThisBuild) {
+  const std::string report = attn::simd_instruction_set();
+#if defined(__AVX512F__)
+  const std::string expected = "AVX-512";
+  const int bits = 512;
+#elif defined(__AVX2__)
+  const std::string expected = "AVX2";
+  const int bits = 256;
+#elif defined(__ARM_NEON)
+  const std::string expected = "NEON";
+  const int bits = 128;
+#elif defined(__SSE2__)
+  const std::string expected = "SSE";
+  const int bits = 128;
+#else
+  const std::string expected = "";
+  const int bits = 0;
+#endif
+  EXPECT_EQ(report.rfind(expected, 0), 0u) << report;
+  if (bits > 0) {
+    EXPECT_NE(report.find(std::to_string(bits) + "-bit packets (" + std::to_string(bits / 32) +
+                          " floats, " + std::to_string(bits / 64) + " doubles)"),
+              std::string::npos)
+        << report;
+  }
+#if defined(__FMA__) && !defined(__AVX512F__) || defined(__AVX512F__)
+  EXPECT_NE(report.find("+ FMA"), std::string::npos) << report;
+#elif defined(__x86_64__)
+  EXPECT_EQ(report.find("FMA"), std::string::npos) << report;
+#endif
+#if defined(__FAST_MATH__)
+  EXPECT_NE(report.find("-ffast-math"), std::string::npos) << report;
+#else
+  EXPECT_EQ(report.find("fast-math"), std::string::npos) << report;
+#endif
+}
+
+template <typename Scalar>
+class SimdPaths : public ::testing::Test {};
+using Scalars = ::testing::Types<float, double>;
+TYPED_TEST_SUITE(SimdPaths, Scalars);
+
+struct Shape {
+  Index n, m, d, heads, kv_heads;
+};
+
+// Prefill over several tiles with grouped heads, a ragged head dim, and decoding steps of one and
+// three queries over keys split for threads.
+const Shape shapes[] = {
+    {70, 300, 64, 2, 1}, {130, 129, 13, 1, 1}, {1, 1100, 32, 4, 2}, {3, 700, 64, 2, 2}};
+
+TYPED_TEST(SimdPaths, KernelMatchesTheReferenceForEveryMaskKind) {
+  using Scalar = TypeParam;
+  Random rng(1201);
+  for (const Shape& s : shapes) {
+    const auto q = rng.uniform_matrix<Scalar>(s.n, s.heads * s.d);
+    const auto k = rng.uniform_matrix<Scalar>(s.m, s.kv_heads * s.d);
+    const auto v = rng.uniform_matrix<Scalar>(s.m, s.kv_heads * s.d);
+    attn::Matrix<bool> keep = rng.bernoulli_matrix(s.n, s.m, 0.7);
+    keep.row(0).setConstant(false);  // a row that sees nothing gives zeros
+    attn::Matrix<Scalar> bias = rng.uniform_matrix<Scalar>(s.n, s.m, -2, 2);
+    bias(s.n - 1, s.m - 1) = -std::numeric_limits<Scalar>::infinity();  // −∞ hides the key
+    struct Case {
+      const char* name;
+      Mask mask;
+      ReferenceMask reference;
+    };
+    const Index w = s.m / 3;
+    const std::vector<Case> cases = {
+        {"none", Mask(), ReferenceMask()},
+        {"causal", Mask::causal(), ReferenceMask::causal()},
+        {"sliding window", Mask::causal() & Mask::window(w, 0),
+         ReferenceMask::causal() & ReferenceMask::window(w, 0)},
+        {"key length", Mask::key_length(s.m - 5), ReferenceMask::key_length(s.m - 5)},
+        {"keep", Mask::keep(keep), ReferenceMask::keep(keep)},
+        {"bias and causal", Mask::bias(bias) & Mask::causal(),
+         ReferenceMask::bias(bias) & ReferenceMask::causal()},
+    };
+    for (const Case& c : cases) {
+      for (const double softcap : {0.0, 5.0}) {
+        attn::AttentionOptions options;
+        options.num_heads = s.heads;
+        options.num_kv_heads = s.kv_heads;
+        options.softcap = softcap;
+        options.executor = attn::thread_executor(2);
+        const attn_test::MatrixD expected = attn_test::reference_multi_head(
+            q, k, v, s.heads, s.kv_heads, c.reference, std::nullopt, softcap);
+        const attn::Matrix<Scalar> got =
+            attn::scaled_dot_product_attention(q, k, v, c.mask, options);
+        const double logit_bound = std::sqrt(double(s.d)) + 2.0;
+        EXPECT_TRUE(attn_test::matrix_near(
+            got, expected, attn_test::attention_tolerance<Scalar>(logit_bound, s.m)))
+            << c.name << ", softcap " << softcap << ", n " << s.n << ", m " << s.m << ", d " << s.d
+            << ", heads " << s.heads << "/" << s.kv_heads;
+      }
+    }
+  }
+}
+
+// Log-sum-exps and weights (a second pass), and attention over two parts of the keys merged.
+TYPED_TEST(SimdPaths, ExtrasAndPartialMergeMatchTheReference) {
+  using Scalar = TypeParam;
+  Random rng(1202);
+  for (const Shape& s : {shapes[0], shapes[2]}) {
+    const auto q = rng.uniform_matrix<Scalar>(s.n, s.heads * s.d);
+    const auto k = rng.uniform_matrix<Scalar>(s.m, s.kv_heads * s.d);
+    const auto v = rng.uniform_matrix<Scalar>(s.m, s.kv_heads * s.d);
+    attn::AttentionOptions options;
+    options.num_heads = s.heads;
+    options.num_kv_heads = s.kv_heads;
+    attn_test::MatrixD lse_expected, weights_expected;
+    const attn_test::MatrixD expected =
+        attn_test::reference_multi_head(q, k, v, s.heads, s.kv_heads, ReferenceMask::causal(),
+                                        std::nullopt, 0, &lse_expected, &weights_expected);
+    attn::Matrix<Scalar> lse, weights;
+    attn::AttentionExtras<Scalar> extras;
+    extras.log_sum_exp = &lse;
+    extras.weights = &weights;
+    const attn::Matrix<Scalar> got =
+        attn::scaled_dot_product_attention(q, k, v, Mask::causal(), options, extras);
+    const double tol = attn_test::attention_tolerance<Scalar>(std::sqrt(double(s.d)), s.m);
+    EXPECT_TRUE(attn_test::matrix_near(got, expected, tol));
+    EXPECT_TRUE(attn_test::matrix_near(lse, lse_expected, tol));
+    EXPECT_TRUE(attn_test::matrix_near(weights, weights_expected, tol));
+
+    const Index half = s.m / 2;
+    auto merged = attn::scaled_dot_product_attention_partial(q, k.topRows(half), v.topRows(half),
+                                                             Mask(), options);
+    attn::merge_partial_attention(
+        merged, attn::scaled_dot_product_attention_partial(
+                    q, k.bottomRows(s.m - half), v.bottomRows(s.m - half), Mask(), options));
+    EXPECT_TRUE(attn_test::matrix_near(
+        merged.out, attn_test::reference_multi_head(q, k, v, s.heads, s.kv_heads), tol));
+  }
+}
+
+// SelfAttention with grouped heads, in one causal pass and token by token through a KV cache.
+TYPED_TEST(SimdPaths, SelfAttentionAndItsCacheMatchTheReference) {
+  using Scalar = TypeParam;
+  Random rng(1203);
+  const attn::MultiHeadConfig cfg{/*model_dim*/ 64, /*num_heads*/ 4, /*num_kv_heads*/ 2};
+  const auto w = attn_test::random_weights<Scalar>(cfg, rng);
+  const attn::SelfAttention<Scalar> self_attn(cfg, w);
+  const Index length = 90;
+  const auto x = rng.uniform_matrix<Scalar>(length, cfg.model_dim);
+  const attn_test::MatrixD expected =
+      attn_test::reference_mha(x, x, w, cfg.num_heads, cfg.num_kv_heads, ReferenceMask::causal());
+  const double tol = attn_test::layer_tolerance<Scalar>(cfg.model_dim, cfg.model_dim, 16, length);
+  EXPECT_TRUE(attn_test::matrix_near(self_attn(x, Mask::causal()), expected, tol));
+
+  attn::KVCache<Scalar> cache = self_attn.make_cache(length);
+  attn::Matrix<Scalar> decoded(length, cfg.model_dim);
+  decoded.topRows(40) = self_attn(x.topRows(40), cache);  // a prefill chunk, then steps
+  for (Index i = 40; i < length; ++i)
+    decoded.row(i) = self_attn(x.row(i), cache);
+  EXPECT_TRUE(attn_test::matrix_near(decoded, expected, tol));
+}
+
+// CrossAttention: queries from the target, keys and values from a source of another width, directly
+// and through a remembered memory.
+TYPED_TEST(SimdPaths, CrossAttentionAndItsMemoryMatchTheReference) {
+  using Scalar = TypeParam;
+  Random rng(1204);
+  attn::MultiHeadConfig cfg{/*model_dim*/ 48, /*num_heads*/ 3};
+  cfg.source_dim = 40;
+  const auto w = attn_test::random_weights<Scalar>(cfg, rng);
+  const attn::CrossAttention<Scalar> cross(cfg, w);
+  const auto target = rng.uniform_matrix<Scalar>(21, cfg.model_dim);
+  const auto source = rng.uniform_matrix<Scalar>(333, cfg.source_dim);
+  const attn_test::MatrixD expected =
+      attn_test::reference_mha(target, source, w, cfg.num_heads, cfg.num_heads);
+  const double tol =
+      attn_test::layer_tolerance<Scalar>(cfg.model_dim, cfg.source_dim, 16, source.rows());
+  EXPECT_TRUE(attn_test::matrix_near(cross(target, source), expected, tol));
+  const auto memory = cross.remember(source);
+  EXPECT_TRUE(attn_test::matrix_near(cross(target, memory), expected, tol));
+  EXPECT_TRUE(attn_test::matrix_near(cross(target.row(7), memory), expected.row(7), tol));
+}
+
+}  // namespace

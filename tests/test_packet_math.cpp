@@ -10,6 +10,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <iterator>
 #include <limits>
 #include <type_traits>
 #include <vector>
@@ -137,6 +138,48 @@ TYPED_TEST(PacketMathTest, SoftmaxExpKeepsNaNToItsOwnLane) {
       EXPECT_NEAR(got[i], std::exp(Scalar(-1)), 2 * std::numeric_limits<Scalar>::epsilon())
           << "lane " << i;
     }
+  }
+}
+
+// The bit tests the kernel uses where -ffinite-math-only may fold std::isnan and comparisons
+// with ±∞ (this file is also built with -ffast-math by .ci/portability), and any_lane on the
+// all-ones masks of packet comparisons, which are NaN when read as numbers.
+TYPED_TEST(PacketMathTest, BitTestsTellNaNAndInfinitiesUnderAnyFlags) {
+  using Scalar = TypeParam;
+  using Packet = typename attn::detail::PacketTraits<Scalar>::Packet;
+  using limits = std::numeric_limits<Scalar>;
+  namespace d = attn::detail;
+  const Scalar values[] = {
+      limits::quiet_NaN(), -limits::quiet_NaN(), limits::infinity(),   -limits::infinity(),
+      limits::max(),       -limits::max(),       limits::denorm_min(), Scalar(0),
+      Scalar(-0.0)};
+  const bool nan[] = {true, true, false, false, false, false, false, false, false};
+  const bool finite[] = {false, false, false, false, true, true, true, true, true};
+  for (std::size_t i = 0; i < std::size(values); ++i) {
+    const Scalar x = values[i];
+    EXPECT_EQ(d::is_nan(x), nan[i]) << "value " << i;
+    EXPECT_EQ(d::is_finite(x), finite[i]) << "value " << i;
+    EXPECT_EQ(d::is_plus_infinity(x), i == 2) << "value " << i;
+    EXPECT_EQ(d::is_minus_infinity(x), i == 3) << "value " << i;
+  }
+  attn::Matrix<Scalar> block = attn::Matrix<Scalar>::Ones(3, 5);
+  EXPECT_TRUE(d::all_finite(block.data(), Index(5), Index(3), Index(4)));
+  block(2, 4) = limits::infinity();  // outside the 3 × 4 block that is read
+  EXPECT_TRUE(d::all_finite(block.data(), Index(5), Index(3), Index(4)));
+  block(1, 2) = -limits::infinity();
+  EXPECT_FALSE(d::all_finite(block.data(), Index(5), Index(3), Index(4)));
+  block(1, 2) = limits::quiet_NaN();
+  EXPECT_FALSE(d::all_finite(block.data(), Index(5), Index(3), Index(4)));
+
+  constexpr Index size = attn::detail::PacketTraits<Scalar>::size;
+  std::vector<Scalar> lanes(size, Scalar(1));
+  const Packet one = packet::pset1<Packet>(Scalar(1));
+  EXPECT_FALSE(d::any_lane(packet::pcmp_lt(packet::ploadu<Packet>(lanes.data()), one)));
+  for (Index lane = 0; lane < size; ++lane) {
+    std::vector<Scalar> probe(lanes);
+    probe[std::size_t(lane)] = Scalar(0.5);
+    EXPECT_TRUE(d::any_lane(packet::pcmp_lt(packet::ploadu<Packet>(probe.data()), one)))
+        << "lane " << lane;
   }
 }
 

@@ -7,6 +7,7 @@
 // ragged shapes.
 
 #include <attn/detail/packet_math.hpp>
+#include <attn/detail/register_tile.hpp>
 #include <gtest/gtest.h>
 
 #include <cmath>

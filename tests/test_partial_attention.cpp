@@ -403,7 +403,7 @@ TYPED_TEST(PartialAttentionTest, MergeOfDifferentShapesThrowsAndLeavesIntoUntouc
 
 // The decode path (n below the packet width) splits the keys into 512-key parts and merges them
 // in a fixed order; the split depends only on the shape, never on the thread count. The library
-// documents the result as bitwise identical for any executor (detail/flash_kernel.hpp, at
+// documents the result as bitwise identical for any executor (detail/scheduler.hpp, at
 // decode_split_keys), so this checks bitwise equality, not a tolerance: serial, 2 and 3 threads
 // (3 does not divide the 9 parts of m = 5000 evenly) and the default executor. n = 3 checks the
 // same for a few queries (narrow in float; in double, under SSE, 3 rows take the wide path,

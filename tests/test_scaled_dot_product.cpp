@@ -503,7 +503,7 @@ TYPED_TEST(ScaledDotProduct, MatchesReferenceWithHeads) {
 // Query head h of a grouped-query call is the single-head call of q's block h over kv head
 // h / (H / Hkv): the same code on the same strided views, so bitwise equal.
 // With several query blocks per head, the multi-head call packs each kv head's strided K and V
-// (flash_kernel.hpp, HeadKeyValues) while the single-head calls read theirs in place: the two
+// (detail/kernel_scratch.hpp, HeadKeyValues) while the single-head calls read theirs in place: the two
 // must agree bit for bit.
 TYPED_TEST(ScaledDotProduct, GroupedQueryHeadIsSingleHeadOverItsKvHead) {
   using Scalar = TypeParam;

@@ -9,7 +9,7 @@
 
 #include <vector>
 
-#include "detail/flash_kernel.hpp"
+#include "detail/online_softmax.hpp"
 #include "error.hpp"
 #include "mask.hpp"
 #include "scaled_dot_product.hpp"

@@ -10,7 +10,7 @@
 #include <optional>
 #include <type_traits>
 
-#include "detail/flash_kernel.hpp"
+#include "detail/scheduler.hpp"
 #include "error.hpp"
 #include "mask.hpp"
 #include "parallel.hpp"

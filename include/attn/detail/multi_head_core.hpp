@@ -16,7 +16,7 @@
 #include "../parallel.hpp"
 #include "../scaled_dot_product.hpp"
 #include "../types.hpp"
-#include "flash_kernel.hpp"
+#include "scheduler.hpp"
 
 namespace attn::detail {
 

@@ -3,8 +3,9 @@
 #pragma once
 
 /// \file detail/packet_math.hpp
-/// The register-blocked inner kernel and the softmax exponential, on Eigen's packet types
-/// (AVX-512, AVX2+FMA, SSE or NEON: whatever the compiler was told to target).
+/// attn's packet layer on Eigen's packet types (AVX-512, AVX2+FMA, SSE or NEON: whatever the
+/// compiler was told to target): the operations the kernel uses, the softmax exponential, bit
+/// tests on lanes and prefetching. The only header that uses Eigen::internal.
 
 #include <cstdint>
 #include <type_traits>
@@ -21,188 +22,106 @@
 
 namespace attn::detail {
 
-namespace packet = Eigen::internal;
-
+/// Packets of Scalar as the compiler was told to target them.
 template <typename Scalar>
 struct PacketTraits {
-  using Packet = typename packet::packet_traits<Scalar>::type;
-  static constexpr int size = packet::packet_traits<Scalar>::size;
-  /// Columns of the register tile: two packets, so each broadcast feeds two FMAs.
-  static constexpr int tile_cols = 2 * size;
-  /// Rows of the register tile: 6 × 2 accumulators + 2 column loads + 1 broadcast fit the 16
-  /// vector registers of AVX2 (and leave room on AVX-512's 32).
-  static constexpr int tile_rows = 6;
+  using Packet = typename Eigen::internal::packet_traits<Scalar>::type;
+  static constexpr int size = Eigen::internal::packet_traits<Scalar>::size;
 };
 
-#if defined(__GNUC__)
-#define ATTN_UNROLL _Pragma("GCC unroll 8")
-#else
-#define ATTN_UNROLL
-#endif
+/// attn's packet operations. Eigen does not promise that Eigen::internal stays as it is, so this
+/// header is the one place that reaches into it: every other header of the kernel calls these.
+/// Each takes whole packets (or, where noted, plain scalars as one-lane packets).
+namespace simd {
 
-/// C(r, 0 : 2·P) (=, or += if Accumulate) Σ_k A(r, k) · B(k, 0 : 2·P) for r < Rows, where P is
-/// the packet size, A(r, k) = a[r·a_row + k·a_col] is broadcast and B's rows are read as two
-/// packets. The whole Rows × 2P tile of C stays in registers over the depth loop. If column_max
-/// is given, its 2P entries become the max of themselves and the tile's columns (NaN wins), which
-/// spares the softmax a pass over the tile.
-template <int Rows, bool Accumulate, typename Scalar>
-EIGEN_ALWAYS_INLINE void register_tile(Index depth, const Scalar* a, Index a_row, Index a_col,
-                                       const Scalar* b, Index b_stride, Scalar* c, Index c_stride,
-                                       Scalar* column_max) {
-  using Packet = typename PacketTraits<Scalar>::Packet;
-  constexpr int size = PacketTraits<Scalar>::size;
-  Packet left[Rows];
-  Packet right[Rows];
-  ATTN_UNROLL
-  for (int r = 0; r < Rows; ++r) {
-    if constexpr (Accumulate) {
-      left[r] = packet::ploadu<Packet>(c + r * c_stride);
-      right[r] = packet::ploadu<Packet>(c + r * c_stride + size);
-    } else {
-      left[r] = packet::pset1<Packet>(Scalar(0));
-      right[r] = left[r];
-    }
-  }
-  for (Index k = 0; k < depth; ++k) {
-    const Packet b_left = packet::ploadu<Packet>(b + k * b_stride);
-    const Packet b_right = packet::ploadu<Packet>(b + k * b_stride + size);
-    const Scalar* a_k = a + k * a_col;
-    ATTN_UNROLL
-    for (int r = 0; r < Rows; ++r) {
-      const Packet a_rk = packet::pset1<Packet>(a_k[r * a_row]);
-      left[r] = packet::pmadd(a_rk, b_left, left[r]);
-      right[r] = packet::pmadd(a_rk, b_right, right[r]);
-    }
-  }
-  ATTN_UNROLL
-  for (int r = 0; r < Rows; ++r) {
-    packet::pstoreu(c + r * c_stride, left[r]);
-    packet::pstoreu(c + r * c_stride + size, right[r]);
-  }
-  if (column_max != nullptr) {
-    Packet max_left = packet::ploadu<Packet>(column_max);
-    Packet max_right = packet::ploadu<Packet>(column_max + size);
-    ATTN_UNROLL
-    for (int r = 0; r < Rows; ++r) {
-      max_left = packet::pmax<Eigen::PropagateNaN>(max_left, left[r]);
-      max_right = packet::pmax<Eigen::PropagateNaN>(max_right, right[r]);
-    }
-    packet::pstoreu(column_max, max_left);
-    packet::pstoreu(column_max + size, max_right);
-  }
+template <typename Packet>
+using ScalarOf = typename Eigen::internal::unpacket_traits<Packet>::type;
+
+template <typename Packet>
+EIGEN_ALWAYS_INLINE Packet load(const ScalarOf<Packet>* from) {
+  return Eigen::internal::ploadu<Packet>(from);
+}
+template <typename Packet>
+EIGEN_ALWAYS_INLINE void store(ScalarOf<Packet>* to, const Packet& x) {
+  Eigen::internal::pstoreu(to, x);
+}
+template <typename Packet>
+EIGEN_ALWAYS_INLINE Packet broadcast(ScalarOf<Packet> x) {
+  return Eigen::internal::pset1<Packet>(x);
+}
+template <typename Packet>
+EIGEN_ALWAYS_INLINE Packet add(const Packet& a, const Packet& b) {
+  return Eigen::internal::padd(a, b);
+}
+template <typename Packet>
+EIGEN_ALWAYS_INLINE Packet sub(const Packet& a, const Packet& b) {
+  return Eigen::internal::psub(a, b);
+}
+template <typename Packet>
+EIGEN_ALWAYS_INLINE Packet mul(const Packet& a, const Packet& b) {
+  return Eigen::internal::pmul(a, b);
+}
+/// a·b + c (one instruction where the target has FMA).
+template <typename Packet>
+EIGEN_ALWAYS_INLINE Packet fmadd(const Packet& a, const Packet& b, const Packet& c) {
+  return Eigen::internal::pmadd(a, b, c);
+}
+/// Lane-wise max where a NaN in either operand wins.
+template <typename Packet>
+EIGEN_ALWAYS_INLINE Packet max_nan(const Packet& a, const Packet& b) {
+  return Eigen::internal::pmax<Eigen::PropagateNaN>(a, b);
+}
+/// All bits set in the lanes where a == b (or a < b), zero elsewhere.
+template <typename Packet>
+EIGEN_ALWAYS_INLINE Packet equal(const Packet& a, const Packet& b) {
+  return Eigen::internal::pcmp_eq(a, b);
+}
+template <typename Packet>
+EIGEN_ALWAYS_INLINE Packet less(const Packet& a, const Packet& b) {
+  return Eigen::internal::pcmp_lt(a, b);
+}
+/// a & ~b, bitwise.
+template <typename Packet>
+EIGEN_ALWAYS_INLINE Packet and_not(const Packet& a, const Packet& b) {
+  return Eigen::internal::pandnot(a, b);
+}
+/// mask's lanes (all bits set or none) choose a, else b.
+template <typename Packet>
+EIGEN_ALWAYS_INLINE Packet select(const Packet& mask, const Packet& a, const Packet& b) {
+  return Eigen::internal::pselect(mask, a, b);
+}
+/// Every bit set.
+template <typename Packet>
+EIGEN_ALWAYS_INLINE Packet all_ones() {
+  return Eigen::internal::ptrue(Eigen::internal::pset1<Packet>(ScalarOf<Packet>(0)));
+}
+/// The sum of the lanes.
+template <typename Packet>
+EIGEN_ALWAYS_INLINE ScalarOf<Packet> sum_lanes(const Packet& x) {
+  return Eigen::internal::predux(x);
+}
+/// The max of the lanes, NaN if any lane is NaN.
+template <typename Packet>
+EIGEN_ALWAYS_INLINE ScalarOf<Packet> max_lanes(const Packet& x) {
+  return Eigen::internal::predux_max<Eigen::PropagateNaN>(x);
+}
+/// Transposes a square of P packets of P lanes, rows[i] holding row i.
+template <typename Packet, int Size>
+EIGEN_ALWAYS_INLINE void transpose(Packet (&rows)[Size]) {
+  Eigen::internal::PacketBlock<Packet, Size> block;
+  for (int i = 0; i < Size; ++i)
+    block.packet[i] = rows[i];
+  Eigen::internal::ptranspose(block);
+  for (int i = 0; i < Size; ++i)
+    rows[i] = block.packet[i];
+}
+/// Eigen's exponential (full range, any Scalar).
+template <typename Packet>
+EIGEN_ALWAYS_INLINE Packet exp(const Packet& x) {
+  return Eigen::internal::pexp(x);
 }
 
-/// C (=, or +=) A·B for a `rows` × 2P block of C, in register tiles of PacketTraits::tile_rows
-/// rows and one smaller tile for the remainder; column_max as for register_tile.
-template <bool Accumulate, typename Scalar>
-void register_block(Index rows, Index depth, const Scalar* a, Index a_row, Index a_col,
-                    const Scalar* b, Index b_stride, Scalar* c, Index c_stride,
-                    Scalar* column_max = nullptr) {
-  constexpr int tile = PacketTraits<Scalar>::tile_rows;
-  Index r = 0;
-  for (; r + tile <= rows; r += tile) {
-    register_tile<tile, Accumulate>(depth, a + r * a_row, a_row, a_col, b, b_stride,
-                                    c + r * c_stride, c_stride, column_max);
-  }
-  const Scalar* a_r = a + r * a_row;
-  Scalar* c_r = c + r * c_stride;
-  switch (rows - r) {
-    case 5:
-      register_tile<5, Accumulate>(depth, a_r, a_row, a_col, b, b_stride, c_r, c_stride,
-                                   column_max);
-      break;
-    case 4:
-      register_tile<4, Accumulate>(depth, a_r, a_row, a_col, b, b_stride, c_r, c_stride,
-                                   column_max);
-      break;
-    case 3:
-      register_tile<3, Accumulate>(depth, a_r, a_row, a_col, b, b_stride, c_r, c_stride,
-                                   column_max);
-      break;
-    case 2:
-      register_tile<2, Accumulate>(depth, a_r, a_row, a_col, b, b_stride, c_r, c_stride,
-                                   column_max);
-      break;
-    case 1:
-      register_tile<1, Accumulate>(depth, a_r, a_row, a_col, b, b_stride, c_r, c_stride,
-                                   column_max);
-      break;
-    default:
-      break;
-  }
-}
-
-/// dst(c, r) = scale · src(r, c) for r < rows, c < cols (row-major, strides in scalars), in
-/// P × P squares through registers (P the packet size) and scalars at the ragged edges. The
-/// kernel transposes every query block in and every output block out; element by element that
-/// cost 7 % of the time at 8 heads, d = 64 (strided loads and stores, one per element).
-template <typename Scalar>
-void transpose_scaled(const Scalar* src, Index src_stride, Index rows, Index cols, Scalar scale,
-                      Scalar* dst, Index dst_stride) {
-  using Packet = typename PacketTraits<Scalar>::Packet;
-  constexpr Index size = PacketTraits<Scalar>::size;
-  const Packet factor = packet::pset1<Packet>(scale);
-  const Index whole_rows = rows / size * size, whole_cols = cols / size * size;
-  for (Index r = 0; r < whole_rows; r += size) {
-    for (Index c = 0; c < whole_cols; c += size) {
-      packet::PacketBlock<Packet, size> square;
-      for (Index i = 0; i < size; ++i)
-        square.packet[i] = packet::ploadu<Packet>(src + (r + i) * src_stride + c);
-      packet::ptranspose(square);
-      for (Index i = 0; i < size; ++i)
-        packet::pstoreu(dst + (c + i) * dst_stride + r, packet::pmul(square.packet[i], factor));
-    }
-  }
-  for (Index r = 0; r < rows; ++r) {
-    const Index first = r < whole_rows ? whole_cols : 0;  // the ragged right edge, or all
-    for (Index c = first; c < cols; ++c)
-      dst[c * dst_stride + r] = scale * src[r * src_stride + c];
-  }
-}
-
-/// out[r] = Σ_i a[i]·b[r·b_stride + i] for r < Rows and i < count, a multiple of the packet
-/// size: a is loaded once for all Rows dot products. The decode path takes these per head and
-/// key rows; Eigen's dot on a dynamic-size map spends about as much again on its size and
-/// alignment cases.
-template <int Rows, typename Scalar>
-EIGEN_ALWAYS_INLINE void packet_dot_rows(const Scalar* a, const Scalar* b, Index b_stride,
-                                         Index count, Scalar* out) {
-  using Packet = typename PacketTraits<Scalar>::Packet;
-  constexpr Index size = PacketTraits<Scalar>::size;
-  Packet sum[Rows];
-  ATTN_UNROLL
-  for (int r = 0; r < Rows; ++r)
-    sum[r] = packet::pset1<Packet>(Scalar(0));
-  for (Index i = 0; i < count; i += size) {
-    const Packet a_i = packet::ploadu<Packet>(a + i);
-    ATTN_UNROLL
-    for (int r = 0; r < Rows; ++r)
-      sum[r] = packet::pmadd(a_i, packet::ploadu<Packet>(b + r * b_stride + i), sum[r]);
-  }
-  ATTN_UNROLL
-  for (int r = 0; r < Rows; ++r)
-    out[r] = packet::predux(sum[r]);
-}
-
-/// y[i] += Σ_r w[r]·x[r·x_stride + i] for r < Rows and i < count, a multiple of the packet size:
-/// several value rows per pass over y, so y is loaded and stored once for all of them.
-template <int Rows, typename Scalar>
-EIGEN_ALWAYS_INLINE void packet_axpy_rows(const Scalar* w, const Scalar* x, Index x_stride,
-                                          Scalar* y, Index count) {
-  using Packet = typename PacketTraits<Scalar>::Packet;
-  constexpr Index size = PacketTraits<Scalar>::size;
-  Packet weight[Rows];
-  ATTN_UNROLL
-  for (int r = 0; r < Rows; ++r)
-    weight[r] = packet::pset1<Packet>(w[r]);
-  for (Index i = 0; i < count; i += size) {
-    Packet sum = packet::ploadu<Packet>(y + i);
-    ATTN_UNROLL
-    for (int r = 0; r < Rows; ++r)
-      sum = packet::pmadd(weight[r], packet::ploadu<Packet>(x + r * x_stride + i), sum);
-    packet::pstoreu(y + i, sum);
-  }
-}
+}  // namespace simd
 
 /// Hints that the `rows` × `cols` row-major block at `data` (row stride `stride`) will be read
 /// soon, so that its cache lines start coming from L3 or memory while the caller computes. Every
@@ -229,11 +148,11 @@ EIGEN_ALWAYS_INLINE void prefetch_block(const Scalar* data, Index stride, Index 
 /// bits as integers holds under any flags.
 template <typename Packet>
 EIGEN_ALWAYS_INLINE bool any_lane(const Packet& mask) {
-  using Scalar = typename packet::unpacket_traits<Packet>::type;
+  using Scalar = typename Eigen::internal::unpacket_traits<Packet>::type;
   using Bits = typename FloatBits<Scalar>::Unsigned;
-  constexpr int size = packet::unpacket_traits<Packet>::size;
+  constexpr int size = Eigen::internal::unpacket_traits<Packet>::size;
   Scalar lanes[size];
-  packet::pstoreu(lanes, mask);
+  Eigen::internal::pstoreu(lanes, mask);
   Bits any = 0;
   for (int i = 0; i < size; ++i)
     any |= FloatBits<Scalar>::of(lanes[i]);
@@ -246,7 +165,7 @@ template <typename Packet, typename = void>
 struct has_integer_packet : std::false_type {};
 template <typename Packet>
 struct has_integer_packet<Packet,
-                          std::void_t<typename packet::unpacket_traits<Packet>::integer_packet>>
+                          std::void_t<typename Eigen::internal::unpacket_traits<Packet>::integer_packet>>
     : std::true_type {};
 
 /// Whether optimization_barrier exists here: on GCC-compatible compilers for x86 and ARM.
@@ -288,40 +207,40 @@ EIGEN_ALWAYS_INLINE void optimization_barrier(Packet& x) {
 ///   floating-point flag, and a little slower (bench/bench_exp.cpp measures both).
 template <typename Packet, bool RoundByConversion = !has_optimization_barrier>
 EIGEN_ALWAYS_INLINE Packet softmax_exp_float(const Packet& x) {
-  using PacketI = typename packet::unpacket_traits<Packet>::integer_packet;
-  const Packet log2e = packet::pset1<Packet>(1.44269504088896341f);
+  using PacketI = typename Eigen::internal::unpacket_traits<Packet>::integer_packet;
+  const Packet log2e = Eigen::internal::pset1<Packet>(1.44269504088896341f);
   PacketI n_int;
   Packet n;
   if constexpr (RoundByConversion) {
     // Conversion truncates toward zero, so for y = x·log₂e ≤ 0 it rounds y − ½ up: the integer
     // nearest y. −∞ and NaN become the integer minimum; the underflow mask below covers them.
-    n_int = packet::pcast<Packet, PacketI>(packet::pmadd(x, log2e, packet::pset1<Packet>(-0.5f)));
-    n = packet::pcast<PacketI, Packet>(n_int);
+    n_int = Eigen::internal::pcast<Packet, PacketI>(Eigen::internal::pmadd(x, log2e, Eigen::internal::pset1<Packet>(-0.5f)));
+    n = Eigen::internal::pcast<PacketI, Packet>(n_int);
   } else {
-    const Packet magic = packet::pset1<Packet>(12582912.0f);
-    Packet shifted = packet::pmadd(x, log2e, magic);
+    const Packet magic = Eigen::internal::pset1<Packet>(12582912.0f);
+    Packet shifted = Eigen::internal::pmadd(x, log2e, magic);
     optimization_barrier(shifted);
-    n = packet::psub(shifted, magic);
+    n = Eigen::internal::psub(shifted, magic);
     // The magic number's own bits shift out past bit 31 in 2^n below.
-    n_int = packet::preinterpret<PacketI>(shifted);
+    n_int = Eigen::internal::preinterpret<PacketI>(shifted);
   }
   // r = x − n·ln 2 with ln 2 = 0.693359375 − 2.12194440·10⁻⁴ (Cody–Waite): the first part has 9
   // significant bits, so n times it is exact even where pmadd is a multiply and an add.
-  Packet r = packet::pmadd(n, packet::pset1<Packet>(-0.693359375f), x);
-  r = packet::pmadd(n, packet::pset1<Packet>(2.12194440e-4f), r);
-  Packet p = packet::pset1<Packet>(1.394110848e-03f);
-  p = packet::pmadd(p, r, packet::pset1<Packet>(8.375125937e-03f));
-  p = packet::pmadd(p, r, packet::pset1<Packet>(4.166635126e-02f));
-  p = packet::pmadd(p, r, packet::pset1<Packet>(1.666641533e-01f));
-  p = packet::pmadd(p, r, packet::pset1<Packet>(0.5f));
-  p = packet::pmadd(p, r, packet::pset1<Packet>(1.0f));
-  p = packet::pmadd(p, r, packet::pset1<Packet>(1.0f));
+  Packet r = Eigen::internal::pmadd(n, Eigen::internal::pset1<Packet>(-0.693359375f), x);
+  r = Eigen::internal::pmadd(n, Eigen::internal::pset1<Packet>(2.12194440e-4f), r);
+  Packet p = Eigen::internal::pset1<Packet>(1.394110848e-03f);
+  p = Eigen::internal::pmadd(p, r, Eigen::internal::pset1<Packet>(8.375125937e-03f));
+  p = Eigen::internal::pmadd(p, r, Eigen::internal::pset1<Packet>(4.166635126e-02f));
+  p = Eigen::internal::pmadd(p, r, Eigen::internal::pset1<Packet>(1.666641533e-01f));
+  p = Eigen::internal::pmadd(p, r, Eigen::internal::pset1<Packet>(0.5f));
+  p = Eigen::internal::pmadd(p, r, Eigen::internal::pset1<Packet>(1.0f));
+  p = Eigen::internal::pmadd(p, r, Eigen::internal::pset1<Packet>(1.0f));
   // 2^n for −126 ≤ n ≤ 0 is the float with biased exponent n + 127 and a zero mantissa. Outside
   // that range the bits are garbage, and the mask below replaces them (NaN·garbage is NaN).
-  const PacketI biased = packet::padd(n_int, packet::pset1<PacketI>(127));
-  const Packet two_n = packet::preinterpret<Packet>(packet::plogical_shift_left<23>(biased));
-  const Packet underflow = packet::pcmp_lt(x, packet::pset1<Packet>(-87.3365447f));
-  return packet::pandnot(packet::pmul(p, two_n), underflow);
+  const PacketI biased = Eigen::internal::padd(n_int, Eigen::internal::pset1<PacketI>(127));
+  const Packet two_n = Eigen::internal::preinterpret<Packet>(Eigen::internal::plogical_shift_left<23>(biased));
+  const Packet underflow = Eigen::internal::pcmp_lt(x, Eigen::internal::pset1<Packet>(-87.3365447f));
+  return Eigen::internal::pandnot(Eigen::internal::pmul(p, two_n), underflow);
 }
 
 /// e^x for the softmax, where x = logit − row max ≤ 0 or −∞: exactly 0 below the smallest normal
@@ -330,15 +249,15 @@ EIGEN_ALWAYS_INLINE Packet softmax_exp_float(const Packet& x) {
 /// scalar fallback take Eigen's pexp.
 template <typename Packet>
 EIGEN_ALWAYS_INLINE Packet softmax_exp(const Packet& x) {
-  using Scalar = typename packet::unpacket_traits<Packet>::type;
+  using Scalar = typename Eigen::internal::unpacket_traits<Packet>::type;
   if constexpr (std::is_same_v<Scalar, float> && has_integer_packet<Packet>::value) {
     return softmax_exp_float(x);
   } else {
     // log of the smallest normal number: −87.34 (float), −708.40 (double).
     constexpr Scalar log_min =
         std::is_same_v<Scalar, float> ? Scalar(-87.3365447f) : Scalar(-708.396418532264);
-    const Packet underflow = packet::pset1<Packet>(log_min);
-    return packet::pandnot(packet::pexp(x), packet::pcmp_lt(x, underflow));
+    const Packet underflow = Eigen::internal::pset1<Packet>(log_min);
+    return Eigen::internal::pandnot(Eigen::internal::pexp(x), Eigen::internal::pcmp_lt(x, underflow));
   }
 }
 

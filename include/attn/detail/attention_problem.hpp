@@ -1,0 +1,80 @@
+// SPDX-License-Identifier: MIT
+// Copyright (c) 2026 The attn authors
+#pragma once
+
+/// \file detail/attention_problem.hpp
+/// One attention problem as the kernel sees it, already validated: views of Q, K, V and the
+/// output with heads as column blocks; the pieces of work it is cut into; and what every path
+/// does to a tile of logits before the softmax.
+
+#include "../types.hpp"
+#include "float_bits.hpp"
+#include "tile_mask.hpp"
+
+namespace attn::detail {
+
+/// One attention problem over all heads. Heads are column blocks: q is n × H·d, k is m × Hkv·d,
+/// v is m × Hkv·dv, out is n × H·dv; query head h reads kv head h / (H / Hkv).
+template <typename Scalar>
+struct AttentionProblem {
+  ConstMatrixView<Scalar> q;
+  ConstMatrixView<Scalar> k;
+  ConstMatrixView<Scalar> v;
+  MatrixView<Scalar> out;
+  Index num_heads;
+  Index num_kv_heads;
+  Index head_dim;
+  Index value_dim;
+  Scalar scale;
+  Scalar softcap;         // 0: off
+  Scalar* lse = nullptr;  // optional n × H log-sum-exp of the logits, row stride lse_stride
+  Index lse_stride = 0;
+  Scalar* weights = nullptr;  // optional (H·n) × m attention weights, head h in rows h·n…
+  Index weights_stride = 0;
+
+  /// The kv head query head h reads.
+  Index kv_head(Index h) const { return h / (num_heads / num_kv_heads); }
+};
+
+/// A query block of one head with the key range it attends over.
+struct QueryBlock {
+  Index head;
+  Index first_row;
+  Index rows;
+  Index keys_begin;  // the window's and the key split's range, intersected
+  Index keys_end;
+};
+
+/// Where a block's normalised rows and log-sum-exps go: the problem's output, or one key split's
+/// partial result.
+template <typename Scalar>
+struct BlockOutput {
+  Scalar* out;  // row r, value e at out[r·out_stride + e]
+  Index out_stride;
+  Scalar* lse;  // row r at lse[r·lse_stride], or nullptr
+  Index lse_stride;
+};
+
+/// Soft-caps, biases and masks a tile of logits indexed (query, key), for queries from i0 and
+/// keys from j0; the masking loops run only on tiles the window cuts or with explicit matrices.
+/// Returns whether anything was masked.
+template <typename Scalar, typename Tile>
+bool finish_logits(const AttentionProblem<Scalar>& p, const TileMask<Scalar>& mask, Tile&& s,
+                   Index i0, Index j0) {
+  if (p.softcap > 0) {
+    s = p.softcap * (s.array() / p.softcap).tanh();
+  }
+  const bool window_cut = !mask.window_covers(i0, i0 + s.rows(), j0, j0 + s.cols());
+  const bool masked = window_cut || mask.has_explicit();
+  if (masked) mask.apply(s, i0, j0, window_cut);
+  return masked;
+}
+
+/// Whether P·V over a masked tile must skip zero weights: only if the value rows hold a NaN or
+/// an infinity, which 0·x would spread to the queries the mask hides them from.
+template <typename Scalar>
+bool values_need_care(bool masked, const Scalar* v, Index v_stride, Index keys, Index dv) {
+  return masked && !all_finite(v, v_stride, keys, dv);
+}
+
+}  // namespace attn::detail

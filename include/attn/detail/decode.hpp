@@ -1,0 +1,177 @@
+// SPDX-License-Identifier: MIT
+// Copyright (c) 2026 The attn authors
+#pragma once
+
+/// \file detail/decode.hpp
+/// The decode path: fewer queries than a packet (a decoding step, or the ragged end of a
+/// prefill). Keys go along the rows: each key row is read once, left to right across the heads
+/// (contiguous, so the hardware prefetchers stream it), for S = (scale·Q)·Kᵀ and then for
+/// O += P·V, with the online softmax along each state row. The path is memory-bound: what counts
+/// is reading each K and V row once, in order.
+
+#include <algorithm>
+
+#include "../types.hpp"
+#include "attention_problem.hpp"
+#include "kernel_scratch.hpp"
+#include "online_softmax.hpp"
+#include "register_tile.hpp"
+#include "tile_mask.hpp"
+
+namespace attn::detail {
+
+/// The decode state of heads [first_head, first_head + heads), `rows` queries each: state row
+/// (h − first_head)·rows + r of the scratch's decode rows belongs to head h, query r.
+template <typename Scalar>
+struct DecodeState {
+  KernelScratch<Scalar>& scratch;
+  Index first_head;
+  Index heads;
+  Index rows;
+  Index row(Index h, Index r) const { return (h - first_head) * rows + r; }
+  Index count() const { return heads * rows; }
+  Index end_head() const { return first_head + heads; }
+  OnlineSoftmax<Scalar> softmax() const {
+    return {scratch.row_max.data(), scratch.row_sum.data()};
+  }
+};
+
+/// Start: scaled queries of every head from query row i0, empty accumulators and softmax.
+template <typename Scalar>
+void decode_begin(const AttentionProblem<Scalar>& p, const DecodeState<Scalar>& st, Index i0) {
+  const Index d = p.head_dim;
+  for (Index h = st.first_head; h < st.end_head(); ++h) {
+    st.scratch.q_rows.middleRows(st.row(h, 0), st.rows) =
+        p.scale * p.q.block(i0, h * d, st.rows, d);
+  }
+  st.scratch.out_rows.topRows(st.count()).setZero();
+  st.softmax().reset(st.count());
+}
+
+/// One tile of keys [j0, j0 + keys) for all the state's heads.
+template <typename Scalar>
+void decode_tile(const AttentionProblem<Scalar>& p, const TileMask<Scalar>& mask,
+                 const DecodeState<Scalar>& st, Index i0, Index j0, Index keys) {
+  using Row = Eigen::Matrix<Scalar, 1, Eigen::Dynamic>;
+  const Index d = p.head_dim;
+  const Index dv = p.value_dim;
+  auto& s = st.scratch.s_rows;
+  auto& acc = st.scratch.out_rows;
+  const auto& q = st.scratch.q_rows;
+
+  // Heads of whole packets take `key_rows` key rows at a time through packet loops: each query
+  // row is loaded, and each accumulator row loaded and stored, once for all of them. One row at a
+  // time through Eigen's dynamic-size dot and axpy, this step waits on the accumulator's store
+  // and reload and falls well short of the memory bandwidth.
+  constexpr Index size = PacketTraits<Scalar>::size;
+  constexpr int key_rows = 4;
+  const bool whole_packets = d % size == 0 && dv % size == 0;
+  // Rows of the scratch through pointers: with d = 0 or dv = 0 there is no element (0, 0).
+  const auto q_row = [&](Index row) { return q.data() + row * q.outerStride(); };
+  const auto s_row = [&](Index row) { return s.data() + row * s.outerStride(); };
+  const auto acc_row = [&](Index row) { return acc.data() + row * acc.outerStride(); };
+
+  // 1. Logits, a key row (or key_rows) at a time across the heads.
+  Index j_logits = 0;
+  if (whole_packets) {
+    for (; j_logits + key_rows <= keys; j_logits += key_rows) {
+      const Scalar* k_rows = p.k.data() + (j0 + j_logits) * p.k.outerStride();
+      for (Index h = st.first_head; h < st.end_head(); ++h) {
+        for (Index r = 0; r < st.rows; ++r) {
+          const Index row = st.row(h, r);
+          packet_dot_rows<key_rows>(q_row(row), k_rows + p.kv_head(h) * d, p.k.outerStride(), d,
+                                    s_row(row) + j_logits);
+        }
+      }
+    }
+  }
+  for (Index j = j_logits; j < keys; ++j) {
+    const Scalar* k_row = p.k.data() + (j0 + j) * p.k.outerStride();
+    for (Index h = st.first_head; h < st.end_head(); ++h) {
+      const Scalar* k_head = k_row + p.kv_head(h) * d;
+      for (Index r = 0; r < st.rows; ++r) {
+        const Index row = st.row(h, r);
+        if (whole_packets) {
+          packet_dot_rows<1>(q_row(row), k_head, 0, d, s_row(row) + j);
+        } else {
+          s(row, j) = q.row(row).dot(Eigen::Map<const Row>(k_head, d));
+        }
+      }
+    }
+  }
+  bool masked = false;
+  for (Index h = st.first_head; h < st.end_head(); ++h) {
+    masked = finish_logits(p, mask, s.block(st.row(h, 0), 0, st.rows, keys), i0, j0);
+  }
+
+  // 2. Online softmax along each state row.
+  OnlineSoftmax<Scalar> softmax = st.softmax();
+  for (Index row = 0; row < st.count(); ++row) {
+    const Scalar c = softmax.step_row(row, s_row(row), keys);
+    if (c != Scalar(1)) acc.row(row) *= c;
+  }
+
+  // 3. O += P·V, a value row (or key_rows) at a time across the heads.
+  const bool careful = values_need_care(masked, p.v.data() + j0 * p.v.outerStride(),
+                                        p.v.outerStride(), keys, p.v.cols());
+  Index j = 0;
+  if (whole_packets && !careful) {
+    for (; j + key_rows <= keys; j += key_rows) {
+      const Scalar* v_rows = p.v.data() + (j0 + j) * p.v.outerStride();
+      for (Index h = st.first_head; h < st.end_head(); ++h) {
+        for (Index r = 0; r < st.rows; ++r) {
+          const Index row = st.row(h, r);
+          packet_axpy_rows<key_rows>(s_row(row) + j, v_rows + p.kv_head(h) * dv,
+                                     p.v.outerStride(), acc_row(row), dv);
+        }
+      }
+    }
+  }
+  for (; j < keys; ++j) {
+    const Scalar* v_row = p.v.data() + (j0 + j) * p.v.outerStride();
+    for (Index h = st.first_head; h < st.end_head(); ++h) {
+      const Scalar* v_head = v_row + p.kv_head(h) * dv;
+      for (Index r = 0; r < st.rows; ++r) {
+        const Index row = st.row(h, r);
+        const Scalar weight = s(row, j);
+        if (careful && weight == 0) continue;
+        if (whole_packets) {
+          packet_axpy_rows<1>(&weight, v_head, 0, acc_row(row), dv);
+        } else {
+          acc.row(row) += weight * Eigen::Map<const Row>(v_head, dv);
+        }
+      }
+    }
+  }
+}
+
+/// The decode path over keys [keys_begin, keys_end) for the state's heads, query rows from i0;
+/// dst(h) is where head h's normalised rows (zero where no key was visible) and log-sum-exps
+/// (−∞ there) go.
+template <typename Scalar, typename Destination>
+void attend_decode(const AttentionProblem<Scalar>& p, const TileMask<Scalar>& mask,
+                   const DecodeState<Scalar>& st, Index i0, Index keys_begin, Index keys_end,
+                   const Destination& dst) {
+  const Index tile = st.scratch.blocks.decode_keys;
+  decode_begin(p, st, i0);
+  for (Index j0 = keys_begin; j0 < keys_end; j0 += tile)
+    decode_tile(p, mask, st, i0, j0, std::min(tile, keys_end - j0));
+  const OnlineSoftmax<Scalar> softmax = st.softmax();
+  for (Index h = st.first_head; h < st.end_head(); ++h) {
+    const BlockOutput<Scalar> out = dst(h);
+    for (Index r = 0; r < st.rows; ++r) {
+      const Index row = st.row(h, r);
+      Eigen::Map<Eigen::Matrix<Scalar, 1, Eigen::Dynamic>> out_row(out.out + r * out.out_stride,
+                                                                  p.value_dim);
+      // One division per row, not per element; exact zeros where nothing was visible.
+      if (softmax.saw_keys(row)) {
+        out_row = st.scratch.out_rows.row(row) * softmax.inverse_sum(row);
+      } else {
+        out_row.setZero();
+      }
+      if (out.lse != nullptr) out.lse[r * out.lse_stride] = softmax.log_sum_exp(row);
+    }
+  }
+}
+
+}  // namespace attn::detail

@@ -1,0 +1,174 @@
+// SPDX-License-Identifier: MIT
+// Copyright (c) 2026 The attn authors
+#pragma once
+
+/// \file detail/kernel_scratch.hpp
+/// The scratch one worker of the kernel computes in, carved from one Workspace slot: the
+/// prefill's transposed blocks, the decode path's rows, the online softmax's state, and one kv
+/// head's K and V packed contiguously when heads share rows.
+
+#include <algorithm>
+#include <cstddef>
+
+#include "../types.hpp"
+#include "../workspace.hpp"
+#include "attention_problem.hpp"
+#include "packet_math.hpp"
+#include "tile_traits.hpp"
+
+namespace attn::detail {
+
+/// When several heads share K's and V's rows, one head's row is a few cache lines a whole row
+/// apart (at 8 heads of 64 floats, 256 bytes of every 2 KiB), so a key block of one head touches
+/// a new page every other row, which the hardware prefetchers do not follow. So a worker packs
+/// its head's K and V once into contiguous scratch (pack_rows, prefetching ahead), and every
+/// query block of the head streams them from there; even a single query block per head gains,
+/// since the copy's prefetching beats the kernel's. Only the prefill path reads packed K/V (the
+/// decode path walks whole key rows across the heads instead), and beyond `max_packed_bytes` per
+/// worker the kernel reads in place.
+inline constexpr std::size_t max_packed_bytes = std::size_t(64) << 20;
+
+template <typename Scalar>
+bool should_pack_heads(const AttentionProblem<Scalar>& p) {
+  const Index m = p.k.rows();
+  const bool strided = p.k.outerStride() != p.head_dim || p.v.outerStride() != p.value_dim;
+  const bool prefill = p.q.rows() >= PacketTraits<Scalar>::size;
+  return strided && prefill && m > 0 &&
+         sizeof(Scalar) * std::size_t(m * (p.head_dim + p.value_dim)) <= max_packed_bytes;
+}
+
+/// What one worker's scratch must hold.
+struct ScratchShape {
+  BlockSizes blocks;
+  Index head_dim;
+  Index value_dim;
+  Index decode_rows;  // rows of decode state: heads × queries when decoding, else one packet
+  Index packed_keys;  // rows of packed K and V (0: none)
+};
+
+/// One worker's scratch, carved from one buffer and reused for every block it computes.
+template <typename Scalar>
+struct KernelScratch {
+  using MatrixMap = Eigen::Map<Matrix<Scalar>, 0, Eigen::OuterStride<>>;
+  using VectorMap = Eigen::Map<Vector<Scalar>>;
+
+  /// Scalars a KernelScratch of this shape needs.
+  static Index scalars(const ScratchShape& s) {
+    const Index stride = s.blocks.block_stride;
+    const Index state = std::max(s.blocks.query_rows, s.decode_rows);
+    return (s.head_dim + s.blocks.key_rows + s.value_dim) * stride +
+           s.decode_rows * (s.head_dim + s.blocks.decode_keys + s.value_dim) + 3 * state +
+           s.blocks.query_rows + s.packed_keys * (s.head_dim + s.value_dim);
+  }
+
+  /// `memory` holds scalars(shape) values, zeroed when new, so the padding lanes of a block never
+  /// read uninitialised memory.
+  KernelScratch(Scalar* memory, const ScratchShape& s)
+      : blocks(s.blocks),
+        q_t(take(memory, s.head_dim, s.blocks.block_stride)),
+        s_t(take(memory, s.blocks.key_rows, s.blocks.block_stride)),
+        out_t(take(memory, s.value_dim, s.blocks.block_stride)),
+        q_rows(take(memory, s.decode_rows, s.head_dim)),
+        s_rows(take(memory, s.decode_rows, s.blocks.decode_keys)),
+        out_rows(take(memory, s.decode_rows, s.value_dim)),
+        row_max(take(memory, std::max(s.blocks.query_rows, s.decode_rows))),
+        row_sum(take(memory, row_max.size())),
+        rescale(take(memory, row_max.size())),
+        column_max(take(memory, s.blocks.query_rows)),
+        packed_k(take(memory, s.packed_keys, s.head_dim)),
+        packed_v(take(memory, s.packed_keys, s.value_dim)) {}
+
+  BlockSizes blocks;
+  // Prefill blocks: queries along the vector lanes, row stride blocks.block_stride.
+  MatrixMap q_t;    // scale·Qᵀ, d × Bq
+  MatrixMap s_t;    // logits, then probabilities, Bk × Bq
+  MatrixMap out_t;  // unnormalised output, dv × Bq
+  // Decode rows: keys along the vector lanes.
+  MatrixMap q_rows;    // scale·Q
+  MatrixMap s_rows;    // logits, then probabilities
+  MatrixMap out_rows;  // unnormalised output
+  // The online softmax's state, one entry per query (prefill) or decode row.
+  VectorMap row_max;
+  VectorMap row_sum;
+  VectorMap rescale;
+  VectorMap column_max;  // a score tile's max per query, from the register tiles
+  // One kv head's K and V, contiguous (empty unless the worker packs heads).
+  MatrixMap packed_k;
+  MatrixMap packed_v;
+  Index packed_head = -1;  // the kv head they hold
+
+ private:
+  static MatrixMap take(Scalar*& memory, Index rows, Index cols) {
+    Scalar* start = memory;
+    memory += rows * cols;
+    return MatrixMap(start, rows, cols, Eigen::OuterStride<>(cols));
+  }
+  static VectorMap take(Scalar*& memory, Index count) {
+    Scalar* start = memory;
+    memory += count;
+    return VectorMap(start, count);
+  }
+};
+
+/// Runs fn(scratch) with scratch from the workspace's slot `slot`, or from memory of its own when
+/// the slots are used up.
+template <typename Scalar, typename Fn>
+void with_scratch(Workspace& workspace, Index slot, const ScratchShape& shape, const Fn& fn) {
+  const Index count = KernelScratch<Scalar>::scalars(shape);
+  if (slot < Workspace::max_slots) {
+    Scalar* memory =
+        static_cast<Scalar*>(workspace.slot(slot, sizeof(Scalar) * std::size_t(count)));
+    KernelScratch<Scalar> scratch(memory, shape);
+    fn(scratch);
+  } else {
+    Vector<Scalar> memory = Vector<Scalar>::Zero(count);
+    KernelScratch<Scalar> scratch(memory.data(), shape);
+    fn(scratch);
+  }
+}
+
+/// Copies `rows` rows of `cols` values, `stride` apart, to contiguous `dst`. The source rows are
+/// a few cache lines a whole row apart, which the hardware prefetchers do not follow, so each row
+/// is asked for a few rows ahead (a plain copy is bound by memory latency).
+template <typename Scalar>
+void pack_rows(const Scalar* src, Index stride, Index rows, Index cols, Scalar* dst) {
+  constexpr Index ahead = 8;
+  for (Index r = 0; r < std::min(ahead, rows); ++r)
+    prefetch_block(src + r * stride, stride, 1, cols);
+  for (Index r = 0; r < rows; ++r) {
+    if (r + ahead < rows) prefetch_block(src + (r + ahead) * stride, stride, 1, cols);
+    std::copy_n(src + r * stride, cols, dst + r * cols);
+  }
+}
+
+/// One kv head's K (m × d) and V (m × dv) as the prefill path reads them: in the caller's
+/// storage, or packed contiguously.
+template <typename Scalar>
+struct HeadKeyValues {
+  const Scalar* k;
+  Index k_stride;
+  const Scalar* v;
+  Index v_stride;
+};
+
+/// K and V of kv head `kv_head` for the prefill path: packed into the scratch (once per head in
+/// a row of work items) when `pack`, else read in place. Null-safe when there are no keys.
+template <typename Scalar>
+HeadKeyValues<Scalar> head_key_values(const AttentionProblem<Scalar>& p,
+                                      KernelScratch<Scalar>& scratch, Index kv_head, bool pack) {
+  const Index d = p.head_dim, dv = p.value_dim;
+  if (p.k.rows() == 0) return {p.k.data(), p.k.outerStride(), p.v.data(), p.v.outerStride()};
+  if (!pack) {
+    return {p.k.data() + kv_head * d, p.k.outerStride(), p.v.data() + kv_head * dv,
+            p.v.outerStride()};
+  }
+  if (scratch.packed_head != kv_head) {
+    pack_rows(p.k.data() + kv_head * d, p.k.outerStride(), p.k.rows(), d, scratch.packed_k.data());
+    pack_rows(p.v.data() + kv_head * dv, p.v.outerStride(), p.v.rows(), dv,
+              scratch.packed_v.data());
+    scratch.packed_head = kv_head;
+  }
+  return {scratch.packed_k.data(), d, scratch.packed_v.data(), dv};
+}
+
+}  // namespace attn::detail

@@ -1,0 +1,167 @@
+// SPDX-License-Identifier: MIT
+// Copyright (c) 2026 The attn authors
+#pragma once
+
+/// \file detail/prefill.hpp
+/// The prefill path: one block of queries of one head, streamed over blocks of keys with the
+/// online softmax, so no n×m matrix exists and key blocks the window hides are never touched.
+///
+/// A block works in transposed form, queries along the vector lanes: Qᵀ (d × Bq, scaled), the
+/// logits Sᵀ = K_b·Qᵀ (Bk × Bq), and the accumulator Oᵀ (dv × Bq) += V_bᵀ·Pᵀ. Both products are
+/// then register tiles that broadcast one element of K or V from row-major storage (the caller's,
+/// or one head's contiguous copy), the S tiles also yield the softmax's max, and the softmax runs
+/// down columns with whole packets (no horizontal reductions). Qᵀ and the output go through
+/// packet transposes once per block.
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "../types.hpp"
+#include "attention_problem.hpp"
+#include "decode.hpp"
+#include "kernel_scratch.hpp"
+#include "online_softmax.hpp"
+#include "packet_math.hpp"
+#include "register_tile.hpp"
+#include "tile_mask.hpp"
+
+namespace attn::detail {
+
+/// Opt-in: the attention weights exp(logit − lse) of a block, recomputed tile by tile through
+/// Eigen's products (the default path never pays for them). `softmax` holds the block's finished
+/// state, row r for query first_row + r.
+template <typename Scalar>
+void write_weights(const AttentionProblem<Scalar>& p, const TileMask<Scalar>& mask,
+                   KernelScratch<Scalar>& scratch, const QueryBlock& b,
+                   const OnlineSoftmax<Scalar>& softmax) {
+  const Index d = p.head_dim;
+  const Index k_stride = p.k.outerStride();
+  const Index key_rows = scratch.blocks.key_rows;
+  scratch.q_t.leftCols(b.rows) =
+      p.scale * p.q.block(b.first_row, b.head * d, b.rows, d).transpose();
+  for (Index j0 = b.keys_begin; j0 < b.keys_end; j0 += key_rows) {
+    const Index keys = std::min(key_rows, b.keys_end - j0);
+    auto s_t = scratch.s_t.topLeftCorner(keys, b.rows);
+    s_t.noalias() = ConstMatrixView<Scalar>(p.k.data() + j0 * k_stride + p.kv_head(b.head) * d,
+                                            keys, d, Eigen::OuterStride<>(k_stride)) *
+                    scratch.q_t.leftCols(b.rows);
+    finish_logits(p, mask, s_t.transpose(), b.first_row, j0);
+    for (Index r = 0; r < b.rows; ++r) {
+      Scalar* w = p.weights + (b.head * p.q.rows() + b.first_row + r) * p.weights_stride + j0;
+      const Scalar lse = softmax.log_sum_exp(r);
+      for (Index j = 0; j < keys; ++j)
+        w[j] = is_minus_infinity(lse) ? Scalar(0) : std::exp(s_t(j, r) - lse);
+    }
+  }
+}
+
+/// Attention for one query block over its key range; writes normalised rows (zero where no key
+/// was visible) and log-sum-exps (−∞ there) to `dst`.
+// q_t: (d, Bq), s_t: (Bk, Bq), out_t: (dv, Bq); K_b: (Bk, d), V_b: (Bk, dv) -> dst: (rows, dv)
+template <typename Scalar>
+void attend_query_block(const AttentionProblem<Scalar>& p, const TileMask<Scalar>& mask,
+                        KernelScratch<Scalar>& scratch, const QueryBlock& b,
+                        const HeadKeyValues<Scalar>& kv, const BlockOutput<Scalar>& dst) {
+  constexpr Index size = PacketTraits<Scalar>::size;
+  constexpr Index lanes = TileTraits<Scalar>::columns;
+  constexpr Scalar minus_infinity = -std::numeric_limits<Scalar>::infinity();
+  const Index rows = b.rows;
+  OnlineSoftmax<Scalar> softmax(scratch.row_max.data(), scratch.row_sum.data());
+  if (rows < size) {
+    // A register tile would waste most of its lanes on so few queries.
+    attend_decode(p, mask, DecodeState<Scalar>{scratch, b.head, 1, rows}, b.first_row,
+                  b.keys_begin, b.keys_end, [&](Index) { return dst; });
+    if (p.weights != nullptr) write_weights(p, mask, scratch, b, softmax);
+    return;
+  }
+  const Index d = p.head_dim;
+  const Index dv = p.value_dim;
+  const Index key_rows = scratch.blocks.key_rows;
+  // Queries padded to whole register tiles: padding columns hold zero queries, are never masked
+  // and never written out.
+  const Index width = (rows + lanes - 1) / lanes * lanes;
+  const Index stride = scratch.blocks.block_stride;
+  Scalar* q_t = scratch.q_t.data();
+  Scalar* s_t = scratch.s_t.data();
+  Scalar* out_t = scratch.out_t.data();
+  const Scalar* k = kv.k;
+  const Scalar* v = kv.v;
+
+  // 1. Scaled, transposed queries: the scale is folded in once instead of into every logit.
+  scratch.q_t.leftCols(width).setZero();
+  transpose_scaled(p.q.data() + b.first_row * p.q.outerStride() + b.head * d, p.q.outerStride(),
+                   rows, d, p.scale, q_t, stride);
+  scratch.out_t.leftCols(width).setZero();
+  softmax.reset(width);
+
+  // 2. Stream over the key blocks of the range.
+  for (Index j0 = b.keys_begin; j0 < b.keys_end; j0 += key_rows) {
+    const Index keys = std::min(key_rows, b.keys_end - j0);
+
+    // The next key block's K and V rows are asked for while this block computes, a share per
+    // register-tile column panel: each row of a head is a few cache lines a whole row stride
+    // apart, which the hardware prefetchers do not follow, so without this every block starts
+    // with a wait on L3 or memory.
+    const Index next_keys = std::min(key_rows, b.keys_end - j0 - keys);
+    const Index panels = width / lanes;
+    const auto prefetch_share = [&](const Scalar* head, Index head_stride, Index cols, Index g) {
+      if (next_keys <= 0 || cols == 0) return;  // (no columns: the storage may be null)
+      const Index first = g * next_keys / panels, last = (g + 1) * next_keys / panels;
+      prefetch_block(head + (j0 + keys + first) * head_stride, head_stride, last - first, cols);
+    };
+
+    // 2a. Logits Sᵀ = K_b·(scale·Qᵀ), soft-capped, biased and masked. The register tiles also
+    // find each query's max, which holds unless soft-capping or masking changes the logits.
+    Scalar* column_max = scratch.column_max.data();
+    scratch.column_max.head(width).setConstant(minus_infinity);
+    for (Index i = 0; i < width; i += lanes) {
+      prefetch_share(k, kv.k_stride, d, i / lanes);
+      register_block<false>(keys, d, k + j0 * kv.k_stride, kv.k_stride, Index(1), q_t + i, stride,
+                            s_t + i, stride, column_max + i);
+    }
+    const bool masked = finish_logits(
+        p, mask, MatrixView<Scalar>(s_t, keys, rows, Eigen::OuterStride<>(stride)).transpose(),
+        b.first_row, j0);
+    const bool max_holds = !masked && !(p.softcap > 0);
+
+    // 2b. Online softmax down the columns; Oᵀ rescaled only in the packets of queries whose max
+    // rose (with random logits the max of some query still rises in most key blocks, that of a
+    // given packet far less often).
+    const std::uint64_t rescaled = softmax.step_columns(
+        s_t, stride, keys, width, max_holds ? column_max : nullptr, scratch.rescale.data());
+    OnlineSoftmax<Scalar>::rescale_columns(out_t, stride, dv, width, scratch.rescale.data(),
+                                           rescaled);
+
+    // 2c. Oᵀ += V_bᵀ·Pᵀ.
+    if (values_need_care(masked, v + j0 * kv.v_stride, kv.v_stride, keys, dv)) {
+      for (Index j = 0; j < keys; ++j) {
+        const Eigen::Map<const Vector<Scalar>> v_row(v + (j0 + j) * kv.v_stride, dv);
+        for (Index r = 0; r < rows; ++r) {
+          if (s_t[j * stride + r] != 0) scratch.out_t.col(r) += s_t[j * stride + r] * v_row;
+        }
+      }
+    } else {
+      for (Index i = 0; i < width; i += lanes) {
+        prefetch_share(v, kv.v_stride, dv, i / lanes);
+        register_block<true>(dv, keys, v + j0 * kv.v_stride, Index(1), kv.v_stride, s_t + i,
+                             stride, out_t + i, stride);
+      }
+    }
+  }
+
+  // 3. Normalise once: Oᵀ's columns by 1 / L (0 where no key was visible: the column holds zeros
+  // then; a NaN sum keeps the column NaN), transposed into the destination.
+  softmax.normalize_columns(out_t, stride, dv, rows, width, scratch.rescale.data());
+  transpose_scaled(out_t, stride, dv, rows, Scalar(1), dst.out, dst.out_stride);
+  for (Index r = 0; r < rows; ++r) {
+    if (!softmax.saw_keys(r)) {  // exact zeros (0 · a finite −x would give −0)
+      Eigen::Map<Eigen::Matrix<Scalar, 1, Eigen::Dynamic>>(dst.out + r * dst.out_stride, dv)
+          .setZero();
+    }
+    if (dst.lse != nullptr) dst.lse[r * dst.lse_stride] = softmax.log_sum_exp(r);
+  }
+  if (p.weights != nullptr) write_weights(p, mask, scratch, b, softmax);
+}
+
+}  // namespace attn::detail

@@ -1,0 +1,197 @@
+// SPDX-License-Identifier: MIT
+// Copyright (c) 2026 The attn authors
+#pragma once
+
+/// \file detail/scheduler.hpp
+/// The kernel's entry: cuts one attention problem into work items, runs them on the executor's
+/// workers with scratch from the workspace, and merges split decodes in a fixed order. Prefill
+/// items are (head, query block); a decode (all queries in one block narrower than a packet) is
+/// split over the keys instead, so that even one head spreads over the workers.
+
+#include <algorithm>
+#include <atomic>
+
+#include "../mask.hpp"
+#include "../parallel.hpp"
+#include "../types.hpp"
+#include "../workspace.hpp"
+#include "attention_problem.hpp"
+#include "decode.hpp"
+#include "kernel_scratch.hpp"
+#include "online_softmax.hpp"
+#include "prefill.hpp"
+#include "tile_mask.hpp"
+#include "tile_traits.hpp"
+
+namespace attn::detail {
+
+/// Keys per split when decoding over many keys: each split returns partial results with their
+/// log-sum-exps, merged afterwards in split order. The split depends only on the shape, never on
+/// the number of workers, so results are bitwise identical for any executor.
+inline constexpr Index decode_split_keys = 512;
+
+/// Query block t of `count` in an order where consecutive pairs carry equal work under a causal
+/// mask (0, last, 1, last − 1, ...).
+inline Index balanced_block(Index t, Index count) {
+  return t % 2 == 0 ? t / 2 : count - 1 - t / 2;
+}
+
+/// One call of the kernel: the problem, its work items and the counters the workers share.
+template <typename Scalar>
+class AttentionSchedule {
+ public:
+  AttentionSchedule(const AttentionProblem<Scalar>& p, const Mask& mask, Workspace& workspace)
+      : m_p(p),
+        m_mask(mask, p.q.rows(), p.k.rows()),
+        m_out(MatrixView<Scalar>(p.out).data()),
+        m_workspace(workspace),
+        m_blocks(BlockSizes::of<Scalar>(p.head_dim, p.value_dim)),
+        m_decoding(p.q.rows() < PacketTraits<Scalar>::size && p.weights == nullptr) {
+    const Index n = p.q.rows();
+    if (m_decoding) {
+      m_keys_begin = m_mask.key_begin(0);
+      m_keys_end = std::max(m_keys_begin, m_mask.key_end(n - 1));
+      m_items = std::max<Index>(1, (m_keys_end - m_keys_begin) / decode_split_keys);
+      if (m_items > 1) {
+        const Index parts = m_items * p.num_heads * n;
+        m_partial_out = static_cast<Scalar*>(
+            workspace.shared(sizeof(Scalar) * std::size_t(parts * (p.value_dim + 1))));
+        m_partial_lse = m_partial_out + parts * p.value_dim;
+      }
+    } else {
+      m_query_blocks = (n + m_blocks.query_rows - 1) / m_blocks.query_rows;
+      m_items = p.num_heads * m_query_blocks;
+    }
+  }
+  AttentionSchedule(const AttentionSchedule&) = delete;
+  AttentionSchedule& operator=(const AttentionSchedule&) = delete;
+
+  /// Work items: key splits when decoding, else (head, query block) pairs.
+  Index items() const { return m_items; }
+
+  /// One worker: takes items until none are left. Several run at once, one per executor chunk;
+  /// which worker computes an item never changes its result.
+  void work() {
+    if (m_decoding) {
+      decode_splits();
+    } else {
+      query_blocks();
+    }
+  }
+
+  /// After every worker is done: merges the decode's key splits, in split order.
+  void finish() {
+    if (!m_decoding || m_items == 1) return;
+    const Index n = m_p.q.rows(), dv = m_p.value_dim;
+    const Index part_stride = m_p.num_heads * n;  // from split s to s + 1, in rows
+    for (Index h = 0; h < m_p.num_heads; ++h) {
+      for (Index r = 0; r < n; ++r) {
+        const Index first = h * n + r;
+        const BlockOutput<Scalar> dst = output(h, r);
+        merge_rows(m_items, m_partial_out + first * dv, part_stride * dv, m_partial_lse + first,
+                   part_stride, dv, dst.out, dst.lse);
+      }
+    }
+  }
+
+ private:
+  BlockOutput<Scalar> output(Index h, Index i0) const {
+    const Index stride = m_p.out.outerStride();
+    return {m_out + i0 * stride + h * m_p.value_dim, stride,
+            m_p.lse == nullptr ? nullptr : m_p.lse + i0 * m_p.lse_stride + h, m_p.lse_stride};
+  }
+
+  /// The next `group` items, [first, last), to whichever worker asks first; false when none are
+  /// left. Workers take items until there are none rather than a fixed share, so a worker the
+  /// machine slows down (another tenant on the core, a lower clock) does less instead of making
+  /// the others wait.
+  bool take(Index group, Index& first, Index& last) {
+    first = m_next_item.fetch_add(group);
+    if (first >= m_items) return false;
+    last = std::min(m_items, first + group);
+    return true;
+  }
+
+  Index split_begin(Index s) const {
+    return m_keys_begin + (m_keys_end - m_keys_begin) * s / m_items;
+  }
+
+  void decode_splits() {
+    const Index n = m_p.q.rows(), heads = m_p.num_heads;
+    Index first = 0, last = 0;
+    if (!take(1, first, last)) return;
+    const ScratchShape shape{m_blocks, m_p.head_dim, m_p.value_dim, heads * n, 0};
+    with_scratch<Scalar>(m_workspace, m_next_slot++, shape, [&](KernelScratch<Scalar>& scratch) {
+      do {
+        const Index split = first;
+        const DecodeState<Scalar> state{scratch, 0, heads, n};
+        attend_decode(m_p, m_mask, state, 0, split_begin(split), split_begin(split + 1),
+                      [&](Index h) {
+                        if (m_items == 1) return output(h, 0);
+                        const Index part = (split * heads + h) * n;
+                        return BlockOutput<Scalar>{m_partial_out + part * m_p.value_dim,
+                                                   m_p.value_dim, m_partial_lse + part, 1};
+                      });
+      } while (take(1, first, last));
+    });
+  }
+
+  /// Items are (head, query block in balanced order), taken four at a time: an even number keeps
+  /// the balanced pairs together, and a worker's consecutive takes mostly stay in one head, so
+  /// it packs that head's K/V once.
+  void query_blocks() {
+    constexpr Index items_per_take = 4;
+    Index first = 0, last = 0;
+    if (!take(items_per_take, first, last)) return;
+    const bool pack = should_pack_heads(m_p);
+    const ScratchShape shape{m_blocks, m_p.head_dim, m_p.value_dim, PacketTraits<Scalar>::size,
+                             pack ? m_p.k.rows() : 0};
+    with_scratch<Scalar>(m_workspace, m_next_slot++, shape, [&](KernelScratch<Scalar>& scratch) {
+      const Index n = m_p.q.rows();
+      const Index block_rows = m_blocks.query_rows;
+      do {
+        for (Index item = first; item < last; ++item) {
+          const Index i0 = balanced_block(item % m_query_blocks, m_query_blocks) * block_rows;
+          const Index rows = std::min(block_rows, n - i0);
+          const QueryBlock b{item / m_query_blocks, i0, rows, m_mask.key_begin(i0),
+                             m_mask.key_end(i0 + rows - 1)};
+          attend_query_block(m_p, m_mask, scratch, b,
+                             head_key_values(m_p, scratch, m_p.kv_head(b.head), pack),
+                             output(b.head, i0));
+        }
+      } while (take(items_per_take, first, last));
+    });
+  }
+
+  const AttentionProblem<Scalar>& m_p;
+  const TileMask<Scalar> m_mask;
+  Scalar* m_out;  // the problem's output (p is const; the storage it points to is not)
+  Workspace& m_workspace;
+  const BlockSizes m_blocks;
+  const bool m_decoding;
+  Index m_items = 0;
+  Index m_query_blocks = 0;
+  Index m_keys_begin = 0, m_keys_end = 0;  // decoding: the keys any query sees
+  Scalar* m_partial_out = nullptr;         // split s, head h, row r at ((s·H + h)·n + r)·dv
+  Scalar* m_partial_lse = nullptr;         // at (s·H + h)·n + r
+  std::atomic<Index> m_next_item{0};
+  std::atomic<Index> m_next_slot{0};
+};
+
+/// Runs the whole problem over the executor's workers, with scratch from `workspace` (or a
+/// workspace of its own). Each call of the executor's work function is one worker.
+template <typename Scalar>
+void run_attention(const AttentionProblem<Scalar>& p, const Mask& mask, const Executor& executor,
+                   Workspace* workspace = nullptr) {
+  if (p.q.rows() == 0) return;
+  Workspace own_workspace;
+  AttentionSchedule<Scalar> schedule(p, mask, workspace != nullptr ? *workspace : own_workspace);
+  // One pointer, so that the RangeFunction holding the lambda stays within std::function's small
+  // buffer (no allocation per call).
+  AttentionSchedule<Scalar>* const s = &schedule;
+  parallel_for(
+      schedule.items(), [s](Index, Index) { s->work(); }, executor);
+  schedule.finish();
+}
+
+}  // namespace attn::detail

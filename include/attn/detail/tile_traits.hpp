@@ -1,0 +1,96 @@
+// SPDX-License-Identifier: MIT
+// Copyright (c) 2026 The attn authors
+#pragma once
+
+/// \file detail/tile_traits.hpp
+/// The shape of the register tile per instruction set, and the block sizes per problem: what
+/// Eigen's gebp_traits and its blocking do for a GEMM, for the kernel's two products.
+
+#include <Eigen/Core>
+#include <algorithm>
+
+#include "../types.hpp"
+#include "packet_math.hpp"
+
+namespace attn::detail {
+
+/// Vector registers the target has: AVX-512 and AArch64 NEON have 32, SSE/AVX/AVX2 and 32-bit
+/// NEON 16. Without SIMD, packets are single scalars in the floating-point registers.
+#if defined(__AVX512F__) || defined(__aarch64__)
+inline constexpr int vector_registers = 32;
+#else
+inline constexpr int vector_registers = 16;
+#endif
+
+/// The register tile of both products, C (rows × packets·P) += A (rows × depth) · B (depth ×
+/// packets·P): each depth step loads `packets` packets of B, broadcasts `rows` elements of A and
+/// issues rows·packets FMAs into accumulators that stay in registers.
+///
+/// The shape follows from three limits. Accumulators + B's packets + a broadcast must fit the
+/// register file, or the compiler spills them. rows·packets accumulators must cover the FMA
+/// latency times the FMA pipes (4 × 2 on current x86 and ARM cores) so that the pipes never wait
+/// on a result. And rows should divide the common head dims and key blocks (multiples of 8) so
+/// that no narrower remainder tile runs. So:
+/// - 32 registers (AVX-512, AArch64): 8 × 2 packets, 16 accumulators + 3; rows of 8 divide
+///   head dims 64, 128, ...; wider tiles (8 × 3) starve a query block of 64 of whole tiles.
+/// - 16 registers (SSE, AVX, AVX2): 6 × 2, 12 accumulators + 3 (8 × 2 would spill).
+/// - no SIMD: 4 × 2 scalars.
+template <typename Scalar>
+struct TileTraits {
+  static constexpr int packet_size = PacketTraits<Scalar>::size;
+  static constexpr int packets = 2;
+  static constexpr int rows = packet_size == 1 ? 4 : (vector_registers >= 32 ? 8 : 6);
+  /// Queries per register tile (its columns).
+  static constexpr Index columns = Index(packets) * packet_size;
+  static_assert(rows * packets + packets + 1 <= vector_registers,
+                "the register tile must fit the vector registers");
+};
+
+/// Block sizes of the prefill path for one problem's head dims, from the cache sizes Eigen
+/// detects (Eigen::l1CacheSize() and l2CacheSize(): CPUID on x86, defaults elsewhere).
+///
+/// A query block of Bq queries keeps three transposed blocks: scale·Qᵀ (d × Bq), the logits Sᵀ
+/// (Bk × Bq) and the accumulator Oᵀ (dv × Bq); a key block is Bk rows of K and of V. The register
+/// tiles sweep one column panel (TileTraits::columns queries) of a transposed block at a time.
+/// For O += Vᵀ·P, every tile of `rows` value columns broadcasts from all Bk rows of V and reads
+/// the whole Pᵀ panel, and the next tile reads the same lines again; S = K·Qᵀ is the mirror image
+/// with K and the Qᵀ panel. So:
+/// - Bk: the key block's rows of V (or K) and one panel of Pᵀ and of Oᵀ (or Qᵀ and Sᵀ) stay in
+///   L1, Bk·(w + columns) + w·columns ≤ ¾·L1 with w = max(d, dv) (the last quarter for the lines
+///   prefetched for the next block), rounded down to whole register tiles, within [rows, 128].
+/// - Bq: 64 queries, a whole number of tiles, fewer only if the three blocks would not fit half
+///   of L2. K and V then stream from L2 or L3 once per query block at Bq / 2 FLOP per byte, far
+///   below what those caches deliver, so larger blocks gain nothing and balance worse over
+///   threads.
+/// - Bd (decode): the decode path is memory-bound and walks each key row across all heads, so
+///   its tiles only need to hold Bd logits per query and head next to the key rows: 64.
+/// The sizes never depend on the thread count, so neither does any result.
+struct BlockSizes {
+  Index query_rows;   // Bq
+  Index key_rows;     // Bk
+  Index decode_keys;  // Bd
+  /// Row stride of the transposed blocks: one cache line more than Bq. A row of 64 floats is 256
+  /// bytes, so a column panel (one line per row) would fall into a quarter of the L1's sets, the
+  /// same quarter in all three blocks; the extra line spreads each panel over all the sets.
+  Index block_stride;
+
+  template <typename Scalar>
+  static BlockSizes of(Index head_dim, Index value_dim) {
+    using Tile = TileTraits<Scalar>;
+    const Index scalar = Index(sizeof(Scalar));
+    const Index l1 = std::max<Index>(Index(Eigen::l1CacheSize()), 16 * 1024) / scalar;
+    const Index l2 = std::max<Index>(Index(Eigen::l2CacheSize()), 256 * 1024) / scalar;
+    const Index w = std::max<Index>(std::max(head_dim, value_dim), 1);
+    const Index fit = (l1 * 3 / 4 - w * Tile::columns) / (w + Tile::columns);
+    const Index most = 128 / Tile::rows * Tile::rows;
+    const Index key_rows = std::clamp<Index>(fit / Tile::rows * Tile::rows, Tile::rows, most);
+    Index query_rows = std::max<Index>(64 / Tile::columns, 1) * Tile::columns;
+    while (query_rows > Tile::columns &&
+           query_rows * (head_dim + key_rows + value_dim) > l2 / 2) {
+      query_rows -= Tile::columns;
+    }
+    return {query_rows, key_rows, 64, query_rows + 64 / scalar};
+  }
+};
+
+}  // namespace attn::detail

@@ -5,8 +5,8 @@
 // Mask and one executor, all shared by four std::threads that call them at once, each thread with
 // its own inputs, outputs and KV cache. Every result must be bitwise the serial one: the functors
 // are immutable and the kernel's results do not depend on which thread computes what. The tsan
-// preset runs this file under ThreadSanitizer (and the executor inside the functor starts threads
-// of its own, so threads nest).
+// preset runs this file under ThreadSanitizer (and the functor's executor is one thread_executor
+// pool, which the four threads call into at once).
 
 #include <attn/cross_attention.hpp>
 #include <attn/kv_cache.hpp>

@@ -18,12 +18,17 @@ namespace attn {
 
 /// Scratch memory for scaled_dot_product_attention, reused across calls: give one to
 /// AttentionOptions::workspace and, after the first call of a shape, later calls of that shape or
-/// smaller perform no heap allocation in the kernel (with the serial executor or a pool of the
-/// user's own; thread_executor starts threads, which allocate).
+/// smaller perform no heap allocation in the kernel, with serial_executor, with thread_executor
+/// (its pool's threads start when the executor is created, and a call allocates nothing), or with
+/// an executor of the user's own that does not allocate per call. Under OpenMP, default_executor
+/// leaves that to the OpenMP runtime. With threads, "the first call" is the first in which each
+/// worker took an item: which workers get items depends on timing, so a later call may still size
+/// the slot of a worker that got none before (at most once per slot).
 ///
-/// Each concurrently running chunk of work takes its own slot; there are max_slots of them, and
-/// chunks beyond that use memory of their own. One Workspace serves one call at a time: threads
-/// that call the kernel concurrently need one each.
+/// Each worker of a call (each call of the kernel's work function that takes an item, see
+/// parallel.hpp) takes its own slot; there are max_slots of them, and workers beyond that use
+/// memory of their own. One Workspace serves one call at a time: threads that call the kernel
+/// concurrently need one each.
 ///
 /// \code
 /// attn::Workspace workspace;
@@ -35,7 +40,7 @@ namespace attn {
 /// \endcode
 class Workspace {
  public:
-  /// Slots for concurrently running chunks of work (threads).
+  /// Slots for the workers of one call (at most one per thread the executor runs at once).
   static constexpr Index max_slots = 64;
 
   Workspace() = default;

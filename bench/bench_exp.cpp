@@ -1,11 +1,13 @@
 // SPDX-License-Identifier: MIT
 // Copyright (c) 2026 The attn authors
 //
-// The softmax exponential, A/B: attn's float exponential (the rounding trick of adding and
-// subtracting 1.5·2²³ behind an optimisation barrier, right under -ffast-math), its fallback where
-// no barrier exists (rounding by conversion to integer), the version it replaced (the same trick
-// without the barrier, which -ffast-math folds away without FMA), and Eigen's own pexp. Each evaluates e^x over 4096 logits in [−30, 0] (L1-resident, as a score tile
-// is) and writes the results; the summary gives each one's rate relative to attn's.
+// The softmax exponential, A/B: attn's float exponential as this build selects it (with AVX-512,
+// VRNDSCALEPS and a masked VSCALEFPS; elsewhere the generic one), the generic one (the rounding
+// trick of adding and subtracting 1.5·2²³ behind an optimisation barrier, right under
+// -ffast-math), its fallback where no barrier exists (rounding by conversion to integer), the
+// version it replaced (the same trick without the barrier, which -ffast-math folds away without
+// FMA), and Eigen's own pexp. Each evaluates e^x over 4096 logits in [−30, 0] (L1-resident, as a
+// score tile is) and writes the results; the summary gives each one's rate relative to attn's.
 //
 //   build/native/bench/bench_exp --benchmark_repetitions=15
 //                                --benchmark_enable_random_interleaving=true
@@ -78,6 +80,9 @@ void BM_Exp(benchmark::State& state) {
 Packet attn_exp(const Packet& x) {
   return attn::detail::softmax_exp(x);
 }
+Packet attn_exp_by_magic_number(const Packet& x) {
+  return attn::detail::softmax_exp_float<Packet, false>(x);
+}
 Packet attn_exp_by_conversion(const Packet& x) {
   return attn::detail::softmax_exp_float<Packet, true>(x);
 }
@@ -116,6 +121,7 @@ int main(int argc, char** argv) {
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::AddCustomContext("attn SIMD", attn::simd_instruction_set());
   benchmark::RegisterBenchmark("AttnSoftmaxExp", BM_Exp<attn_exp>);
+  benchmark::RegisterBenchmark("AttnSoftmaxExpByMagicNumber", BM_Exp<attn_exp_by_magic_number>);
   benchmark::RegisterBenchmark("AttnSoftmaxExpByConversion", BM_Exp<attn_exp_by_conversion>);
   benchmark::RegisterBenchmark("ReplacedExp", BM_Exp<replaced>);
   benchmark::RegisterBenchmark("EigenPexp", BM_Exp<eigen_pexp>);

@@ -34,11 +34,16 @@ class PacketMathTest : public ::testing::Test {};
 using Scalars = ::testing::Types<float, double>;
 TYPED_TEST_SUITE(PacketMathTest, Scalars);
 
-// softmax_exp on every lane of a packet filled from `x` (padded with `pad`). For float packets,
-// by_conversion takes the rounding by integer conversion, the fallback for compilers without an
-// optimisation barrier, which this build would otherwise not run.
+// The ways softmax_exp computes: what this build uses by default, and for float packets the two
+// generic ways of rounding n, which a build may otherwise not run: by integer conversion (the
+// fallback for compilers without an optimisation barrier) and by the magic number (the default
+// except where AVX-512's own instructions replace it).
+enum class ExpVariant { by_default, by_conversion, by_magic_number };
+
+// softmax_exp on every lane of a packet filled from `x` (padded with `pad`).
 template <typename Scalar>
-std::vector<Scalar> softmax_exp_lanes(const std::vector<Scalar>& x, bool by_conversion = false,
+std::vector<Scalar> softmax_exp_lanes(const std::vector<Scalar>& x,
+                                      ExpVariant variant = ExpVariant::by_default,
                                       Scalar pad = 0) {
   using Packet = typename attn::detail::PacketTraits<Scalar>::Packet;
   constexpr Index size = attn::detail::PacketTraits<Scalar>::size;
@@ -49,7 +54,10 @@ std::vector<Scalar> softmax_exp_lanes(const std::vector<Scalar>& x, bool by_conv
     Packet result = attn::detail::softmax_exp(lanes);
     if constexpr (std::is_same_v<Scalar, float> &&
                   attn::detail::has_integer_packet<Packet>::value) {
-      if (by_conversion) result = attn::detail::softmax_exp_float<Packet, true>(lanes);
+      if (variant == ExpVariant::by_conversion)
+        result = attn::detail::softmax_exp_float<Packet, true>(lanes);
+      if (variant == ExpVariant::by_magic_number)
+        result = attn::detail::softmax_exp_float<Packet, false>(lanes);
     }
     packet::pstoreu(out.data() + i, result);
   }
@@ -57,11 +65,23 @@ std::vector<Scalar> softmax_exp_lanes(const std::vector<Scalar>& x, bool by_conv
   return out;
 }
 
-// The ways of rounding softmax_exp has for Scalar: two for float, one for double.
+// The variants softmax_exp has for Scalar: three for float, one for double.
 template <typename Scalar>
-std::vector<bool> rounding_variants() {
-  if (std::is_same_v<Scalar, float>) return {false, true};
-  return {false};
+std::vector<ExpVariant> exp_variants() {
+  if (std::is_same_v<Scalar, float>)
+    return {ExpVariant::by_default, ExpVariant::by_conversion, ExpVariant::by_magic_number};
+  return {ExpVariant::by_default};
+}
+
+const char* variant_name(ExpVariant variant) {
+  switch (variant) {
+    case ExpVariant::by_conversion:
+      return "rounding by conversion";
+    case ExpVariant::by_magic_number:
+      return "rounding by the magic number";
+    default:
+      return "the build's default";
+  }
 }
 
 template <typename Scalar>
@@ -88,9 +108,9 @@ TYPED_TEST(PacketMathTest, SoftmaxExpIsWithinTwoUlpsOverTheNormalRange) {
     x.push_back(low * Scalar(i) / Scalar(steps));
   for (Scalar near_zero : {Scalar(-1e-30), Scalar(-0.0)})
     x.push_back(near_zero);
-  for (const bool by_conversion : rounding_variants<Scalar>()) {
-    SCOPED_TRACE(by_conversion ? "rounding by conversion" : "rounding by the default way");
-    const std::vector<Scalar> got = softmax_exp_lanes(x, by_conversion);
+  for (const ExpVariant variant : exp_variants<Scalar>()) {
+    SCOPED_TRACE(variant_name(variant));
+    const std::vector<Scalar> got = softmax_exp_lanes(x, variant);
     const long double ulp = std::numeric_limits<Scalar>::epsilon();
     long double worst = 0;
     Scalar worst_x = 0;
@@ -115,11 +135,11 @@ TYPED_TEST(PacketMathTest, SoftmaxExpIsExactAtZeroAndZeroBelowTheNormalRange) {
   const Scalar low = log_smallest_normal<Scalar>();
   const std::vector<Scalar> x = {Scalar(0), -infinity, std::nextafter(low, -infinity) - Scalar(1),
                                  Scalar(-1e4), -std::numeric_limits<Scalar>::max()};
-  for (const bool by_conversion : rounding_variants<Scalar>()) {
-    const std::vector<Scalar> got = softmax_exp_lanes(x, by_conversion);
-    EXPECT_EQ(got[0], Scalar(1)) << "by conversion: " << by_conversion;
+  for (const ExpVariant variant : exp_variants<Scalar>()) {
+    const std::vector<Scalar> got = softmax_exp_lanes(x, variant);
+    EXPECT_EQ(got[0], Scalar(1)) << variant_name(variant);
     for (std::size_t i = 1; i < x.size(); ++i)
-      EXPECT_EQ(got[i], Scalar(0)) << "x = " << x[i] << ", by conversion: " << by_conversion;
+      EXPECT_EQ(got[i], Scalar(0)) << "x = " << x[i] << ", " << variant_name(variant);
   }
 }
 

@@ -20,20 +20,21 @@ namespace attn::detail {
 
 /// When several heads share K's and V's rows, one head's row is a few cache lines a whole row
 /// apart (at 8 heads of 64 floats, 256 bytes of every 2 KiB), so a key block of one head touches
-/// a new page every other row, which the hardware prefetchers do not follow. So a worker packs
-/// its head's K and V once into contiguous scratch (pack_rows, prefetching ahead), and every
-/// query block of the head streams them from there; even a single query block per head gains,
-/// since the copy's prefetching beats the kernel's. Only the prefill path reads packed K/V (the
-/// decode path walks whole key rows across the heads instead), and beyond `max_packed_bytes` per
-/// worker the kernel reads in place.
+/// a new page every other row, which the hardware prefetchers do not follow. The prefill path
+/// then prefetches each next key block itself; and when a head has several query blocks, each
+/// of which reads all of its K and V, a worker packs them once into contiguous scratch
+/// (pack_rows) and every block streams them from there. With a single query block per head the
+/// copy would be one more pass over K and V for nothing. Only the prefill path reads packed K/V
+/// (the decode path walks whole key rows across the heads instead), and beyond
+/// `max_packed_bytes` per worker the kernel reads in place.
 inline constexpr std::size_t max_packed_bytes = std::size_t(64) << 20;
 
 template <typename Scalar>
-bool should_pack_heads(const AttentionProblem<Scalar>& p) {
+bool should_pack_heads(const AttentionProblem<Scalar>& p, const BlockSizes& blocks) {
   const Index m = p.k.rows();
   const bool strided = p.k.outerStride() != p.head_dim || p.v.outerStride() != p.value_dim;
-  const bool prefill = p.q.rows() >= PacketTraits<Scalar>::size;
-  return strided && prefill && m > 0 &&
+  const bool reused = p.q.rows() > blocks.query_rows;
+  return strided && reused && m > 0 &&
          sizeof(Scalar) * std::size_t(m * (p.head_dim + p.value_dim)) <= max_packed_bytes;
 }
 

@@ -71,6 +71,11 @@ template <typename Packet>
 EIGEN_ALWAYS_INLINE Packet max_nan(const Packet& a, const Packet& b) {
   return Eigen::internal::pmax<Eigen::PropagateNaN>(a, b);
 }
+/// Lane-wise max that is cheaper than max_nan: where either operand is NaN, one of the two.
+template <typename Packet>
+EIGEN_ALWAYS_INLINE Packet max(const Packet& a, const Packet& b) {
+  return Eigen::internal::pmax(a, b);
+}
 /// All bits set in the lanes where a == b (or a < b), zero elsewhere.
 template <typename Packet>
 EIGEN_ALWAYS_INLINE Packet equal(const Packet& a, const Packet& b) {
@@ -243,13 +248,43 @@ EIGEN_ALWAYS_INLINE Packet softmax_exp_float(const Packet& x) {
   return Eigen::internal::pandnot(Eigen::internal::pmul(p, two_n), underflow);
 }
 
+#if defined(__AVX512F__)
+/// softmax_exp_float's algorithm with two AVX-512 instructions that the generic packet operations
+/// lack: VRNDSCALEPS rounds n, and VSCALEFPS computes p·2^n and zeroes the underflowing lanes
+/// under a mask. That is five operations fewer per packet of the twenty the softmax spends, on
+/// the two ports that also run the products' FMAs. The reduction and polynomial are
+/// softmax_exp_float's, and so is the accuracy (n can differ only where x·log₂e is a tie to
+/// within a float rounding, and r absorbs it). No rounding trick is involved, so no flag can fold
+/// it away.
+EIGEN_ALWAYS_INLINE __m512 softmax_exp_avx512(const __m512& x) {
+  const __m512 y = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f));
+  const __m512 n = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fmadd_ps(n, _mm512_set1_ps(-0.693359375f), x);
+  r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.394110848e-03f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.375125937e-03f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.166635126e-02f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.666641533e-01f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+  // Lanes with x ≥ ln 2⁻¹²⁶ keep p·2^n; the others (below the normal range, −∞, NaN) become 0 or
+  // stay NaN: the comparison is false for NaN, so NaN lanes are kept, and p is NaN there.
+  const __mmask16 keep = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.3365447f), _CMP_NLT_UQ);
+  return _mm512_maskz_scalef_ps(keep, p, n);
+}
+#endif
+
 /// e^x for the softmax, where x = logit − row max ≤ 0 or −∞: exactly 0 below the smallest normal
 /// result (where Eigen's pexp returns a tiny positive number, which would make a fully masked
-/// row look visible), NaN stays NaN. Float packets take the fast path above; double and the
-/// scalar fallback take Eigen's pexp.
+/// row look visible), NaN stays NaN. Float packets take the fast paths above (the AVX-512 one
+/// for 16-lane packets); double and the scalar fallback take Eigen's pexp.
 template <typename Packet>
 EIGEN_ALWAYS_INLINE Packet softmax_exp(const Packet& x) {
   using Scalar = typename Eigen::internal::unpacket_traits<Packet>::type;
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<Packet, __m512>) return softmax_exp_avx512(x);
+#endif
   if constexpr (std::is_same_v<Scalar, float> && has_integer_packet<Packet>::value) {
     return softmax_exp_float(x);
   } else {
@@ -257,7 +292,8 @@ EIGEN_ALWAYS_INLINE Packet softmax_exp(const Packet& x) {
     constexpr Scalar log_min =
         std::is_same_v<Scalar, float> ? Scalar(-87.3365447f) : Scalar(-708.396418532264);
     const Packet underflow = Eigen::internal::pset1<Packet>(log_min);
-    return Eigen::internal::pandnot(Eigen::internal::pexp(x), Eigen::internal::pcmp_lt(x, underflow));
+    return Eigen::internal::pandnot(Eigen::internal::pexp(x),
+                                    Eigen::internal::pcmp_lt(x, underflow));
   }
 }
 

@@ -99,26 +99,28 @@ void attend_query_block(const AttentionProblem<Scalar>& p, const TileMask<Scalar
   for (Index j0 = b.keys_begin; j0 < b.keys_end; j0 += key_rows) {
     const Index keys = std::min(key_rows, b.keys_end - j0);
 
-    // The next key block's K and V rows are asked for while this block computes, a share per
-    // register-tile column panel: each row of a head is a few cache lines a whole row stride
-    // apart, which the hardware prefetchers do not follow, so without this every block starts
-    // with a wait on L3 or memory.
+    // The next key block's K and V rows are asked for while this block computes, a share before
+    // each register tile, when they are strided: each row of a head is then a few cache lines a
+    // whole row stride apart, which the hardware prefetchers do not follow, so without this
+    // every block starts with a wait on L3 or memory. (Contiguous rows they do follow.)
     const Index next_keys = std::min(key_rows, b.keys_end - j0 - keys);
-    const Index panels = width / lanes;
-    const auto prefetch_share = [&](const Scalar* head, Index head_stride, Index cols, Index g) {
-      if (next_keys <= 0 || cols == 0) return;  // (no columns: the storage may be null)
-      const Index first = g * next_keys / panels, last = (g + 1) * next_keys / panels;
-      prefetch_block(head + (j0 + keys + first) * head_stride, head_stride, last - first, cols);
+    const auto prefetch_share = [&](const Scalar* head, Index head_stride, Index cols) {
+      return [=](Index t, Index tiles) {
+        if (next_keys <= 0 || cols == 0 || head_stride == cols) return;  // (cols = 0: null data)
+        const Index first = t * next_keys / tiles, last = (t + 1) * next_keys / tiles;
+        prefetch_block(head + (j0 + keys + first) * head_stride, head_stride, last - first, cols);
+      };
     };
 
     // 2a. Logits Sᵀ = K_b·(scale·Qᵀ), soft-capped, biased and masked. The register tiles also
     // find each query's max, which holds unless soft-capping or masking changes the logits.
     Scalar* column_max = scratch.column_max.data();
     scratch.column_max.head(width).setConstant(minus_infinity);
+    const auto prefetch_k = prefetch_share(k, kv.k_stride, d);
     for (Index i = 0; i < width; i += lanes) {
-      prefetch_share(k, kv.k_stride, d, i / lanes);
       register_block<false>(keys, d, k + j0 * kv.k_stride, kv.k_stride, Index(1), q_t + i, stride,
-                            s_t + i, stride, column_max + i);
+                            s_t + i, stride, column_max + i,
+                            [&](Index t, Index tiles) { if (i == 0) prefetch_k(t, tiles); });
     }
     const bool masked = finish_logits(
         p, mask, MatrixView<Scalar>(s_t, keys, rows, Eigen::OuterStride<>(stride)).transpose(),
@@ -142,10 +144,11 @@ void attend_query_block(const AttentionProblem<Scalar>& p, const TileMask<Scalar
         }
       }
     } else {
+      const auto prefetch_v = prefetch_share(v, kv.v_stride, dv);
       for (Index i = 0; i < width; i += lanes) {
-        prefetch_share(v, kv.v_stride, dv, i / lanes);
         register_block<true>(dv, keys, v + j0 * kv.v_stride, Index(1), kv.v_stride, s_t + i,
-                             stride, out_t + i, stride);
+                             stride, out_t + i, stride, static_cast<Scalar*>(nullptr),
+                             [&](Index t, Index tiles) { if (i == 0) prefetch_v(t, tiles); });
       }
     }
   }

@@ -28,8 +28,9 @@ namespace attn::detail {
 /// C(r, 0 : N·P) (=, or += if Accumulate) Σ_k A(r, k) · B(k, 0 : N·P) for r < Rows, where P is
 /// the packet size, A(r, k) = a[r·a_row + k·a_col] is broadcast and B's rows are read as N
 /// packets. The whole Rows × N·P tile of C stays in registers over the depth loop. If column_max
-/// is given, its N·P entries become the max of themselves and the tile's columns (NaN wins),
-/// which spares the softmax a pass over the tile.
+/// is given, its N·P entries become the max of themselves and the tile's columns, which spares
+/// the softmax a pass over the tile. That max may miss a NaN: the softmax only shifts by it, and
+/// a NaN logit makes its row NaN through its own exponential whatever the shift.
 template <int Rows, int N, bool Accumulate, typename Scalar>
 EIGEN_ALWAYS_INLINE void register_tile(Index depth, const Scalar* a, Index a_row, Index a_col,
                                        const Scalar* b, Index b_stride, Scalar* c, Index c_stride,
@@ -71,7 +72,7 @@ EIGEN_ALWAYS_INLINE void register_tile(Index depth, const Scalar* a, Index a_row
       Packet max = simd::load<Packet>(column_max + i * size);
       ATTN_DETAIL_UNROLL
       for (int r = 0; r < Rows; ++r)
-        max = simd::max_nan(max, acc[r][i]);
+        max = simd::max(max, acc[r][i]);
       simd::store(column_max + i * size, max);
     }
   }
@@ -95,18 +96,23 @@ EIGEN_ALWAYS_INLINE void register_remainder(Index rows, Index depth, const Scala
 
 /// C (=, or += if Accumulate) A·B for a `rows` × TileTraits::columns block of C, in register
 /// tiles of TileTraits::rows rows and one narrower tile for the remainder; column_max as for
-/// register_tile.
-template <bool Accumulate, typename Scalar>
+/// register_tile. before_tile(t, tiles) runs before tile t of `tiles` (the caller's prefetches,
+/// spread over the block).
+template <bool Accumulate, typename Scalar, typename BeforeTile>
 void register_block(Index rows, Index depth, const Scalar* a, Index a_row, Index a_col,
-                    const Scalar* b, Index b_stride, Scalar* c, Index c_stride,
-                    Scalar* column_max = nullptr) {
+                    const Scalar* b, Index b_stride, Scalar* c, Index c_stride, Scalar* column_max,
+                    const BeforeTile& before_tile) {
   using Tile = TileTraits<Scalar>;
+  const Index tiles = (rows + Tile::rows - 1) / Tile::rows;
   Index r = 0;
   for (; r + Tile::rows <= rows; r += Tile::rows) {
+    before_tile(r / Tile::rows, tiles);
     register_tile<Tile::rows, Tile::packets, Accumulate>(depth, a + r * a_row, a_row, a_col, b,
                                                          b_stride, c + r * c_stride, c_stride,
                                                          column_max);
   }
+  if (r == rows) return;
+  before_tile(r / Tile::rows, tiles);
   register_remainder<Tile::rows, Tile::packets, Accumulate>(rows - r, depth, a + r * a_row, a_row,
                                                             a_col, b, b_stride, c + r * c_stride,
                                                             c_stride, column_max);

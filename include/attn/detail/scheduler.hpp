@@ -143,7 +143,7 @@ class AttentionSchedule {
     constexpr Index items_per_take = 4;
     Index first = 0, last = 0;
     if (!take(items_per_take, first, last)) return;
-    const bool pack = should_pack_heads(m_p);
+    const bool pack = should_pack_heads(m_p, m_blocks);
     const ScratchShape shape{m_blocks, m_p.head_dim, m_p.value_dim, PacketTraits<Scalar>::size,
                              pack ? m_p.k.rows() : 0};
     with_scratch<Scalar>(m_workspace, m_next_slot++, shape, [&](KernelScratch<Scalar>& scratch) {

@@ -28,18 +28,24 @@ inline constexpr int vector_registers = 16;
 ///
 /// The shape follows from three limits. Accumulators + B's packets + a broadcast must fit the
 /// register file, or the compiler spills them. rows·packets accumulators must cover the FMA
-/// latency times the FMA pipes (4 × 2 on current x86 and ARM cores) so that the pipes never wait
-/// on a result. And rows should divide the common head dims and key blocks (multiples of 8) so
-/// that no narrower remainder tile runs. So:
-/// - 32 registers (AVX-512, AArch64): 8 × 2 packets, 16 accumulators + 3; rows of 8 divide
-///   head dims 64, 128, ...; wider tiles (8 × 3) starve a query block of 64 of whole tiles.
-/// - 16 registers (SSE, AVX, AVX2): 6 × 2, 12 accumulators + 3 (8 × 2 would spill).
+/// latency times the FMA pipes (about 4 × 2 on current x86 and ARM cores) so that the pipes never
+/// wait on a result. And every load feeds as many FMAs as possible: a step issues `packets` loads
+/// and `rows` broadcasts for rows·packets FMAs. So:
+/// - 32 registers (AVX-512, AArch64): 6 × 4 packets, 24 accumulators + 5 registers. With 16
+///   floats a packet, the tile spans a whole query block of 64, so the block's products are
+///   single sweeps over the key rows; 10 loads feed 24 FMAs, against 10 for 16 in an 8 × 2 tile.
+/// - 16 registers (SSE, AVX, AVX2): 6 × 2, 12 accumulators + 3 (a wider tile would spill).
 /// - no SIMD: 4 × 2 scalars.
 template <typename Scalar>
 struct TileTraits {
   static constexpr int packet_size = PacketTraits<Scalar>::size;
-  static constexpr int packets = 2;
-  static constexpr int rows = packet_size == 1 ? 4 : (vector_registers >= 32 ? 8 : 6);
+#ifdef ATTN_TILE_ROWS
+  static constexpr int packets = ATTN_TILE_PACKETS;
+  static constexpr int rows = ATTN_TILE_ROWS;
+#else
+  static constexpr int packets = packet_size > 1 && vector_registers >= 32 ? 4 : 2;
+  static constexpr int rows = packet_size == 1 ? 4 : 6;
+#endif
   /// Queries per register tile (its columns).
   static constexpr Index columns = Index(packets) * packet_size;
   static_assert(rows * packets + packets + 1 <= vector_registers,
@@ -51,13 +57,14 @@ struct TileTraits {
 ///
 /// A query block of Bq queries keeps three transposed blocks: scale·Qᵀ (d × Bq), the logits Sᵀ
 /// (Bk × Bq) and the accumulator Oᵀ (dv × Bq); a key block is Bk rows of K and of V. The register
-/// tiles sweep one column panel (TileTraits::columns queries) of a transposed block at a time.
-/// For O += Vᵀ·P, every tile of `rows` value columns broadcasts from all Bk rows of V and reads
-/// the whole Pᵀ panel, and the next tile reads the same lines again; S = K·Qᵀ is the mirror image
-/// with K and the Qᵀ panel. So:
-/// - Bk: the key block's rows of V (or K) and one panel of Pᵀ and of Oᵀ (or Qᵀ and Sᵀ) stay in
-///   L1, Bk·(w + columns) + w·columns ≤ ¾·L1 with w = max(d, dv) (the last quarter for the lines
-///   prefetched for the next block), rounded down to whole register tiles, within [rows, 128].
+/// tiles sweep the key block: S = K_b·Qᵀ reads each K row once per column panel, O += V_bᵀ·Pᵀ
+/// broadcasts from every V row once per tile of value columns, so the V rows are read dv / rows
+/// times. So:
+/// - Bk: the key block's K and V rows, Bk·(d + dv) scalars, fill at most ¾ of L1 (the rest holds
+///   the panels of Qᵀ, Pᵀ and Oᵀ a tile is working on, streamed from L2 by the hardware
+///   prefetchers), rounded down to whole register tiles, within [rows, 128]. The depth of the
+///   P·V tiles is Bk, so a larger block also spreads each tile's load and store of Oᵀ over more
+///   FMAs.
 /// - Bq: 64 queries, a whole number of tiles, fewer only if the three blocks would not fit half
 ///   of L2. K and V then stream from L2 or L3 once per query block at Bq / 2 FLOP per byte, far
 ///   below what those caches deliver, so larger blocks gain nothing and balance worse over
@@ -80,10 +87,12 @@ struct BlockSizes {
     const Index scalar = Index(sizeof(Scalar));
     const Index l1 = std::max<Index>(Index(Eigen::l1CacheSize()), 16 * 1024) / scalar;
     const Index l2 = std::max<Index>(Index(Eigen::l2CacheSize()), 256 * 1024) / scalar;
-    const Index w = std::max<Index>(std::max(head_dim, value_dim), 1);
-    const Index fit = (l1 * 3 / 4 - w * Tile::columns) / (w + Tile::columns);
+    const Index fit = l1 * 3 / 4 / std::max<Index>(head_dim + value_dim, 1);
     const Index most = 128 / Tile::rows * Tile::rows;
-    const Index key_rows = std::clamp<Index>(fit / Tile::rows * Tile::rows, Tile::rows, most);
+    Index key_rows = std::clamp<Index>(fit / Tile::rows * Tile::rows, Tile::rows, most);
+#ifdef ATTN_KEY_ROWS
+    key_rows = ATTN_KEY_ROWS;
+#endif
     Index query_rows = std::max<Index>(64 / Tile::columns, 1) * Tile::columns;
     while (query_rows > Tile::columns &&
            query_rows * (head_dim + key_rows + value_dim) > l2 / 2) {

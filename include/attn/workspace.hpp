@@ -16,14 +16,20 @@
 
 namespace attn {
 
-/// Scratch memory for scaled_dot_product_attention, reused across calls: give one to
-/// AttentionOptions::workspace and, after the first call of a shape, later calls of that shape or
-/// smaller perform no heap allocation in the kernel (with the serial executor or a pool of the
-/// user's own; thread_executor starts threads, which allocate).
+/// Scratch memory for scaled_dot_product_attention and the multi-head functors, reused across
+/// calls: give one to AttentionOptions::workspace (or MultiHeadOptions::workspace) and, after the
+/// first call of a shape, later calls of that shape or smaller perform no heap allocation (with the
+/// serial executor or a pool of the user's own; thread_executor starts threads, which allocate).
 ///
-/// Each concurrently running chunk of work takes its own slot; there are max_slots of them, and
-/// chunks beyond that use memory of their own. One Workspace serves one call at a time: threads
-/// that call the kernel concurrently need one each.
+/// It holds two kinds of memory:
+/// - the kernel's: each concurrently running chunk of work takes its own slot; there are
+///   max_slots of them, and chunks beyond that use memory of their own; plus one buffer shared by
+///   the call (a decode step's partial results);
+/// - the functors': one buffer per Buffer key, for the matrices a SelfAttention or CrossAttention
+///   call needs around the kernel: kept apart from the kernel's slots, which the kernel writes
+///   while it reads those matrices.
+///
+/// One Workspace serves one call at a time: threads that call concurrently need one each.
 ///
 /// \code
 /// attn::Workspace workspace;
@@ -38,23 +44,37 @@ class Workspace {
   /// Slots for concurrently running chunks of work (threads).
   static constexpr Index max_slots = 64;
 
+  /// The functors' matrices, one buffer each.
+  enum class Buffer {
+    /// The inputs projected to queries (and keys and values): n × (E + 2·kv_dim) at most.
+    projections,
+    /// The attention result of all heads before the output projection: n × E.
+    heads,
+  };
+  /// Number of Buffer keys.
+  static constexpr Index buffer_count = 2;
+
   Workspace() = default;
   Workspace(const Workspace&) = delete;
   Workspace& operator=(const Workspace&) = delete;
 
-  /// Bytes held over all slots.
+  /// Bytes held over all slots and buffers.
   std::size_t bytes() const {
     std::size_t total = m_shared.size;
-    for (const Buffer& slot : m_slots)
+    for (const Memory& slot : m_slots)
       total += slot.size;
+    for (const Memory& buffer : m_buffers)
+      total += buffer.size;
     return total;
   }
 
   /// Frees everything.
   void release() {
-    for (Buffer& slot : m_slots)
-      slot = Buffer();
-    m_shared = Buffer();
+    for (Memory& slot : m_slots)
+      slot = Memory();
+    for (Memory& buffer : m_buffers)
+      buffer = Memory();
+    m_shared = Memory();
   }
 
   /// Zeroed memory of at least `bytes` for slot `slot` (< max_slots), kept for later calls.
@@ -65,6 +85,11 @@ class Workspace {
   /// Zeroed memory of at least `bytes` shared by the whole call (the decode's partial results).
   /// Internal: used by the kernel.
   void* shared(std::size_t bytes) { return m_shared.reserve(bytes); }
+  /// Zeroed memory of at least `bytes` for the functors' matrix `key`, kept for later calls.
+  /// Internal: used by SelfAttention and CrossAttention.
+  void* buffer(Buffer key, std::size_t bytes) {
+    return m_buffers[static_cast<std::size_t>(key)].reserve(bytes);
+  }
 
  private:
   struct Free {
@@ -73,7 +98,7 @@ class Workspace {
   // Cache-line alignment: whole packets of any width, and no false sharing between slots.
   static constexpr std::size_t alignment = 64;
 
-  struct Buffer {
+  struct Memory {
     std::unique_ptr<unsigned char, Free> data;
     std::size_t size = 0;
     void* reserve(std::size_t bytes) {
@@ -87,8 +112,9 @@ class Workspace {
     }
   };
 
-  std::array<Buffer, max_slots> m_slots;
-  Buffer m_shared;
+  std::array<Memory, max_slots> m_slots;
+  Memory m_shared;
+  std::array<Memory, buffer_count> m_buffers;
 };
 
 }  // namespace attn

@@ -194,6 +194,11 @@ Translation translate(const std::vector<Index>& source) {
   const attn::CrossAttention<float>::Memory memory = cross_attention.remember(encoded);
   // Room for every step's keys and values; the cache never reallocates.
   attn::KVCache<float> cache = self_attention.make_cache(max_len);
+  // Scratch the steps share: after the first step, a self-attention step allocates nothing.
+  attn::Workspace workspace;
+  attn::MultiHeadOptions options;
+  options.workspace = &workspace;
+  Matrix attended(1, TargetSlot::width);
 
   Translation result;
   result.alignment = Matrix::Zero(max_len, Index(source.size()));
@@ -203,8 +208,10 @@ Translation translate(const std::vector<Index>& source) {
     Matrix x = Matrix::Zero(1, TargetSlot::width);
     x(0, TargetSlot::token(token)) = 1;
 
-    // 5. Appends this row's key and value to the cache, then attends over all t + 1 cached rows.
-    x += self_attention(x, cache, attn::Mask::causal());
+    // 5. Appends this row's key and value to the cache, then attends over all t + 1 cached rows,
+    //    into `attended` (a matrix of our own, reused every step).
+    self_attention.attend_into(x, cache, attended, attn::Mask::causal(), options);
+    x += attended;
 
     // 6. Feed-forward: step[k] = 1 where count = 1/(k + 1) (its neighbours are 1/(k + 2) and 1/k).
     for (Index k = 0; k < max_len; ++k) {
@@ -219,7 +226,8 @@ Translation translate(const std::vector<Index>& source) {
     attn::AttentionExtras<float> extras;
     extras.weights = &weights;
     extras.average_heads = true;
-    x += cross_attention(x, memory, attn::Mask::none(), extras);
+    cross_attention.attend_into(x, memory, attended, attn::Mask::none(), options, extras);
+    x += attended;
     result.alignment.row(t) = weights.row(0);
 
     // 8. Greedy readout.

@@ -9,6 +9,9 @@
 #include <attn/self_attention.hpp>
 
 #include <cstdint>
+#include <cstring>
+#include <limits>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -329,6 +332,183 @@ TYPED_TEST(CrossAttentionTest, ShapeErrorsNameTheArgumentAndShapes) {
   const attn::CrossAttention<Scalar> other(other_cfg,
                                            attn_test::random_weights<Scalar>(other_cfg, rng));
   EXPECT_SHAPE_ERROR(cross(target, other.remember(source)), "CrossAttention", "memory", "kv_dim 8");
+}
+
+// ---------------------------------------------------------------------------------------------
+// attend_into and MultiHeadOptions
+// ---------------------------------------------------------------------------------------------
+
+// Same bits, NaN or not.
+template <typename A, typename B>
+bool bitwise_equal(const Eigen::MatrixBase<A>& a, const Eigen::MatrixBase<B>& b) {
+  if (a.rows() != b.rows() || a.cols() != b.cols()) return false;
+  for (Index r = 0; r < a.rows(); ++r) {
+    for (Index c = 0; c < a.cols(); ++c) {
+      const auto x = a(r, c), y = b(r, c);
+      if (std::memcmp(&x, &y, sizeof(x)) != 0) return false;
+    }
+  }
+  return true;
+}
+
+// An executor that counts its calls and runs them serially.
+attn::Executor counting_executor(int& calls) {
+  return [&calls](Index count, const attn::RangeFunction& work) {
+    ++calls;
+    attn::serial_executor(count, work);
+  };
+}
+
+// Every attend_into writes exactly what its operator() returns, into a strided block of a wider
+// matrix whose other columns stay as they were; with a workspace too.
+TYPED_TEST(CrossAttentionTest, AttendIntoEqualsTheReturnedMatrixBitwise) {
+  using Scalar = TypeParam;
+  using M = attn::Matrix<Scalar>;
+  Random rng(610);
+  const MultiHeadConfig cfg = config(32, 8, 2, 20, true);
+  const attn::CrossAttention<Scalar> cross(cfg, attn_test::random_weights<Scalar>(cfg, rng));
+  const M target = rng.uniform_matrix<Scalar>(40, 32);
+  const M source = rng.uniform_matrix<Scalar>(70, 20);
+  const auto memory = cross.remember(source);
+  const std::vector<Index> target_lengths = {15, 0, 25}, source_lengths = {30, 10, 30};
+  const auto batch_memory = cross.remember(source, source_lengths);
+  attn::Workspace workspace;
+  attn::MultiHeadOptions with_workspace;
+  with_workspace.workspace = &workspace;
+  for (const attn::MultiHeadOptions& options : {attn::MultiHeadOptions(), with_workspace}) {
+    // out: columns [3, 35) of a 40 × 40 matrix of sevens.
+    M wide = M::Constant(40, 40, Scalar(7));
+    const auto out = [&] { return wide.middleCols(3, 32); };
+    const auto untouched = [&] {
+      return (wide.leftCols(3).array() == Scalar(7)).all() &&
+             (wide.rightCols(5).array() == Scalar(7)).all();
+    };
+    cross.attend_into(target, source, out(), Mask::causal(), options);
+    EXPECT_TRUE(bitwise_equal(out(), cross(target, source, Mask::causal())));
+    EXPECT_TRUE(untouched());
+
+    wide.setConstant(Scalar(7));
+    M lse_into, lse, weights_into, weights;
+    cross.attend_into(target, memory, out(), Mask(), options, {&lse_into, &weights_into, false});
+    EXPECT_TRUE(bitwise_equal(out(), cross(target, memory, Mask(), {&lse, &weights, false})));
+    EXPECT_TRUE(untouched());
+    EXPECT_TRUE(bitwise_equal(lse_into, lse));
+    EXPECT_TRUE(bitwise_equal(weights_into, weights));
+
+    wide.setConstant(Scalar(7));
+    cross.attend_into(target, target_lengths, source, source_lengths, out(), Mask::window(3, 3),
+                      options);
+    EXPECT_TRUE(bitwise_equal(
+        out(), cross(target, target_lengths, source, source_lengths, Mask::window(3, 3))));
+    EXPECT_TRUE(untouched());
+
+    wide.setConstant(Scalar(7));
+    cross.attend_into(target, target_lengths, batch_memory, out(), Mask(), options);
+    EXPECT_TRUE(bitwise_equal(out(), cross(target, target_lengths, batch_memory)));
+    EXPECT_TRUE(untouched());
+
+    // Decoding steps, one row each.
+    for (Index t = 0; t < 5; ++t) {
+      cross.attend_into(target.row(t), memory, wide.block(t, 3, 1, 32), Mask(), options);
+      EXPECT_TRUE(bitwise_equal(wide.block(t, 3, 1, 32), cross(target.row(t), memory))) << t;
+    }
+  }
+}
+
+// options.scale and options.softcap act as they do in scaled_dot_product_attention: the layer
+// matches the fp64 reference computed with them.
+TYPED_TEST(CrossAttentionTest, OptionsScaleAndSoftcapMatchTheReference) {
+  using Scalar = TypeParam;
+  std::uint32_t seed = 620;
+  for (const MultiHeadConfig& cfg : {config(16, 4, 0, 12, true), config(32, 8, 2, 20, false)}) {
+    Random rng(++seed);
+    const auto w = attn_test::random_weights<Scalar>(cfg, rng);
+    const attn::CrossAttention<Scalar> cross(cfg, w);
+    const attn::Matrix<Scalar> target = rng.uniform_matrix<Scalar>(30, cfg.model_dim);
+    const attn::Matrix<Scalar> source = rng.uniform_matrix<Scalar>(70, cfg.source_features());
+    const auto memory = cross.remember(source);
+    struct Case {
+      std::optional<double> scale;
+      double softcap;
+    };
+    // Logits reach |scale|·d here (projections of order one): at most 3·4 = 12.
+    const double tol = attn_test::layer_tolerance<Scalar>(cfg.model_dim, cfg.source_features(),
+                                                          cfg.head_dim(), 70) +
+                       attn_test::attention_tolerance<Scalar>(12.0, 70);
+    for (const Case c : {Case{3.0, 0}, Case{std::nullopt, 0.5}, Case{-2.5, 1.5}}) {
+      attn::MultiHeadOptions options;
+      options.scale = c.scale;
+      options.softcap = c.softcap;
+      const attn_test::MatrixD expected =
+          attn_test::reference_mha(target, source, w, cfg.num_heads, cfg.kv_heads(),
+                                   ReferenceMask::causal(), c.scale, c.softcap);
+      EXPECT_TRUE(
+          attn_test::matrix_near(cross(target, source, Mask::causal(), {}, options), expected, tol))
+          << describe(cfg);
+      attn::Matrix<Scalar> y(30, cfg.model_dim);
+      cross.attend_into(target, memory, y, Mask::causal(), options);
+      EXPECT_TRUE(attn_test::matrix_near(y, expected, tol)) << describe(cfg);
+    }
+  }
+}
+
+// options.executor replaces the functor's executor for one call, bitwise without effect on the
+// result; left empty, the functor's own runs the call.
+TYPED_TEST(CrossAttentionTest, OptionsExecutorReplacesTheFunctorsForOneCall) {
+  using Scalar = TypeParam;
+  Random rng(630);
+  const MultiHeadConfig cfg = config(32, 4, 1, 16, true);
+  int own_calls = 0, option_calls = 0;
+  const attn::CrossAttention<Scalar> cross(cfg, attn_test::random_weights<Scalar>(cfg, rng),
+                                           counting_executor(own_calls));
+  const attn::Matrix<Scalar> target = rng.uniform_matrix<Scalar>(150, 32);
+  const auto memory = cross.remember(rng.uniform_matrix<Scalar>(1100, 16));
+  attn::MultiHeadOptions threads;
+  threads.executor = attn::thread_executor(2);
+  attn::MultiHeadOptions counted;
+  counted.executor = counting_executor(option_calls);
+
+  const attn::Matrix<Scalar> serial = cross(target, memory, Mask::causal());
+  EXPECT_EQ(own_calls, 1);
+  EXPECT_TRUE(bitwise_equal(cross(target, memory, Mask::causal(), {}, threads), serial));
+  EXPECT_TRUE(bitwise_equal(cross(target, memory, Mask::causal(), {}, counted), serial));
+  EXPECT_EQ(own_calls, 1);
+  EXPECT_EQ(option_calls, 1);
+  // One-row steps over 1100 keys, split into parts.
+  attn::Workspace workspace;
+  threads.workspace = &workspace;
+  attn::Matrix<Scalar> step(1, 32);
+  for (Index t = 0; t < 3; ++t) {
+    cross.attend_into(target.row(t), memory, step, Mask(), threads);
+    EXPECT_TRUE(bitwise_equal(step, cross(target.row(t), memory))) << t;
+  }
+}
+
+TYPED_TEST(CrossAttentionTest, AttendIntoChecksOutAndOptions) {
+  using Scalar = TypeParam;
+  using M = attn::Matrix<Scalar>;
+  Random rng(640);
+  const MultiHeadConfig cfg = config(8, 2, 0, 6, true);
+  const attn::CrossAttention<Scalar> cross(cfg, attn_test::random_weights<Scalar>(cfg, rng));
+  const M target = M::Ones(5, 8), source = M::Ones(7, 6);
+  const auto memory = cross.remember(source);
+  M out = M::Constant(6, 8, Scalar(7));
+  EXPECT_SHAPE_ERROR(cross.attend_into(target, memory, out), "CrossAttention", "out is 6x8",
+                     "expected 5x8");
+  EXPECT_SHAPE_ERROR(cross.attend_into(target, source, out.leftCols(7)), "out is 6x7",
+                     "expected 5x8");
+  EXPECT_SHAPE_ERROR(cross.attend_into(target.row(0), memory, out.topRows(2)), "out is 2x8",
+                     "expected 1x8");
+  EXPECT_SHAPE_ERROR(cross.attend_into(target, {2, 3}, source, {3, 4}, out), "out is 6x8",
+                     "expected 5x8");
+  attn::MultiHeadOptions options;
+  options.softcap = std::numeric_limits<double>::quiet_NaN();
+  EXPECT_SHAPE_ERROR(cross.attend_into(target, memory, out.topRows(5), Mask(), options),
+                     "CrossAttention", "softcap is nan");
+  options.softcap = 0;
+  options.scale = -std::numeric_limits<double>::infinity();
+  EXPECT_SHAPE_ERROR(cross(target, memory, Mask(), {}, options), "CrossAttention", "scale is -inf");
+  EXPECT_TRUE((out.array() == Scalar(7)).all());
 }
 
 }  // namespace

@@ -12,6 +12,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
+#include <limits>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -481,6 +483,79 @@ TYPED_TEST(KVCacheTest, OverflowThroughTheFunctorThrowsAndLeavesTheCacheUnchange
   const Snapshot<Scalar> full_cache(cache);
   EXPECT_THROW(layer(x.row(0), cache), attn::CapacityError);
   EXPECT_TRUE(unchanged(cache, full_cache));
+}
+
+// Every argument of a cached call is checked before anything is appended: a bias beyond float's
+// range in a float call, a mask of the wrong shape or key length, an invalid scale or softcap in
+// the options, an out of the wrong shape. Each throws, and the cache keeps its size and its bits.
+TYPED_TEST(KVCacheTest, EveryArgumentIsCheckedBeforeTheCacheChanges) {
+  using Scalar = TypeParam;
+  using M = attn::Matrix<Scalar>;
+  Random rng(320);
+  const MultiHeadConfig cfg = config(16, 4, 2);
+  const attn::SelfAttention<Scalar> layer(cfg, attn_test::random_weights<Scalar>(cfg, rng));
+  const M x = rng.uniform_matrix<Scalar>(12, cfg.model_dim);
+  attn::KVCache<Scalar> cache = layer.make_cache(12);
+  (void)layer(x.topRows(8), cache);
+  const M keys = cache.keys(), values = cache.values();
+  const auto bitwise_unchanged = [&] {
+    return cache.size() == 8 &&
+           std::memcmp(cache.keys().data(), keys.data(),
+                       sizeof(Scalar) * std::size_t(keys.size())) == 0 &&
+           std::memcmp(cache.values().data(), values.data(),
+                       sizeof(Scalar) * std::size_t(values.size())) == 0;
+  };
+  M out = M::Constant(2, cfg.model_dim, Scalar(7));
+  const auto x_new = x.middleRows(8, 2);  // n = 2, m = 10
+
+  // A double bias beyond float's range: rejected by a float layer, fine for a double one.
+  attn::Matrix<double> huge = attn::Matrix<double>::Zero(2, 10);
+  huge(1, 4) = 1e39;
+  if constexpr (std::is_same_v<Scalar, float>) {
+    EXPECT_SHAPE_ERROR(layer(x_new, cache, Mask::bias(huge)), "SelfAttention", "bias(1, 4)",
+                       "beyond the range of float");
+    EXPECT_SHAPE_ERROR(layer.attend_into(x_new, cache, out, Mask::bias(huge) & Mask::causal()),
+                       "beyond the range of float");
+    EXPECT_TRUE(bitwise_unchanged());
+  }
+  // Masks of the wrong shape, and a key length beyond the keys.
+  EXPECT_SHAPE_ERROR(layer(x_new, cache, Mask::bias(M::Zero(2, 8))), "SelfAttention", "bias", "2x8",
+                     "2x10");
+  EXPECT_SHAPE_ERROR(layer(x_new, cache, Mask::keep(attn::Matrix<bool>::Constant(1, 10, true))),
+                     "keep", "1x10", "2x10");
+  EXPECT_SHAPE_ERROR(layer.attend_into(x_new, cache, out, Mask::key_length(11)), "key_length is 11",
+                     "10 keys");
+  EXPECT_TRUE(bitwise_unchanged());
+  // Scale and softcap from the options.
+  for (const double bad :
+       {std::numeric_limits<double>::quiet_NaN(), std::numeric_limits<double>::infinity(), -1.0}) {
+    attn::MultiHeadOptions options;
+    options.softcap = bad;
+    EXPECT_SHAPE_ERROR(layer(x_new, cache, Mask::causal(), {}, options), "SelfAttention",
+                       "softcap is");
+    EXPECT_SHAPE_ERROR(layer.attend_into(x_new, cache, out, Mask::causal(), options), "softcap");
+    if (bad < 0) continue;  // a negative scale is a valid scale
+    options.softcap = 0;
+    options.scale = bad;
+    EXPECT_SHAPE_ERROR(layer(x_new, cache, Mask::causal(), {}, options), "SelfAttention",
+                       "scale is");
+    EXPECT_SHAPE_ERROR(layer.attend_into(x_new, cache, out, Mask::causal(), options), "scale");
+  }
+  EXPECT_TRUE(bitwise_unchanged());
+  // out of the wrong shape.
+  EXPECT_SHAPE_ERROR(layer.attend_into(x_new, cache, out.topRows(1)), "SelfAttention",
+                     "out is 1x16", "expected 2x16");
+  EXPECT_SHAPE_ERROR(layer.attend_into(x_new, cache, out.leftCols(15)), "out is 2x15",
+                     "expected 2x16");
+  EXPECT_TRUE(bitwise_unchanged());
+  EXPECT_TRUE((out.array() == Scalar(7)).all());
+
+  // The cache goes on as if nothing had happened.
+  layer.attend_into(x_new, cache, out);
+  attn::KVCache<Scalar> fresh = layer.make_cache(12);
+  (void)layer(x.topRows(8), fresh);
+  EXPECT_EQ(out, layer(x_new, fresh));
+  EXPECT_EQ(cache.keys(), fresh.keys());
 }
 
 }  // namespace

@@ -6,7 +6,11 @@
 
 #include <attn/self_attention.hpp>
 
+#include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <limits>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -248,6 +252,204 @@ TYPED_TEST(SelfAttentionTest, ShapeErrorsNameTheArgumentAndShapes) {
   // One sequence in a list is fine with an explicit mask.
   EXPECT_NO_THROW(self_attn(x, {5}, Mask::keep(MatrixB::Constant(5, 5, true))));
   EXPECT_NO_THROW(self_attn(x, {5}, Mask::key_length(3)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// attend_into and MultiHeadOptions
+// ---------------------------------------------------------------------------------------------
+
+// Same bits, NaN or not.
+template <typename A, typename B>
+bool bitwise_equal(const Eigen::MatrixBase<A>& a, const Eigen::MatrixBase<B>& b) {
+  if (a.rows() != b.rows() || a.cols() != b.cols()) return false;
+  for (Index r = 0; r < a.rows(); ++r) {
+    for (Index c = 0; c < a.cols(); ++c) {
+      const auto x = a(r, c), y = b(r, c);
+      if (std::memcmp(&x, &y, sizeof(x)) != 0) return false;
+    }
+  }
+  return true;
+}
+
+// An executor that counts its calls and runs them serially.
+attn::Executor counting_executor(int& calls) {
+  return [&calls](Index count, const attn::RangeFunction& work) {
+    ++calls;
+    attn::serial_executor(count, work);
+  };
+}
+
+// Every attend_into writes exactly what its operator() returns, into a strided block of a wider
+// matrix whose other columns stay as they were; with a workspace too.
+TYPED_TEST(SelfAttentionTest, AttendIntoEqualsTheReturnedMatrixBitwise) {
+  using Scalar = TypeParam;
+  using M = attn::Matrix<Scalar>;
+  Random rng(360);
+  const MultiHeadConfig cfg = config(32, 8, 2, true);
+  const attn::SelfAttention<Scalar> self_attn(cfg, attn_test::random_weights<Scalar>(cfg, rng));
+  const M x = rng.uniform_matrix<Scalar>(90, 32);
+  const std::vector<Index> lengths = {30, 0, 60};
+  attn::Workspace workspace;
+  attn::MultiHeadOptions with_workspace;
+  with_workspace.workspace = &workspace;
+  for (const attn::MultiHeadOptions& options : {attn::MultiHeadOptions(), with_workspace}) {
+    // out: columns [3, 35) of a 90 × 40 matrix of sevens.
+    M wide = M::Constant(90, 40, Scalar(7));
+    const auto untouched = [&](Index rows) {
+      return (wide.leftCols(3).array() == Scalar(7)).all() &&
+             (wide.rightCols(5).array() == Scalar(7)).all() &&
+             (wide.bottomRows(90 - rows).array() == Scalar(7)).all();
+    };
+    self_attn.attend_into(x, wide.middleCols(3, 32), Mask::causal(), options);
+    EXPECT_TRUE(bitwise_equal(wide.middleCols(3, 32), self_attn(x, Mask::causal())));
+    EXPECT_TRUE(untouched(90));
+
+    wide.setConstant(Scalar(7));
+    self_attn.attend_into(x, lengths, wide.middleCols(3, 32), Mask::window(4, 0), options);
+    EXPECT_TRUE(bitwise_equal(wide.middleCols(3, 32), self_attn(x, lengths, Mask::window(4, 0))));
+    EXPECT_TRUE(untouched(90));
+
+    // With extras: the same log-sum-exps and weights too.
+    M lse_into, lse, weights_into, weights;
+    attn::AttentionExtras<Scalar> extras_into{&lse_into, &weights_into, true};
+    attn::AttentionExtras<Scalar> extras{&lse, &weights, true};
+    wide.setConstant(Scalar(7));
+    self_attn.attend_into(x.topRows(20), wide.block(0, 3, 20, 32), Mask(), options, extras_into);
+    EXPECT_TRUE(bitwise_equal(wide.block(0, 3, 20, 32), self_attn(x.topRows(20), Mask(), extras)));
+    EXPECT_TRUE(untouched(20));
+    EXPECT_TRUE(bitwise_equal(lse_into, lse));
+    EXPECT_TRUE(bitwise_equal(weights_into, weights));
+    EXPECT_EQ(weights.rows(), 20);
+
+    // With a KV cache: prefill, then steps, each into a row of wide.
+    attn::KVCache<Scalar> into_cache = self_attn.make_cache(90);
+    attn::KVCache<Scalar> cache = self_attn.make_cache(90);
+    wide.setConstant(Scalar(7));
+    self_attn.attend_into(x.topRows(80), into_cache, wide.block(0, 3, 80, 32), Mask::causal(),
+                          options);
+    EXPECT_TRUE(bitwise_equal(wide.block(0, 3, 80, 32), self_attn(x.topRows(80), cache)));
+    for (Index t = 80; t < 90; ++t) {
+      self_attn.attend_into(x.row(t), into_cache, wide.block(t, 3, 1, 32), Mask::causal(), options);
+      EXPECT_TRUE(bitwise_equal(wide.block(t, 3, 1, 32), self_attn(x.row(t), cache))) << t;
+    }
+    EXPECT_TRUE(untouched(90));
+    EXPECT_TRUE(bitwise_equal(into_cache.keys(), cache.keys()));
+    EXPECT_TRUE(bitwise_equal(into_cache.values(), cache.values()));
+  }
+}
+
+// options.scale and options.softcap act as they do in scaled_dot_product_attention: the layer
+// matches the fp64 reference computed with them; an explicit default scale and softcap 0 are
+// bitwise the defaults.
+TYPED_TEST(SelfAttentionTest, OptionsScaleAndSoftcapMatchTheReference) {
+  using Scalar = TypeParam;
+  std::uint32_t seed = 370;
+  for (const MultiHeadConfig& cfg : {config(16, 4, 0, true), config(32, 8, 2, false)}) {
+    Random rng(++seed);
+    const auto w = attn_test::random_weights<Scalar>(cfg, rng);
+    const attn::SelfAttention<Scalar> self_attn(cfg, w);
+    const Index length = 70;
+    const attn::Matrix<Scalar> x = rng.uniform_matrix<Scalar>(length, cfg.model_dim);
+    struct Case {
+      std::optional<double> scale;
+      double softcap;
+    };
+    // Logits reach |scale|·d here (projections of order one): at most 3·4 = 12.
+    const double tol =
+        attn_test::layer_tolerance<Scalar>(cfg.model_dim, cfg.model_dim, cfg.head_dim(), length) +
+        attn_test::attention_tolerance<Scalar>(12.0, length);
+    for (const Case c :
+         {Case{3.0, 0}, Case{-0.7, 0}, Case{std::nullopt, 0.5}, Case{2.5, 1.5}, Case{0.0, 0}}) {
+      attn::MultiHeadOptions options;
+      options.scale = c.scale;
+      options.softcap = c.softcap;
+      for (const auto& [mask, reference] : {std::pair<Mask, ReferenceMask>{Mask(), ReferenceMask()},
+                                            {Mask::causal(), ReferenceMask::causal()}}) {
+        const attn::Matrix<Scalar> got = self_attn(x, mask, {}, options);
+        EXPECT_TRUE(
+            attn_test::matrix_near(got,
+                                   attn_test::reference_mha(x, x, w, cfg.num_heads, cfg.kv_heads(),
+                                                            reference, c.scale, c.softcap),
+                                   tol))
+            << describe(cfg) << " scale " << c.scale.value_or(-1) << " softcap " << c.softcap;
+        // And the options reach a cached call the same way (causal: the prefill's rows see
+        // what the full pass's rows see).
+        if (!mask.has_window()) continue;
+        attn::KVCache<Scalar> cache = self_attn.make_cache(length);
+        attn::Matrix<Scalar> decoded(length, cfg.model_dim);
+        decoded.topRows(length - 1) = self_attn(x.topRows(length - 1), cache, mask, {}, options);
+        self_attn.attend_into(x.bottomRows(1), cache, decoded.bottomRows(1), mask, options);
+        EXPECT_TRUE(attn_test::matrix_near(decoded, got, 2 * tol)) << describe(cfg);
+      }
+    }
+    attn::MultiHeadOptions defaults;
+    defaults.scale = 1.0 / std::sqrt(double(cfg.head_dim()));
+    defaults.softcap = 0;
+    EXPECT_TRUE(
+        bitwise_equal(self_attn(x, Mask::causal(), {}, defaults), self_attn(x, Mask::causal())));
+  }
+}
+
+// options.executor replaces the functor's executor for one call, bitwise without effect on the
+// result; left empty, the functor's own runs the call.
+TYPED_TEST(SelfAttentionTest, OptionsExecutorReplacesTheFunctorsForOneCall) {
+  using Scalar = TypeParam;
+  Random rng(380);
+  const MultiHeadConfig cfg = config(32, 4, 2, true);
+  int own_calls = 0, option_calls = 0;
+  const attn::SelfAttention<Scalar> self_attn(cfg, attn_test::random_weights<Scalar>(cfg, rng),
+                                              counting_executor(own_calls));
+  const attn::Matrix<Scalar> x = rng.uniform_matrix<Scalar>(1200, 32);
+  attn::MultiHeadOptions threads;
+  threads.executor = attn::thread_executor(2);
+  attn::MultiHeadOptions counted;
+  counted.executor = counting_executor(option_calls);
+
+  const attn::Matrix<Scalar> serial = self_attn(x.topRows(200), Mask::causal());
+  EXPECT_EQ(own_calls, 1);
+  EXPECT_TRUE(bitwise_equal(self_attn(x.topRows(200), Mask::causal(), {}, threads), serial));
+  EXPECT_TRUE(bitwise_equal(self_attn(x.topRows(200), Mask::causal(), {}, counted), serial));
+  EXPECT_EQ(own_calls, 1);
+  EXPECT_EQ(option_calls, 1);
+  EXPECT_TRUE(bitwise_equal(self_attn(x.topRows(200), {150, 50}, Mask(), threads),
+                            self_attn(x.topRows(200), {150, 50})));
+
+  // Decode steps over 1100+ cached keys, split into parts: any thread count, the same bits.
+  attn::KVCache<Scalar> serial_cache = self_attn.make_cache(1200);
+  attn::KVCache<Scalar> threaded_cache = self_attn.make_cache(1200);
+  (void)self_attn(x.topRows(1100), serial_cache);
+  (void)self_attn(x.topRows(1100), threaded_cache, Mask::causal(), {}, threads);
+  attn::Workspace workspace;
+  threads.workspace = &workspace;
+  attn::Matrix<Scalar> step(1, 32);
+  for (Index t = 1100; t < 1105; ++t) {
+    self_attn.attend_into(x.row(t), threaded_cache, step, Mask::causal(), threads);
+    EXPECT_TRUE(bitwise_equal(step, self_attn(x.row(t), serial_cache))) << t;
+  }
+}
+
+TYPED_TEST(SelfAttentionTest, AttendIntoChecksOutAndOptions) {
+  using Scalar = TypeParam;
+  using M = attn::Matrix<Scalar>;
+  Random rng(390);
+  const MultiHeadConfig cfg = config(16, 4, 2, true);
+  const attn::SelfAttention<Scalar> self_attn(cfg, attn_test::random_weights<Scalar>(cfg, rng));
+  const M x = rng.uniform_matrix<Scalar>(5, 16);
+  M out = M::Constant(6, 16, Scalar(7));
+  EXPECT_SHAPE_ERROR(self_attn.attend_into(x, out), "SelfAttention", "out is 6x16",
+                     "expected 5x16");
+  EXPECT_SHAPE_ERROR(self_attn.attend_into(x, out.leftCols(15).topRows(5)), "out is 5x15",
+                     "expected 5x16");
+  EXPECT_SHAPE_ERROR(self_attn.attend_into(x, {2, 3}, out), "out is 6x16", "expected 5x16");
+  attn::MultiHeadOptions options;
+  options.softcap = -1;
+  EXPECT_SHAPE_ERROR(self_attn.attend_into(x, out.topRows(5), Mask(), options), "SelfAttention",
+                     "softcap is -1");
+  EXPECT_SHAPE_ERROR(self_attn(x, Mask(), {}, options), "SelfAttention", "softcap is -1");
+  options.softcap = 0;
+  options.scale = std::numeric_limits<double>::infinity();
+  EXPECT_SHAPE_ERROR(self_attn(x, {5}, Mask(), options), "SelfAttention", "scale is inf");
+  EXPECT_TRUE((out.array() == Scalar(7)).all());
 }
 
 }  // namespace

@@ -15,7 +15,9 @@
 #include "mask.hpp"
 #include "multi_head.hpp"
 #include "parallel.hpp"
+#include "scaled_dot_product.hpp"
 #include "types.hpp"
+#include "workspace.hpp"
 
 namespace attn {
 
@@ -58,9 +60,15 @@ class CrossAttentionMemory {
 /// kdim = vdim = source_dim:
 /// \f$y = \mathrm{concat}_h\big(\mathrm{softmax}(Q_h K_{g(h)}^\top/\sqrt{d} + \mathrm{mask})V_{g(h)}\big) W_o^\top + b_o\f$
 /// with Q = target·Wqᵀ + bq from the target (n × E), and K = source·Wkᵀ + bk and
-/// V = source·Wvᵀ + bv both from the source (m × S).
+/// V = source·Wvᵀ + bv both from the source (m × S). The attention itself is
+/// scaled_dot_product_attention_into on the projections' head blocks.
 ///
 /// Immutable after construction: one instance may be called from many threads at once.
+///
+/// Every call has an `attend_into` form that writes into caller storage `out` (n, E) and takes the
+/// per-call MultiHeadOptions right after the mask, as scaled_dot_product_attention_into does; the
+/// operator() forms return a new matrix and take the options last. With a Workspace in the
+/// options, a step over a remembered memory allocates nothing after the first.
 ///
 /// \tparam Scalar_ float or double.
 ///
@@ -75,6 +83,11 @@ class CrossAttentionMemory {
 /// attn::Matrix<float> y = cross(target, source);                    // 5 × 64
 /// auto memory = cross.remember(source);                             // K and V once
 /// attn::Matrix<float> step = cross(target.bottomRows(1), memory);   // per decoding step
+/// // The same step into storage of your own, with scratch kept between steps:
+/// attn::Workspace workspace;
+/// attn::MultiHeadOptions options;
+/// options.workspace = &workspace;
+/// cross.attend_into(target.bottomRows(1), memory, step, attn::Mask(), options);
 /// \endcode
 template <typename Scalar_>
 class CrossAttention {
@@ -87,7 +100,8 @@ class CrossAttention {
 
   /// \param config  model_dim E, num_heads, num_kv_heads, source_dim S (0 means E), bias.
   /// \param weights PyTorch layout (see MultiHeadWeights); copied into the functor.
-  /// \param executor where the kernel's work items run (empty: default_executor).
+  /// \param executor where the kernel's work items run unless a call's options name another
+  ///                 (empty: default_executor).
   /// \throws ShapeError if the config is inconsistent or a weight has the wrong shape.
   CrossAttention(const MultiHeadConfig& config, MultiHeadWeights<Scalar> weights,
                  Executor executor = {})
@@ -118,26 +132,84 @@ class CrossAttention {
     return Memory(m_core.project_keys_values(source), lengths, std::move(offsets));
   }
 
+  /// Cross-attention of a target (n, E) over a remembered source, written into out: costs only
+  /// the query projection, the kernel and the output projection. With options.workspace and the
+  /// serial executor (or a pool of your own), a call allocates nothing once an earlier call of as
+  /// many target rows has sized the workspace.
+  /// \param target  In: (n, E), any Eigen expression of Scalar; row-major storage is read in
+  ///                place, anything else is evaluated once (into a new matrix).
+  /// \param memory  made by remember() of this functor (or one of the same config), of one source.
+  /// \param out     Out: (n, E), row-major storage (a matrix, a block of rows or columns).
+  /// \param mask    structured or explicit (n × m); causal is bottom-right aligned.
+  /// \param options scale, softcap, executor, workspace (see MultiHeadOptions).
+  /// \param extras  Out, optional: log-sum-exp (n × H) and attention weights over the source
+  ///                (see AttentionExtras), e.g. for an alignment picture.
+  /// \throws ShapeError if target.cols() ≠ E, out is not n × E, the memory is of another width or
+  ///         holds a batch, the mask is not n × m, or the options' scale or softcap are invalid;
+  ///         out is then untouched.
+  template <typename DT>
+  void attend_into(const Eigen::MatrixBase<DT>& target, const Memory& memory, MatrixRef<Scalar> out,
+                   const Mask& mask = Mask(), const MultiHeadOptions& options = {},
+                   const AttentionExtras<Scalar>& extras = {}) const {
+    check_target(target);
+    attend(target, detail::SequenceOffsets(target.rows()), memory, out, mask, options, extras);
+  }
+
+  /// Cross-attention of a target (n, E) over a source (m, S), written into out (n, E); projects
+  /// the source first (see remember).
+  template <typename DT, typename DS>
+  void attend_into(const Eigen::MatrixBase<DT>& target, const Eigen::MatrixBase<DS>& source,
+                   MatrixRef<Scalar> out, const Mask& mask = Mask(),
+                   const MultiHeadOptions& options = {},
+                   const AttentionExtras<Scalar>& extras = {}) const {
+    attend_into(target, remember(source), out, mask, options, extras);
+  }
+
+  /// Batched cross-attention over a remembered batch of sources, written into out
+  /// (target.rows(), E); see operator()(target, target_lengths, source, source_lengths, mask).
+  template <typename DT>
+  void attend_into(const Eigen::MatrixBase<DT>& target, const std::vector<Index>& target_lengths,
+                   const Memory& memory, MatrixRef<Scalar> out, const Mask& mask = Mask(),
+                   const MultiHeadOptions& options = {}) const {
+    check_target(target);
+    const std::vector<Index> offsets =
+        detail::sequence_offsets(who, "target_lengths", target_lengths, target.rows());
+    attend(target, detail::SequenceOffsets(offsets), memory, out, mask, options, {});
+  }
+
+  /// Batched cross-attention written into out (target.rows(), E).
+  template <typename DT, typename DS>
+  void attend_into(const Eigen::MatrixBase<DT>& target, const std::vector<Index>& target_lengths,
+                   const Eigen::MatrixBase<DS>& source, const std::vector<Index>& source_lengths,
+                   MatrixRef<Scalar> out, const Mask& mask = Mask(),
+                   const MultiHeadOptions& options = {}) const {
+    attend_into(target, target_lengths, remember(source, source_lengths), out, mask, options);
+  }
+
   /// Cross-attention of a target (n, E) over a source (m, S).
   /// \param mask structured or explicit (n × m); causal is bottom-right aligned.
   /// \return (n, E).
-  /// \throws ShapeError if target.cols() ≠ E, source.cols() ≠ S, or the mask is not n × m.
+  /// \throws ShapeError if target.cols() ≠ E, source.cols() ≠ S, the mask is not n × m, or the
+  ///         options are invalid.
   template <typename DT, typename DS>
   Matrix<Scalar> operator()(const Eigen::MatrixBase<DT>& target,
                             const Eigen::MatrixBase<DS>& source, const Mask& mask = Mask(),
-                            const AttentionExtras<Scalar>& extras = {}) const {
-    return attend(target, std::vector<Index>{target.rows()}, remember(source), mask, extras);
+                            const AttentionExtras<Scalar>& extras = {},
+                            const MultiHeadOptions& options = {}) const {
+    Matrix<Scalar> y(target.rows(), m_core.config().model_dim);
+    attend_into(target, source, y, mask, options, extras);
+    return y;
   }
 
-  /// Cross-attention of a target (n, E) over a remembered source: costs only the query projection,
-  /// the kernel and the output projection.
-  /// \param extras Out, optional: log-sum-exp (n × H) and attention weights over the source
-  ///               (see AttentionExtras), e.g. for an alignment picture.
+  /// Cross-attention of a target (n, E) over a remembered source; see
+  /// attend_into(target, memory, out, mask, options, extras).
   template <typename DT>
   Matrix<Scalar> operator()(const Eigen::MatrixBase<DT>& target, const Memory& memory,
-                            const Mask& mask = Mask(),
-                            const AttentionExtras<Scalar>& extras = {}) const {
-    return attend(target, std::vector<Index>{target.rows()}, memory, mask, extras);
+                            const Mask& mask = Mask(), const AttentionExtras<Scalar>& extras = {},
+                            const MultiHeadOptions& options = {}) const {
+    Matrix<Scalar> y(target.rows(), m_core.config().model_dim);
+    attend_into(target, memory, y, mask, options, extras);
+    return y;
   }
 
   /// Batched cross-attention: target sequence b (target_lengths[b] rows, packed row-wise) attends
@@ -147,51 +219,64 @@ class CrossAttention {
   Matrix<Scalar> operator()(const Eigen::MatrixBase<DT>& target,
                             const std::vector<Index>& target_lengths,
                             const Eigen::MatrixBase<DS>& source,
-                            const std::vector<Index>& source_lengths,
-                            const Mask& mask = Mask()) const {
-    return attend(target, target_lengths, remember(source, source_lengths), mask, {});
+                            const std::vector<Index>& source_lengths, const Mask& mask = Mask(),
+                            const MultiHeadOptions& options = {}) const {
+    Matrix<Scalar> y(target.rows(), m_core.config().model_dim);
+    attend_into(target, target_lengths, source, source_lengths, y, mask, options);
+    return y;
   }
 
   /// Batched cross-attention over a remembered batch of sources.
   template <typename DT>
   Matrix<Scalar> operator()(const Eigen::MatrixBase<DT>& target,
                             const std::vector<Index>& target_lengths, const Memory& memory,
-                            const Mask& mask = Mask()) const {
-    return attend(target, target_lengths, memory, mask, {});
+                            const Mask& mask = Mask(), const MultiHeadOptions& options = {}) const {
+    Matrix<Scalar> y(target.rows(), m_core.config().model_dim);
+    attend_into(target, target_lengths, memory, y, mask, options);
+    return y;
   }
 
   const MultiHeadConfig& config() const { return m_core.config(); }
 
  private:
   template <typename DT>
-  Matrix<Scalar> attend(const Eigen::MatrixBase<DT>& target,
-                        const std::vector<Index>& target_lengths, const Memory& memory,
-                        const Mask& mask, const AttentionExtras<Scalar>& extras) const {
+  void check_target(const Eigen::MatrixBase<DT>& target) const {
     static_assert(
         std::is_same_v<typename DT::Scalar, Scalar>,
         "attn::CrossAttention: target must have the functor's Scalar; use .cast<Scalar>()");
-    const MultiHeadConfig& cfg = m_core.config();
-    if (target.cols() != cfg.model_dim) {
+    if (target.cols() != m_core.config().model_dim) {
       detail::throw_shape_error(who, ": target is ", detail::shape_string(target),
-                                ", expected target.cols() = model_dim ", cfg.model_dim);
+                                ", expected target.cols() = model_dim ", m_core.config().model_dim);
     }
+  }
+
+  /// The target's sequences (target already checked) attend over the memory's, into out.
+  template <typename DT>
+  void attend(const Eigen::MatrixBase<DT>& target, const detail::SequenceOffsets& queries,
+              const Memory& memory, MatrixRef<Scalar>& out, const Mask& mask,
+              const MultiHeadOptions& options, const AttentionExtras<Scalar>& extras) const {
+    const MultiHeadConfig& cfg = m_core.config();
     if (memory.m_keys_values.cols() != 2 * cfg.kv_dim()) {
       detail::throw_shape_error(who, ": memory holds keys and values of width ", memory.kv_dim(),
                                 ", expected kv_dim ", cfg.kv_dim(),
                                 " (a memory of another functor?)");
     }
-    if (target_lengths.size() != memory.lengths().size()) {
-      detail::throw_shape_error(who, ": target_lengths has ", target_lengths.size(),
+    if (queries.count() != memory.lengths().size()) {
+      detail::throw_shape_error(who, ": target_lengths has ", queries.count(),
                                 " sequences, expected the ", memory.lengths().size(),
                                 " of source_lengths");
     }
-    const std::vector<Index> offsets =
-        detail::sequence_offsets(who, "target_lengths", target_lengths, target.rows());
-    m_core.check_mask(who, mask, target_lengths, memory.lengths());
-    const Matrix<Scalar> q = m_core.project_queries(target);
-    return m_core.attend_and_project(
-        who, detail::column_block(ConstMatrixRef<Scalar>(q), 0, cfg.model_dim), memory.keys(),
-        memory.values(), offsets, memory.m_offsets, mask, extras);
+    m_core.check_out(who, "target", out, target.rows());
+    const AttentionOptions kernel = m_core.kernel_options(options);
+    const detail::SequenceOffsets keys(memory.m_offsets);
+    m_core.check_call(who, queries, keys, mask, kernel, extras);
+    Matrix<Scalar> own;
+    const MatrixView<Scalar> q = detail::MultiHeadCore<Scalar>::scratch(
+        kernel.workspace, Workspace::Buffer::projections, target.rows(), cfg.model_dim, own);
+    m_core.project_queries(target, q);
+    m_core.attend_and_project(detail::column_block(ConstMatrixRef<Scalar>(q), 0, cfg.model_dim),
+                              memory.keys(), memory.values(), queries, keys, mask, kernel, extras,
+                              out);
   }
 
   static constexpr const char* who = "CrossAttention";

@@ -6,11 +6,14 @@
 /// Multi-head configuration and weights, in PyTorch nn.MultiheadAttention's layout so weights port
 /// unchanged.
 
+#include <optional>
 #include <type_traits>
 #include <utility>
 
 #include "error.hpp"
+#include "parallel.hpp"
 #include "types.hpp"
+#include "workspace.hpp"
 
 namespace attn {
 
@@ -55,6 +58,37 @@ struct MultiHeadConfig {
     if (source_dim < 0)
       detail::throw_shape_error(who, ": source_dim is ", source_dim, ", expected >= 0");
   }
+};
+
+/// Per-call options of SelfAttention and CrossAttention (what MultiHeadConfig fixes at
+/// construction, these may change from call to call). The functor turns them into the
+/// AttentionOptions of its scaled_dot_product_attention_into call, with its own head counts.
+///
+/// \code
+/// attn::Workspace workspace;                       // one per thread that decodes
+/// attn::MultiHeadOptions options;
+/// options.workspace = &workspace;
+/// attn::Matrix<float> y(1, cfg.model_dim);
+/// for (int step = 0; step < steps; ++step) {       // no heap allocation after the first step
+///   self_attn.attend_into(x.row(step), cache, y, attn::Mask::causal(), options);
+/// }
+/// \endcode
+struct MultiHeadOptions {
+  /// Factor on q·k; empty means 1/√head_dim.
+  std::optional<double> scale;
+  /// Logit soft-capping: logits become softcap·tanh(logits/softcap) before bias and masking;
+  /// 0 turns it off.
+  double softcap = 0;
+  /// Where the kernel's work items run; empty means the executor the functor was constructed with
+  /// (and, if that is empty too, default_executor).
+  Executor executor;
+  /// Scratch kept between calls (not owned); null means scratch allocated per call. With a
+  /// workspace and the serial executor (or a pool of your own), a call that needs no more scratch
+  /// than an earlier one performs no heap allocation: every step over a CrossAttentionMemory after
+  /// the first, and every decode step over a KVCache after the first except where the growing
+  /// cache adds a key split (see SelfAttention::attend_into). A workspace serves one call at a
+  /// time.
+  Workspace* workspace = nullptr;
 };
 
 /// Weights of a multi-head attention layer in PyTorch's layout: every projection is a Linear with

@@ -58,6 +58,37 @@ struct AttentionExtras {
 
 namespace detail {
 
+/// The checks of a call that need its shape but not its data: the mask fits n queries and m keys,
+/// a double bias fits a float call, scale and softcap are valid. Returns the scale to use.
+/// make_problem runs them, and so does a caller that must validate before it changes anything
+/// (SelfAttention, before it appends to a KVCache). `who` prefixes every message.
+template <typename Scalar>
+double check_mask_and_options(const char* who, Index n, Index m, Index head_dim, const Mask& mask,
+                              const AttentionOptions& options) {
+  mask.check_shape(who, n, m);
+  if constexpr (std::is_same_v<Scalar, float>) {
+    // A double bias is converted to float for a float call: a value beyond float's range would
+    // become +inf (a large negative one becomes −inf, which only hides the key, as intended).
+    if (const Matrix<double>* bias = mask.bias_matrix<double>()) {
+      for (Index i = 0; i < bias->rows(); ++i) {
+        for (Index j = 0; j < bias->cols(); ++j) {
+          if ((*bias)(i, j) > double(std::numeric_limits<float>::max())) {
+            throw_shape_error(who, ": mask bias(", i, ", ", j, ") is ", (*bias)(i, j),
+                              ", beyond the range of float in a float call");
+          }
+        }
+      }
+    }
+  }
+  const double scale =
+      options.scale ? *options.scale : (head_dim > 0 ? 1.0 / std::sqrt(double(head_dim)) : 1.0);
+  if (!is_finite(scale)) throw_shape_error(who, ": scale is ", scale, ", expected finite");
+  if (!is_finite(options.softcap) || !(options.softcap >= 0)) {
+    throw_shape_error(who, ": softcap is ", options.softcap, ", expected finite and >= 0");
+  }
+  return scale;
+}
+
 /// Validates shapes and options and fills an AttentionProblem; `who` prefixes every message.
 template <typename Scalar>
 AttentionProblem<Scalar> make_problem(const char* who, const ConstMatrixRef<Scalar>& q,
@@ -95,26 +126,7 @@ AttentionProblem<Scalar> make_problem(const char* who, const ConstMatrixRef<Scal
     throw_shape_error(who, ": out is ", shape_string(out), ", expected ",
                       shape_string(q.rows(), heads * dv), " (q.rows() x num_heads*value_dim)");
   }
-  mask.check_shape(who, q.rows(), k.rows());
-  if constexpr (std::is_same_v<Scalar, float>) {
-    // A double bias is converted to float for a float call: a value beyond float's range would
-    // become +inf (a large negative one becomes −inf, which only hides the key, as intended).
-    if (const Matrix<double>* bias = mask.bias_matrix<double>()) {
-      for (Index i = 0; i < bias->rows(); ++i) {
-        for (Index j = 0; j < bias->cols(); ++j) {
-          if ((*bias)(i, j) > double(std::numeric_limits<float>::max())) {
-            throw_shape_error(who, ": mask bias(", i, ", ", j, ") is ", (*bias)(i, j),
-                              ", beyond the range of float in a float call");
-          }
-        }
-      }
-    }
-  }
-  const double scale = options.scale ? *options.scale : (d > 0 ? 1.0 / std::sqrt(double(d)) : 1.0);
-  if (!is_finite(scale)) throw_shape_error(who, ": scale is ", scale, ", expected finite");
-  if (!is_finite(options.softcap) || !(options.softcap >= 0)) {
-    throw_shape_error(who, ": softcap is ", options.softcap, ", expected finite and >= 0");
-  }
+  const double scale = check_mask_and_options<Scalar>(who, q.rows(), k.rows(), d, mask, options);
   const auto view = [](const ConstMatrixRef<Scalar>& m) {
     return ConstMatrixView<Scalar>(m.data(), m.rows(), m.cols(),
                                    Eigen::OuterStride<>(m.outerStride()));

@@ -65,6 +65,25 @@ bool exercise() {
   const auto memory = cross.remember(source);
   ok = ok && cross(x, memory).isApprox(cross(x, source)) &&
        cross(x, std::vector<attn::Index>{6}, source, std::vector<attn::Index>{9}).rows() == 6;
+
+  // The _into forms, with per-call options.
+  attn::MultiHeadOptions call;
+  call.softcap = 30;
+  call.executor = attn::serial_executor;
+  call.workspace = &workspace;
+  M into_y(6, 8), into_step(1, 8);
+  self_attn.attend_into(x, into_y, attn::Mask::causal(), call, extras);
+  self_attn.attend_into(x, std::vector<attn::Index>{2, 4}, into_y, attn::Mask::causal(), call);
+  attn::KVCache<Scalar> into_cache = self_attn.make_cache(6);
+  self_attn.attend_into(x.topRows(5), into_cache, into_y.topRows(5), attn::Mask::causal(), call);
+  self_attn.attend_into(x.row(5), into_cache, into_step, attn::Mask::causal(), call);
+  ok = ok && into_step.isApprox(self_attn(x, attn::Mask::causal(), {}, call).row(5), Scalar(1e-4));
+  cross.attend_into(x, memory, into_y, attn::Mask(), call, extras);
+  cross.attend_into(x, source, into_y, attn::Mask(), call);
+  cross.attend_into(x, std::vector<attn::Index>{6}, memory, into_y, attn::Mask(), call);
+  cross.attend_into(x, std::vector<attn::Index>{6}, source, std::vector<attn::Index>{9}, into_y,
+                    attn::Mask(), call);
+  ok = ok && into_y.isApprox(cross(x, source, attn::Mask(), {}, call));
   return ok;
 }
 

@@ -284,16 +284,19 @@ MatrixD reference_linear(const Eigen::MatrixBase<DX>& x, const MatrixD& weight,
 /// Multi-head attention layer:
 ///   Q = target·Wqᵀ + bq,  K = source·Wkᵀ + bk,  V = source·Wvᵀ + bv,
 ///   y = concat_h(attention_h(Q, K, V, mask))·Woᵀ + bo.
-/// target: (n, E), source: (m, S) -> (n, E). Self-attention is target = source.
+/// target: (n, E), source: (m, S) -> (n, E). Self-attention is target = source. scale (default
+/// 1/√d) and softcap (0: off) are those of reference_attention.
 template <typename DT, typename DS, typename Weights>
 MatrixD reference_mha(const Eigen::MatrixBase<DT>& target, const Eigen::MatrixBase<DS>& source,
                       const Weights& weights, Index num_heads, Index num_kv_heads,
-                      const ReferenceMask& mask = ReferenceMask()) {
+                      const ReferenceMask& mask = ReferenceMask(),
+                      std::optional<double> scale = std::nullopt, double softcap = 0) {
   const ReferenceWeights w = reference_weights(weights);
   const MatrixD q = reference_linear(target, w.q_weight, w.q_bias);
   const MatrixD k = reference_linear(source, w.k_weight, w.k_bias);
   const MatrixD v = reference_linear(source, w.v_weight, w.v_bias);
-  const MatrixD heads = reference_multi_head(q, k, v, num_heads, num_kv_heads, mask);
+  const MatrixD heads =
+      reference_multi_head(q, k, v, num_heads, num_kv_heads, mask, scale, softcap);
   return reference_linear(heads, w.out_weight, w.out_bias);
 }
 

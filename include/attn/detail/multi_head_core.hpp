@@ -4,9 +4,13 @@
 
 /// \file detail/multi_head_core.hpp
 /// Everything SelfAttention and CrossAttention share: owned weights, input projections as one GEMM
-/// over all tokens, the kernel run per packed sequence on strided head views, and the output
-/// projection. The two functors differ only in where Q, K and V come from.
+/// over all tokens, the checks of a call, the kernel run per packed sequence on strided head views
+/// through scaled_dot_product_attention_into, and the output projection. The two functors differ
+/// only in where Q, K and V come from.
 
+#include <array>
+#include <cstddef>
+#include <functional>
 #include <utility>
 #include <vector>
 
@@ -16,11 +20,17 @@
 #include "../parallel.hpp"
 #include "../scaled_dot_product.hpp"
 #include "../types.hpp"
-#include "scheduler.hpp"
+#include "../workspace.hpp"
 
 namespace attn::detail {
 
 /// y = x·Wᵀ + b, written into y (any row-major view).
+///
+/// No heap allocation for one row of x: Eigen decides at run time that a product whose
+/// destination has one row is a matrix-vector product (GEMV), which reads x's contiguous row and
+/// W's rows in place and needs no packing buffers. More rows make it a GEMM, whose packing
+/// buffers live on the stack up to EIGEN_STACK_ALLOCATION_LIMIT and on the heap beyond (a prefill
+/// of many tokens, not a decode step).
 template <typename Scalar, typename Weight, typename Bias, typename Out>
 void linear(const ConstMatrixRef<Scalar>& x, const Weight& weight, const Bias& bias, Out&& y) {
   y.noalias() = x * weight.transpose();
@@ -44,6 +54,25 @@ inline std::vector<Index> sequence_offsets(const char* who, const char* argument
   }
   return offsets;
 }
+
+/// The rows of sequences packed row-wise: sequence b is rows [begin(b), begin(b) + length(b)).
+/// Either one sequence, held inline, or a view of offsets as sequence_offsets returns them (which
+/// must outlive it): a single sequence, a decode step's case, needs no vector and so no heap.
+class SequenceOffsets {
+ public:
+  /// One sequence of `rows` rows.
+  explicit SequenceOffsets(Index rows) : m_single{0, rows} {}
+  /// Sequences [offsets[b], offsets[b + 1]); offsets is not copied. Precondition: not empty.
+  explicit SequenceOffsets(const std::vector<Index>& offsets) : m_many(&offsets) {}
+
+  std::size_t count() const { return m_many != nullptr ? m_many->size() - 1 : 1; }
+  Index begin(std::size_t b) const { return m_many != nullptr ? (*m_many)[b] : m_single[b]; }
+  Index length(std::size_t b) const { return begin(b + 1) - begin(b); }
+
+ private:
+  std::array<Index, 2> m_single{};
+  const std::vector<Index>* m_many = nullptr;
+};
 
 template <typename Scalar>
 class MultiHeadCore {
@@ -77,19 +106,88 @@ class MultiHeadCore {
 
   const MultiHeadConfig& config() const { return m_config; }
 
-  /// x (n, E) -> [Q | K | V] (n, E + 2·kv_dim), one GEMM. Precondition: source_dim is E.
-  Matrix<Scalar> project_queries_keys_values(const ConstMatrixRef<Scalar>& x) const {
-    Matrix<Scalar> qkv(x.rows(), m_in_weight.rows());
-    linear(x, m_in_weight, m_in_bias, qkv);
-    return qkv;
+  /// The options of the kernel call: this layer's heads, the call's scale, softcap and
+  /// workspace, and the call's executor or else the layer's. The executor is referred to, not
+  /// copied (it must outlive the call, as both candidates do): std::function keeps a
+  /// reference_wrapper inline, while copying an executor whose state is larger than its small
+  /// buffer or not trivially copyable (a pool held by shared_ptr) would allocate on every call.
+  AttentionOptions kernel_options(const MultiHeadOptions& options) const {
+    AttentionOptions kernel;
+    kernel.num_heads = m_config.num_heads;
+    kernel.num_kv_heads = m_config.kv_heads();
+    kernel.scale = options.scale;
+    kernel.softcap = options.softcap;
+    kernel.workspace = options.workspace;
+    const Executor& executor = options.executor ? options.executor : m_executor;
+    if (executor) kernel.executor = std::cref(executor);
+    return kernel;
   }
 
-  /// x (n, E) -> Q (n, E).
-  Matrix<Scalar> project_queries(const ConstMatrixRef<Scalar>& x) const {
+  /// \throws ShapeError naming `who` unless out is rows × model_dim (`input` names the argument
+  ///         whose rows it must match).
+  void check_out(const char* who, const char* input, const MatrixRef<Scalar>& out,
+                 Index rows) const {
+    if (out.rows() != rows || out.cols() != m_config.model_dim) {
+      throw_shape_error(who, ": out is ", shape_string(out), ", expected ",
+                        shape_string(rows, m_config.model_dim), " (", input,
+                        ".rows() x model_dim)");
+    }
+  }
+
+  /// Every check of a call that the kernel would otherwise make only when it runs, made before
+  /// anything is computed or changed (a KVCache appended to): extras and explicit or key-length
+  /// masks describe one sequence, and each sequence's mask, scale and softcap are valid.
+  /// Precondition: queries and keys hold as many sequences.
+  void check_call(const char* who, const SequenceOffsets& queries, const SequenceOffsets& keys,
+                  const Mask& mask, const AttentionOptions& kernel,
+                  const AttentionExtras<Scalar>& extras) const {
+    ATTN_ASSERT(queries.count() == keys.count());
+    const std::size_t count = queries.count();
+    if (count != 1 && (mask.has_explicit() || mask.has_key_length())) {
+      throw_shape_error(who, ": ",
+                        mask.has_explicit() ? "an explicit keep/bias mask" : "a key-length mask",
+                        " describes one sequence, but the batch has ", count,
+                        " sequences; use one call per sequence");
+    }
+    if (count != 1 && (extras.log_sum_exp != nullptr || extras.weights != nullptr)) {
+      throw_shape_error(who,
+                        ": attention extras (log_sum_exp, weights) describe one sequence, but "
+                        "the batch has ",
+                        count, " sequences");
+    }
+    for (std::size_t b = 0; b < count; ++b) {
+      check_mask_and_options<Scalar>(who, queries.length(b), keys.length(b), m_config.head_dim(),
+                                     mask, kernel);
+    }
+  }
+
+  /// rows × cols of scratch: the workspace's buffer `key` when there is one (kept for the next
+  /// call), else `own`, resized.
+  static MatrixView<Scalar> scratch(Workspace* workspace, Workspace::Buffer key, Index rows,
+                                    Index cols, Matrix<Scalar>& own) {
+    Scalar* data = nullptr;
+    if (workspace != nullptr) {
+      data =
+          static_cast<Scalar*>(workspace->buffer(key, sizeof(Scalar) * std::size_t(rows * cols)));
+    } else {
+      own.resize(rows, cols);
+      data = own.data();
+    }
+    return MatrixView<Scalar>(data, rows, cols, Eigen::OuterStride<>(cols));
+  }
+
+  /// Width of project_queries_keys_values's result: E + 2·kv_dim.
+  Index projected_width() const { return m_in_weight.rows(); }
+
+  /// x (n, E) -> [Q | K | V] (n, E + 2·kv_dim) into qkv, one GEMM. Precondition: source_dim is E.
+  void project_queries_keys_values(const ConstMatrixRef<Scalar>& x, MatrixView<Scalar> qkv) const {
+    linear(x, m_in_weight, m_in_bias, qkv);
+  }
+
+  /// x (n, E) -> Q (n, E) into q.
+  void project_queries(const ConstMatrixRef<Scalar>& x, MatrixView<Scalar> q) const {
     const Index e = m_config.model_dim;
-    Matrix<Scalar> q(x.rows(), e);
     linear(x, m_in_weight.topRows(e), in_bias_segment(0, e), q);
-    return q;
   }
 
   /// source (m, S) -> [K | V] (m, 2·kv_dim), one GEMM.
@@ -106,60 +204,28 @@ class MultiHeadCore {
     return kv_rows;
   }
 
-  /// Checks that the mask fits the packed sequences: explicit matrices and a key length describe
-  /// one sequence (a packed batch carries its sequences' lengths already).
-  void check_mask(const char* who, const Mask& mask, const std::vector<Index>& query_lengths,
-                  const std::vector<Index>& key_lengths) const {
-    if (!mask.has_explicit() && !mask.has_key_length()) return;
-    if (query_lengths.size() != 1) {
-      throw_shape_error(who, ": ",
-                        mask.has_explicit() ? "an explicit keep/bias mask" : "a key-length mask",
-                        " describes one sequence, but the batch has ", query_lengths.size(),
-                        " sequences; use one call per sequence");
+  /// Attention of every packed sequence b over per-head views q (n, E), k and v (m, kv_dim), each
+  /// through scaled_dot_product_attention_into (the entry point a user calls), then the output
+  /// projection into out (n, E).
+  /// Precondition: check_call and check_out passed for these arguments.
+  void attend_and_project(const ConstMatrixView<Scalar>& q, const ConstMatrixView<Scalar>& k,
+                          const ConstMatrixView<Scalar>& v, const SequenceOffsets& queries,
+                          const SequenceOffsets& keys, const Mask& mask,
+                          const AttentionOptions& kernel, const AttentionExtras<Scalar>& extras,
+                          MatrixRef<Scalar> out) const {
+    Matrix<Scalar> own;
+    // The heads' results need storage of their own: the output projection reads all of them
+    // while it writes out.
+    MatrixView<Scalar> heads =
+        scratch(kernel.workspace, Workspace::Buffer::heads, q.rows(), m_config.model_dim, own);
+    for (std::size_t b = 0; b < queries.count(); ++b) {
+      const Index q0 = queries.begin(b), rows = queries.length(b);
+      const Index k0 = keys.begin(b), count = keys.length(b);
+      scaled_dot_product_attention_into(q.middleRows(q0, rows), k.middleRows(k0, count),
+                                        v.middleRows(k0, count), heads.middleRows(q0, rows), mask,
+                                        kernel, extras);
     }
-    mask.check_shape(who, query_lengths[0], key_lengths[0]);
-  }
-
-  /// Attention of every packed sequence b (queries q_lengths[b], keys kv_lengths[b]) over per-head
-  /// views q (n, E), k and v (m, kv_dim), followed by the output projection -> (n, E).
-  /// Extras (log-sum-exp, weights) need a single sequence.
-  /// Preconditions: lengths validated, of equal count, mask checked.
-  Matrix<Scalar> attend_and_project(const char* who, const ConstMatrixView<Scalar>& q,
-                                    const ConstMatrixView<Scalar>& k,
-                                    const ConstMatrixView<Scalar>& v,
-                                    const std::vector<Index>& q_offsets,
-                                    const std::vector<Index>& kv_offsets, const Mask& mask,
-                                    const AttentionExtras<Scalar>& extras = {}) const {
-    ATTN_ASSERT(q_offsets.size() == kv_offsets.size());
-    const bool wants_extras = extras.log_sum_exp != nullptr || extras.weights != nullptr;
-    if (wants_extras && q_offsets.size() != 2) {
-      throw_shape_error(who,
-                        ": attention extras (log_sum_exp, weights) describe one sequence, but "
-                        "the batch has ",
-                        q_offsets.size() - 1, " sequences");
-    }
-    const Index e = m_config.model_dim;
-    Matrix<Scalar> heads(q.rows(), e);
-    AttentionOptions options;
-    options.num_heads = m_config.num_heads;
-    options.num_kv_heads = m_config.kv_heads();
-    options.executor = m_executor;
-    for (std::size_t b = 0; b + 1 < q_offsets.size(); ++b) {
-      const Index q0 = q_offsets[b], rows = q_offsets[b + 1] - q0;
-      const Index k0 = kv_offsets[b], keys = kv_offsets[b + 1] - k0;
-      const ConstMatrixRef<Scalar> q_b = q.middleRows(q0, rows);
-      const ConstMatrixRef<Scalar> k_b = k.middleRows(k0, keys);
-      const ConstMatrixRef<Scalar> v_b = v.middleRows(k0, keys);
-      MatrixRef<Scalar> out_b = heads.middleRows(q0, rows);
-      run_attention(make_problem<Scalar>(who, q_b, k_b, v_b, out_b, mask, options, extras), mask,
-                    m_executor);
-    }
-    if (extras.weights != nullptr && extras.average_heads) {
-      average_head_weights(*extras.weights, m_config.num_heads);
-    }
-    Matrix<Scalar> y(q.rows(), e);
-    linear(ConstMatrixRef<Scalar>(heads), m_out_weight, m_out_bias, y);
-    return y;
+    linear(ConstMatrixRef<Scalar>(heads), m_out_weight, m_out_bias, out);
   }
 
  private:

@@ -205,8 +205,10 @@ MultiHeadConfig config(Index heads, Index kv_heads, Index source_dim = 0) {
 const MultiHeadConfig configs[] = {config(4, 4), config(8, 2)};
 
 // Cached keys before the counted steps: 600 decode in one part; from 1024 keys on the kernel
-// splits a step's keys into parts (of 512) and merges them, and 1100 + 21 stays within two parts.
-constexpr Index prefixes[] = {600, 1100};
+// splits a step's keys into parts (of 512) and merges them: 1100 + 21 stays within two parts,
+// and 1010 crosses from one part to two during the counted steps (the first step sized the
+// workspace for the cache's capacity, so the second part costs no allocation either).
+constexpr Index prefixes[] = {600, 1010, 1100};
 constexpr Index steps = 20;
 
 attn::MultiHeadOptions serial_with(attn::Workspace* workspace) {
@@ -233,7 +235,7 @@ TYPED_TEST(Allocations, DecodeStepWithWorkspaceAllocatesNothing) {
       Random rng(++seed);
       const attn::SelfAttention<Scalar> layer(cfg, attn_test::random_weights<Scalar>(cfg, rng));
       const attn::Matrix<Scalar> x = rng.uniform_matrix<Scalar>(prefix + 1 + steps, cfg.model_dim);
-      attn::KVCache<Scalar> cache = layer.make_cache(x.rows());
+      attn::KVCache<Scalar> cache = layer.make_cache(x.rows() + 1000);
       (void)layer(x.topRows(prefix), cache);  // prefill
       attn::Workspace workspace;
       const attn::MultiHeadOptions options = serial_with(&workspace);

@@ -106,11 +106,11 @@ class SelfAttention {
   /// cached positions before the chunk and the chunk's rows up to itself;
   /// `Mask::causal() & Mask::window(w, 0)` reads only the last w + 1 positions.
   ///
-  /// With options.workspace and the serial executor (or a pool of your own), a step allocates
-  /// nothing once an earlier step has sized the workspace: the projections, the heads' results
-  /// and the kernel's scratch all live in it. (A step over many keys splits them into parts whose
-  /// number grows with the cache; when it grows, the kernel's buffer for the parts' results is
-  /// enlarged, once.)
+  /// With options.workspace and serial_executor or thread_executor, a step allocates nothing
+  /// once an earlier step has sized the workspace: the projections, the heads' results and the
+  /// kernel's scratch all live in it. (A step over many keys splits them into parts whose number
+  /// grows with the cache; the first step sizes the buffer for the parts' results for the
+  /// cache's whole capacity.)
   /// \param cache In/out: made by make_cache (or of width num_kv_heads·head_dim).
   /// \throws CapacityError if the rows do not fit, ShapeError if x, out or the cache have the
   ///         wrong shape, an explicit mask is not n × m, a float call's double bias exceeds float's
@@ -133,6 +133,10 @@ class SelfAttention {
     const detail::SequenceOffsets queries(x.rows()), keys(cache.size() + x.rows());
     m_core.check_call(who, queries, keys, mask, kernel, extras);
     // Every check has passed: only now may the cache change.
+    if (kernel.workspace != nullptr && x.rows() < detail::PacketTraits<Scalar>::size) {
+      kernel.workspace->shared(detail::decode_partial_bytes<Scalar>(
+          cache.capacity(), cfg.num_heads, x.rows(), cfg.head_dim()));
+    }
     Matrix<Scalar> own;
     const MatrixView<Scalar> qkv = project(x, kernel.workspace, own);
     const ConstMatrixRef<Scalar> all(qkv);

@@ -30,6 +30,17 @@ namespace attn::detail {
 /// the number of workers, so results are bitwise identical for any executor.
 inline constexpr Index decode_split_keys = 512;
 
+/// Bytes of Workspace::shared that a decode of `queries` rows over up to `keys` keys needs for
+/// its splits' partial results (0 without splits). A caller that knows the largest key count it
+/// will see (a KVCache's capacity) reserves them once, so that the growing cache never makes a
+/// later step allocate.
+template <typename Scalar>
+std::size_t decode_partial_bytes(Index keys, Index heads, Index queries, Index value_dim) {
+  const Index splits = std::max<Index>(1, keys / decode_split_keys);
+  if (splits == 1) return 0;
+  return sizeof(Scalar) * std::size_t(splits * heads * queries * (value_dim + 1));
+}
+
 /// Query block t of `count` in an order where consecutive pairs carry equal work under a causal
 /// mask (0, last, 1, last − 1, ...).
 inline Index balanced_block(Index t, Index count) {
@@ -54,8 +65,8 @@ class AttentionSchedule {
       m_items = std::max<Index>(1, (m_keys_end - m_keys_begin) / decode_split_keys);
       if (m_items > 1) {
         const Index parts = m_items * p.num_heads * n;
-        m_partial_out = static_cast<Scalar*>(
-            workspace.shared(sizeof(Scalar) * std::size_t(parts * (p.value_dim + 1))));
+        m_partial_out = static_cast<Scalar*>(workspace.shared(
+            decode_partial_bytes<Scalar>(m_keys_end - m_keys_begin, p.num_heads, n, p.value_dim)));
         m_partial_lse = m_partial_out + parts * p.value_dim;
       }
     } else {

@@ -4,8 +4,8 @@
 // attn::KVCache on its own (views, capacity, reset, errors) and SelfAttention with a cache:
 // decoding token by token and chunked prefill of any split give the rows of one causal pass, for
 // MHA, GQA and MQA, with and without a sliding window, over lengths that cross every threshold of
-// the kernel (the packet size below which a block is "narrow", the 64-key tiles, and the 512-key
-// parts a decode step is split into once it sees 1024 keys or more).
+// the kernel (the packet size below which a block takes the decode path, the key blocks of at most
+// 128 keys, and the 512-key parts a decode step is split into once it sees 1024 keys or more).
 
 #include <attn/kv_cache.hpp>
 #include <attn/self_attention.hpp>
@@ -87,8 +87,8 @@ std::string describe(const std::vector<Index>& chunks) {
 }
 
 // Cached decoding against one causal pass: both are the same layer computed in Scalar along
-// different paths (a 1-row GEMV versus an L-row GEMM for the projections; the narrow, split-key
-// decode kernel with its log-sum-exp merge versus the wide block kernel; different summation
+// different paths (a 1-row GEMV versus an L-row GEMM for the projections; the split-key decode
+// path with its log-sum-exp merge versus the prefill path's query blocks; different summation
 // orders). test_self_attention checks each path to within layer_tolerance of the fp64 reference,
 // so by the triangle inequality they agree to within twice that. For E = 16, d = 4, L = 1100 this
 // is ≈ 4e-5 in float and ≈ 8e-14 in double, while a wrong key position, a missed window edge or a
@@ -138,7 +138,7 @@ attn::Matrix<Scalar> run_chunks(const attn::SelfAttention<Scalar>& layer,
   return y;
 }
 
-// A random split of `total` rows: chunks of 1–4 rows (narrow blocks, some split when decoding
+// A random split of `total` rows: chunks of 1–4 rows (decode path, some split when decoding
 // far into the sequence), 5–70 rows (one or two query blocks) and 71–300 rows.
 std::vector<Index> random_chunks(Random& rng, Index total) {
   std::vector<Index> chunks;

@@ -276,7 +276,8 @@ TYPED_TEST_SUITE(ScaledDotProduct, Scalars);
 // ---------------------------------------------------------------------------------------------
 
 // Hand-picked shapes: n < m, n > m, dv ≠ d, m = 1, n = 1, long m, sizes around the kernel's
-// 64-row query tiles and 64/128-row key tiles, primes.
+// 64-row query blocks and around 64 and 128 keys, primes. (The key blocks' size depends on the head
+// dims and the cache sizes; MatchesReferenceAtTileBoundaries straddles the one this build uses.)
 const std::vector<Case> hand_picked_shapes = {
     {1, 1, 4, 4},      {1, 7, 8, 8},       {7, 1, 8, 3},       {5, 9, 16, 16},
     {9, 5, 16, 24},    {3, 200, 32, 16},   {200, 3, 32, 16},   {63, 63, 8, 8},
@@ -322,14 +323,21 @@ TYPED_TEST(ScaledDotProduct, MatchesReferenceForEveryMaskKindAndAlignment) {
   }
 }
 
-// Every n and m among 1, 63, 64, 65, 127, 128, 129, 257 and a few primes: partial query tiles
-// (64 rows), key tiles (64 or 128 rows) and query blocks narrower than a SIMD packet at every edge.
+// Every n and m among 1, 63, 64, 65, 127, 128, 129, 257, a few primes, and one key block of this
+// build (its size comes from the head dims and the cache sizes, detail/tile_traits.hpp) minus one,
+// exactly, plus one and twice plus one: partial query blocks, partial key blocks and query blocks
+// narrower than a SIMD packet at every edge.
 TYPED_TEST(ScaledDotProduct, MatchesReferenceAtTileBoundaries) {
-  const std::vector<Index> sizes = {1, 63, 64, 65, 127, 128, 129, 257, 17, 191};
+  constexpr Index d = 8, dv = 4;
+  const attn::detail::BlockSizes blocks = attn::detail::BlockSizes::of<TypeParam>(d, dv);
+  ASSERT_EQ(blocks.query_rows, 64) << "the sizes below straddle 64-row query blocks";
+  const Index bk = blocks.key_rows;
+  const std::vector<Index> sizes = {1, 63, 64, 65, 127, 128, 129, 257, 17, 191,
+                                    bk - 1, bk, bk + 1, 2 * bk + 1};
   std::uint32_t seed = 3000;
   for (Index n : sizes) {
     for (Index m : sizes) {
-      const Case c{n, m, 8, 4};
+      const Case c{n, m, d, dv};
       EXPECT_TRUE(check_against_reference<TypeParam>(c, both("none", attn::Mask(), ReferenceMask()),
                                                      {}, ++seed));
       EXPECT_TRUE(check_against_reference<TypeParam>(
@@ -355,11 +363,12 @@ TYPED_TEST(ScaledDotProduct, MatchesReferenceWithLongKeys) {
       {}, 44));
 }
 
-// Masks under which whole 128-key tiles, or whole 64-query tiles, see nothing.
+// Masks under which whole key blocks, or whole 64-query blocks, see nothing (key blocks hold at
+// most 128 keys, so each of these hides several).
 TYPED_TEST(ScaledDotProduct, MatchesReferenceWhenWholeTilesAreHidden) {
   using Scalar = TypeParam;
   std::uint32_t seed = 4000;
-  // The window reaches back 20 keys from the last 100: the first 7 key tiles are never visited.
+  // The window reaches back 20 keys from the last 100: the first key blocks are never visited.
   EXPECT_TRUE(check_against_reference<Scalar>(
       {100, 1000, 16, 8},
       both("window(20, 0)", attn::Mask::window(20, 0), ReferenceMask::window(20, 0)), {}, ++seed));
@@ -371,7 +380,7 @@ TYPED_TEST(ScaledDotProduct, MatchesReferenceWhenWholeTilesAreHidden) {
   EXPECT_TRUE(check_against_reference<Scalar>(
       {300, 300, 8, 8}, both("window(0, 0)", attn::Mask::window(0, 0), ReferenceMask::window(0, 0)),
       {}, ++seed));
-  // n > m under causal: queries 0..199 (three whole query tiles and part of a fourth) see nothing.
+  // n > m under causal: queries 0..199 (three whole query blocks and part of a fourth) see nothing.
   EXPECT_TRUE(check_against_reference<Scalar>(
       {300, 100, 16, 8}, both("causal", attn::Mask::causal(), ReferenceMask::causal()), {},
       ++seed));
@@ -381,7 +390,7 @@ TYPED_TEST(ScaledDotProduct, MatchesReferenceWhenWholeTilesAreHidden) {
       both("window(unbounded, 3)", attn::Mask::window(attn::Mask::unbounded, 3),
            ReferenceMask::window(ReferenceMask::unbounded, 3)),
       {}, ++seed));
-  // Explicit masks hiding whole key tiles: keep hides keys [128, 384), a bias is −∞ on [0, 256).
+  // Explicit masks hiding whole key blocks: keep hides keys [128, 384), a bias is −∞ on [0, 256).
   const Index n = 90, m = 500;
   MatrixB keep = MatrixB::Constant(n, m, true);
   keep.middleCols(128, 256).setConstant(false);

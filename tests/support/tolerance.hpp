@@ -24,9 +24,10 @@ namespace attn_test {
 /// - exp(s − max) turns an absolute logit error δ into a relative weight error δ, and the
 ///   normalisation adds a few u; a relative weight error ε moves the convex combination
 ///   Σ_j p_j·v_j by at most 2·ε·max|v|.
-/// - The weighted sum over m keys and the row sum are accumulated per 128-key tile by GEMM and
-///   then across tiles with a rescale each; in the usual random-rounding model the accumulated
-///   relative error grows like the depth of the summation, ~log2(m), not like m.
+/// - The weighted sum over m keys and the row sum are accumulated per key block (at most 128 keys,
+///   by register tiles, or in split parts merged by log-sum-exp when decoding) and then across
+///   blocks with a rescale each; in the usual random-rounding model the accumulated relative
+///   error grows like the depth of the summation, ~log2(m), not like m.
 /// So |error| ≲ c·u·(B + log2(m + 1) + 2)·max(1, max|v|). We take c = 8: measured errors are
 /// ~1u for B ≈ 8 and ~20u for B = 128, well inside, while any real defect (a wrong mask edge, a
 /// missed rescale, a wrong head) is orders of magnitude larger. For double this is ≈ 2e-14 at

@@ -39,13 +39,8 @@ inline constexpr int vector_registers = 16;
 template <typename Scalar>
 struct TileTraits {
   static constexpr int packet_size = PacketTraits<Scalar>::size;
-#ifdef ATTN_TILE_ROWS
-  static constexpr int packets = ATTN_TILE_PACKETS;
-  static constexpr int rows = ATTN_TILE_ROWS;
-#else
   static constexpr int packets = packet_size > 1 && vector_registers >= 32 ? 4 : 2;
   static constexpr int rows = packet_size == 1 ? 4 : 6;
-#endif
   /// Queries per register tile (its columns).
   static constexpr Index columns = Index(packets) * packet_size;
   static_assert(rows * packets + packets + 1 <= vector_registers,
@@ -89,10 +84,7 @@ struct BlockSizes {
     const Index l2 = std::max<Index>(Index(Eigen::l2CacheSize()), 256 * 1024) / scalar;
     const Index fit = l1 * 3 / 4 / std::max<Index>(head_dim + value_dim, 1);
     const Index most = 128 / Tile::rows * Tile::rows;
-    Index key_rows = std::clamp<Index>(fit / Tile::rows * Tile::rows, Tile::rows, most);
-#ifdef ATTN_KEY_ROWS
-    key_rows = ATTN_KEY_ROWS;
-#endif
+    const Index key_rows = std::clamp<Index>(fit / Tile::rows * Tile::rows, Tile::rows, most);
     Index query_rows = std::max<Index>(64 / Tile::columns, 1) * Tile::columns;
     while (query_rows > Tile::columns &&
            query_rows * (head_dim + key_rows + value_dim) > l2 / 2) {

@@ -43,8 +43,7 @@ enum class ExpVariant { by_default, by_conversion, by_magic_number };
 // softmax_exp on every lane of a packet filled from `x` (padded with `pad`).
 template <typename Scalar>
 std::vector<Scalar> softmax_exp_lanes(const std::vector<Scalar>& x,
-                                      ExpVariant variant = ExpVariant::by_default,
-                                      Scalar pad = 0) {
+                                      ExpVariant variant = ExpVariant::by_default, Scalar pad = 0) {
   using Packet = typename attn::detail::PacketTraits<Scalar>::Packet;
   constexpr Index size = attn::detail::PacketTraits<Scalar>::size;
   std::vector<Scalar> in(x), out(x.size() + size);

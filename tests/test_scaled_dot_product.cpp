@@ -332,8 +332,8 @@ TYPED_TEST(ScaledDotProduct, MatchesReferenceAtTileBoundaries) {
   const attn::detail::BlockSizes blocks = attn::detail::BlockSizes::of<TypeParam>(d, dv);
   ASSERT_EQ(blocks.query_rows, 64) << "the sizes below straddle 64-row query blocks";
   const Index bk = blocks.key_rows;
-  const std::vector<Index> sizes = {1, 63, 64, 65, 127, 128, 129, 257, 17, 191,
-                                    bk - 1, bk, bk + 1, 2 * bk + 1};
+  const std::vector<Index> sizes = {1,   63, 64,  65,     127, 128,    129,
+                                    257, 17, 191, bk - 1, bk,  bk + 1, 2 * bk + 1};
   std::uint32_t seed = 3000;
   for (Index n : sizes) {
     for (Index m : sizes) {

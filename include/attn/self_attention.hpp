@@ -134,8 +134,8 @@ class SelfAttention {
     m_core.check_call(who, queries, keys, mask, kernel, extras);
     // Every check has passed: only now may the cache change.
     if (kernel.workspace != nullptr && x.rows() < detail::PacketTraits<Scalar>::size) {
-      kernel.workspace->shared(detail::decode_partial_bytes<Scalar>(
-          cache.capacity(), cfg.num_heads, x.rows(), cfg.head_dim()));
+      kernel.workspace->shared(detail::decode_partial_bytes<Scalar>(cache.capacity(), cfg.num_heads,
+                                                                    x.rows(), cfg.head_dim()));
     }
     Matrix<Scalar> own;
     const MatrixView<Scalar> qkv = project(x, kernel.workspace, own);

@@ -31,9 +31,7 @@ struct DecodeState {
   Index row(Index h, Index r) const { return (h - first_head) * rows + r; }
   Index count() const { return heads * rows; }
   Index end_head() const { return first_head + heads; }
-  OnlineSoftmax<Scalar> softmax() const {
-    return {scratch.row_max.data(), scratch.row_sum.data()};
-  }
+  OnlineSoftmax<Scalar> softmax() const { return {scratch.row_max.data(), scratch.row_sum.data()}; }
 };
 
 /// Start: scaled queries of every head from query row i0, empty accumulators and softmax.
@@ -121,8 +119,8 @@ void decode_tile(const AttentionProblem<Scalar>& p, const TileMask<Scalar>& mask
       for (Index h = st.first_head; h < st.end_head(); ++h) {
         for (Index r = 0; r < st.rows; ++r) {
           const Index row = st.row(h, r);
-          packet_axpy_rows<key_rows>(s_row(row) + j, v_rows + p.kv_head(h) * dv,
-                                     p.v.outerStride(), acc_row(row), dv);
+          packet_axpy_rows<key_rows>(s_row(row) + j, v_rows + p.kv_head(h) * dv, p.v.outerStride(),
+                                     acc_row(row), dv);
         }
       }
     }
@@ -162,7 +160,7 @@ void attend_decode(const AttentionProblem<Scalar>& p, const TileMask<Scalar>& ma
     for (Index r = 0; r < st.rows; ++r) {
       const Index row = st.row(h, r);
       Eigen::Map<Eigen::Matrix<Scalar, 1, Eigen::Dynamic>> out_row(out.out + r * out.out_stride,
-                                                                  p.value_dim);
+                                                                   p.value_dim);
       // One division per row, not per element; exact zeros where nothing was visible.
       if (softmax.saw_keys(row)) {
         out_row = st.scratch.out_rows.row(row) * softmax.inverse_sum(row);

@@ -58,8 +58,8 @@ class OnlineSoftmax {
   EIGEN_ALWAYS_INLINE Lanes fold_max(Index i, const Lanes& tile_max, Lanes& rescale) {
     if constexpr (std::is_same_v<Lanes, Scalar>) {
       const Scalar old_max = m_max[i];
-      const Scalar new_max = is_nan(old_max) || is_nan(tile_max) ? old_max + tile_max
-                                                                 : std::max(old_max, tile_max);
+      const Scalar new_max =
+          is_nan(old_max) || is_nan(tile_max) ? old_max + tile_max : std::max(old_max, tile_max);
       const Scalar shift = is_minus_infinity(new_max) ? Scalar(0) : new_max;
       rescale = std::exp(old_max - shift);
       m_max[i] = new_max;

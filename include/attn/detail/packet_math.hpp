@@ -169,8 +169,8 @@ EIGEN_ALWAYS_INLINE bool any_lane(const Packet& mask) {
 template <typename Packet, typename = void>
 struct has_integer_packet : std::false_type {};
 template <typename Packet>
-struct has_integer_packet<Packet,
-                          std::void_t<typename Eigen::internal::unpacket_traits<Packet>::integer_packet>>
+struct has_integer_packet<
+    Packet, std::void_t<typename Eigen::internal::unpacket_traits<Packet>::integer_packet>>
     : std::true_type {};
 
 /// Whether optimization_barrier exists here: on GCC-compatible compilers for x86 and ARM.
@@ -219,7 +219,8 @@ EIGEN_ALWAYS_INLINE Packet softmax_exp_float(const Packet& x) {
   if constexpr (RoundByConversion) {
     // Conversion truncates toward zero, so for y = x·log₂e ≤ 0 it rounds y − ½ up: the integer
     // nearest y. −∞ and NaN become the integer minimum; the underflow mask below covers them.
-    n_int = Eigen::internal::pcast<Packet, PacketI>(Eigen::internal::pmadd(x, log2e, Eigen::internal::pset1<Packet>(-0.5f)));
+    n_int = Eigen::internal::pcast<Packet, PacketI>(
+        Eigen::internal::pmadd(x, log2e, Eigen::internal::pset1<Packet>(-0.5f)));
     n = Eigen::internal::pcast<PacketI, Packet>(n_int);
   } else {
     const Packet magic = Eigen::internal::pset1<Packet>(12582912.0f);
@@ -243,8 +244,10 @@ EIGEN_ALWAYS_INLINE Packet softmax_exp_float(const Packet& x) {
   // 2^n for −126 ≤ n ≤ 0 is the float with biased exponent n + 127 and a zero mantissa. Outside
   // that range the bits are garbage, and the mask below replaces them (NaN·garbage is NaN).
   const PacketI biased = Eigen::internal::padd(n_int, Eigen::internal::pset1<PacketI>(127));
-  const Packet two_n = Eigen::internal::preinterpret<Packet>(Eigen::internal::plogical_shift_left<23>(biased));
-  const Packet underflow = Eigen::internal::pcmp_lt(x, Eigen::internal::pset1<Packet>(-87.3365447f));
+  const Packet two_n =
+      Eigen::internal::preinterpret<Packet>(Eigen::internal::plogical_shift_left<23>(biased));
+  const Packet underflow =
+      Eigen::internal::pcmp_lt(x, Eigen::internal::pset1<Packet>(-87.3365447f));
   return Eigen::internal::pandnot(Eigen::internal::pmul(p, two_n), underflow);
 }
 

@@ -70,8 +70,8 @@ void attend_query_block(const AttentionProblem<Scalar>& p, const TileMask<Scalar
   OnlineSoftmax<Scalar> softmax(scratch.row_max.data(), scratch.row_sum.data());
   if (rows < size) {
     // A register tile would waste most of its lanes on so few queries.
-    attend_decode(p, mask, DecodeState<Scalar>{scratch, b.head, 1, rows}, b.first_row,
-                  b.keys_begin, b.keys_end, [&](Index) { return dst; });
+    attend_decode(p, mask, DecodeState<Scalar>{scratch, b.head, 1, rows}, b.first_row, b.keys_begin,
+                  b.keys_end, [&](Index) { return dst; });
     if (p.weights != nullptr) write_weights(p, mask, scratch, b, softmax);
     return;
   }
@@ -100,10 +100,11 @@ void attend_query_block(const AttentionProblem<Scalar>& p, const TileMask<Scalar
     const Index keys = std::min(key_rows, b.keys_end - j0);
 
     // The next key block's K and V rows are asked for while this block computes, a share before
-    // each register tile, when they are strided: each row of a head is then a few cache lines a
+    // each register tile (of all column panels), when they are strided: each row of a head is then a few cache lines a
     // whole row stride apart, which the hardware prefetchers do not follow, so without this
     // every block starts with a wait on L3 or memory. (Contiguous rows they do follow.)
     const Index next_keys = std::min(key_rows, b.keys_end - j0 - keys);
+    const Index panels = width / lanes;
     const auto prefetch_share = [&](const Scalar* head, Index head_stride, Index cols) {
       return [=](Index t, Index tiles) {
         if (next_keys <= 0 || cols == 0 || head_stride == cols) return;  // (cols = 0: null data)
@@ -119,8 +120,9 @@ void attend_query_block(const AttentionProblem<Scalar>& p, const TileMask<Scalar
     const auto prefetch_k = prefetch_share(k, kv.k_stride, d);
     for (Index i = 0; i < width; i += lanes) {
       register_block<false>(keys, d, k + j0 * kv.k_stride, kv.k_stride, Index(1), q_t + i, stride,
-                            s_t + i, stride, column_max + i,
-                            [&](Index t, Index tiles) { if (i == 0) prefetch_k(t, tiles); });
+                            s_t + i, stride, column_max + i, [&](Index t, Index tiles) {
+                              prefetch_k(i / lanes * tiles + t, panels * tiles);
+                            });
     }
     const bool masked = finish_logits(
         p, mask, MatrixView<Scalar>(s_t, keys, rows, Eigen::OuterStride<>(stride)).transpose(),
@@ -146,9 +148,10 @@ void attend_query_block(const AttentionProblem<Scalar>& p, const TileMask<Scalar
     } else {
       const auto prefetch_v = prefetch_share(v, kv.v_stride, dv);
       for (Index i = 0; i < width; i += lanes) {
-        register_block<true>(dv, keys, v + j0 * kv.v_stride, Index(1), kv.v_stride, s_t + i,
-                             stride, out_t + i, stride, static_cast<Scalar*>(nullptr),
-                             [&](Index t, Index tiles) { if (i == 0) prefetch_v(t, tiles); });
+        register_block<true>(
+            dv, keys, v + j0 * kv.v_stride, Index(1), kv.v_stride, s_t + i, stride, out_t + i,
+            stride, static_cast<Scalar*>(nullptr),
+            [&](Index t, Index tiles) { prefetch_v(i / lanes * tiles + t, panels * tiles); });
       }
     }
   }

@@ -81,8 +81,8 @@ EIGEN_ALWAYS_INLINE void register_tile(Index depth, const Scalar* a, Index a_row
 /// The remainder tile of register_block: `rows` < Rows rows, one instantiation per count.
 template <int Rows, int N, bool Accumulate, typename Scalar>
 EIGEN_ALWAYS_INLINE void register_remainder(Index rows, Index depth, const Scalar* a, Index a_row,
-                                            Index a_col, const Scalar* b, Index b_stride,
-                                            Scalar* c, Index c_stride, Scalar* column_max) {
+                                            Index a_col, const Scalar* b, Index b_stride, Scalar* c,
+                                            Index c_stride, Scalar* column_max) {
   if constexpr (Rows > 1) {
     if (rows == Rows - 1) {
       register_tile<Rows - 1, N, Accumulate>(depth, a, a_row, a_col, b, b_stride, c, c_stride,
@@ -107,9 +107,8 @@ void register_block(Index rows, Index depth, const Scalar* a, Index a_row, Index
   Index r = 0;
   for (; r + Tile::rows <= rows; r += Tile::rows) {
     before_tile(r / Tile::rows, tiles);
-    register_tile<Tile::rows, Tile::packets, Accumulate>(depth, a + r * a_row, a_row, a_col, b,
-                                                         b_stride, c + r * c_stride, c_stride,
-                                                         column_max);
+    register_tile<Tile::rows, Tile::packets, Accumulate>(
+        depth, a + r * a_row, a_row, a_col, b, b_stride, c + r * c_stride, c_stride, column_max);
   }
   if (r == rows) return;
   before_tile(r / Tile::rows, tiles);

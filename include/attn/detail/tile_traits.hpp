@@ -6,8 +6,8 @@
 /// The shape of the register tile per instruction set, and the block sizes per problem: what
 /// Eigen's gebp_traits and its blocking do for a GEMM, for the kernel's two products.
 
-#include <Eigen/Core>
 #include <algorithm>
+#include <Eigen/Core>
 
 #include "../types.hpp"
 #include "packet_math.hpp"
@@ -86,8 +86,7 @@ struct BlockSizes {
     const Index most = 128 / Tile::rows * Tile::rows;
     const Index key_rows = std::clamp<Index>(fit / Tile::rows * Tile::rows, Tile::rows, most);
     Index query_rows = std::max<Index>(64 / Tile::columns, 1) * Tile::columns;
-    while (query_rows > Tile::columns &&
-           query_rows * (head_dim + key_rows + value_dim) > l2 / 2) {
+    while (query_rows > Tile::columns && query_rows * (head_dim + key_rows + value_dim) > l2 / 2) {
       query_rows -= Tile::columns;
     }
     return {query_rows, key_rows, 64, query_rows + 64 / scalar};

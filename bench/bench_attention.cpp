@@ -4,8 +4,8 @@
 // Attention throughput, with its yardsticks measured in the same run: the FP32 FMA peak of one
 // core and of two, Eigen's own GEMM on the two products of one head, and a naive
 // materialise-the-scores Eigen baseline on the same shapes. After the runs, a summary table gives
-// each fused run's GFLOP/s, its fraction of peak, its ratio to the baseline and, for 2 threads,
-// its ratio to 1 thread.
+// each fused run's GFLOP/s, its fraction of peak, its ratios to the baseline and to Eigen's GEMM,
+// a causal run's ratio to the same run unmasked and, for 2 threads, the ratio to 1 thread.
 //
 //   build/native/bench/bench_attention --benchmark_repetitions=7
 //                                      --benchmark_enable_random_interleaving=true
@@ -269,7 +269,9 @@ void register_all() {
 }
 
 // Collects runs and prints, at the end, each run's fraction of the FMA peak and each kernel run's
-// ratio to the naive baseline of the same shape.
+// ratios: to the naive baseline of the same shape, to Eigen's GEMM on the same two products (one
+// head, same n and m: GFLOP/s against GFLOP/s), to the same kernel run without the causal mask,
+// and to itself on 1 thread.
 class SummaryReporter : public attn_bench::SummaryReporter {
  public:
   void keep(const Run& run) override {
@@ -282,34 +284,46 @@ class SummaryReporter : public attn_bench::SummaryReporter {
     std::stable_sort(m_rows.begin(), m_rows.end(),
                      [](const Row& a, const Row& b) { return order(a.name) < order(b.name); });
     double peak = 0, peak_2 = 0;
-    std::map<std::string, double> naive, kernel;
+    std::map<std::string, double> naive, kernel, gemm;
     for (const auto& row : m_rows) {
       if (row.name.rfind("FmaPeak/threads:1", 0) == 0) peak = row.flops;
       if (row.name.rfind("FmaPeak/threads:2", 0) == 0) peak_2 = row.flops;
       if (row.name.rfind("Naive/", 0) == 0) naive[row.name.substr(6)] = row.flops;
       if (row.name.rfind("Kernel/", 0) == 0) kernel[row.name] = row.flops;
+      if (row.name.rfind("EigenGemm/", 0) == 0) gemm[row.name.substr(10)] = row.flops;
     }
     std::printf(
         "\nSummary (GFLOP/s; %% of the 1-core FP32 FMA peak %.1f GFLOP/s; x naive = ratio to "
-        "the naive baseline of the same shape, 1 thread; x 1 thread = a 2-thread run's ratio to "
-        "the same shape on 1 thread, where the FMA peak itself scales %.2fx)\n",
+        "the naive baseline of the same shape, 1 thread; x GEMM = ratio to Eigen's GEMM on the "
+        "same n and m; x dense = a causal run's ratio to the same run without the mask; "
+        "x 1 thread = a 2-thread run's ratio to the same shape on 1 thread, where the FMA peak "
+        "itself scales %.2fx)\n",
         peak * 1e-9, peak > 0 ? peak_2 / peak : 0.0);
-    std::printf("%-52s %10s %8s %9s %11s\n", "run", "GFLOP/s", "% peak", "x naive", "x 1 thread");
+    std::printf("%-52s %10s %8s %9s %8s %8s %11s\n", "run", "GFLOP/s", "% peak", "x naive",
+                "x GEMM", "x dense", "x 1 thread");
+    const auto ratio = [](double a, const std::map<std::string, double>& to,
+                          const std::string& key) -> std::string {
+      const auto it = to.find(key);
+      return it == to.end() ? "" : std::to_string(a / it->second).substr(0, 5);
+    };
     for (const auto& row : m_rows) {
-      std::string ratio = "", scaling = "";
+      std::string to_naive, to_gemm, to_dense, scaling;
       if (row.name.rfind("Kernel/", 0) == 0) {
-        // Kernel/n:…/m:…/causal:…/threads:T/real_time -> n:…/m:…/causal:…
+        // Kernel/n:…/m:…/causal:C/threads:T/real_time -> n:…/m:…/causal:C and /threads:T/…
         std::string shape = row.name.substr(7);
         const std::string threads = shape.substr(shape.find("/threads:"));
         shape = shape.substr(0, shape.find("/threads:"));
-        const auto base = naive.find(shape);
-        if (base != naive.end()) ratio = std::to_string(row.flops / base->second).substr(0, 5);
-        const auto one = kernel.find("Kernel/" + shape + "/threads:1/real_time");
-        if (threads != "/threads:1/real_time" && one != kernel.end())
-          scaling = std::to_string(row.flops / one->second).substr(0, 4);
+        const std::string sizes = shape.substr(0, shape.find("/causal:"));
+        const bool causal = shape.substr(shape.find("/causal:")) == "/causal:1";
+        to_naive = ratio(row.flops, naive, shape);
+        if (!causal && threads == "/threads:1/real_time") to_gemm = ratio(row.flops, gemm, sizes);
+        if (causal) to_dense = ratio(row.flops, kernel, "Kernel/" + sizes + "/causal:0" + threads);
+        if (threads != "/threads:1/real_time")
+          scaling = ratio(row.flops, kernel, "Kernel/" + shape + "/threads:1/real_time");
       }
-      std::printf("%-52s %10.1f %8.1f %9s %11s\n", row.name.c_str(), row.flops * 1e-9,
-                  peak > 0 ? 100.0 * row.flops / peak : 0.0, ratio.c_str(), scaling.c_str());
+      std::printf("%-52s %10.1f %8.1f %9s %8s %8s %11s\n", row.name.c_str(), row.flops * 1e-9,
+                  peak > 0 ? 100.0 * row.flops / peak : 0.0, to_naive.c_str(), to_gemm.c_str(),
+                  to_dense.c_str(), scaling.c_str());
     }
   }
 

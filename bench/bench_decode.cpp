@@ -143,13 +143,19 @@ class SummaryReporter : public attn_bench::SummaryReporter {
   }
   void Finalize() override {
     ConsoleReporter::Finalize();
-    std::printf("\nSummary\n%-44s %10s %12s\n", "run", "GB/s", "% of stream");
+    // x 1 thread: a 2-thread step's speed-up over the same step on 1 thread (same bytes read).
+    std::printf("\nSummary\n%-44s %10s %12s %11s\n", "run", "GB/s", "% of stream", "x 1 thread");
     for (const auto& [name, value] : m_values) {
       if (name.rfind("DecodeStep/", 0) != 0) continue;
-      const std::string threads = name.substr(name.find("threads:") + 8, 1);
+      const std::size_t at = name.find("threads:") + 8;
+      const std::string threads = name.substr(at, 1);
       const auto stream = m_values.find("ReadBandwidth/threads:" + threads + "/real_time");
       const double fraction = stream == m_values.end() ? 0.0 : 100.0 * value / stream->second;
-      std::printf("%-44s %10.2f %12.1f\n", name.c_str(), value / double(1 << 30), fraction);
+      const auto one = m_values.find(name.substr(0, at) + "1" + name.substr(at + 1));
+      const std::string scaling =
+          threads == "1" || one == m_values.end() ? "" : std::to_string(value / one->second);
+      std::printf("%-44s %10.2f %12.1f %11s\n", name.c_str(), value / double(1 << 30), fraction,
+                  scaling.substr(0, 4).c_str());
     }
     for (const auto& [name, value] : m_values) {
       if (name.rfind("ReadBandwidth/", 0) == 0) {

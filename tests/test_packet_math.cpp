@@ -10,6 +10,11 @@
 #include <attn/detail/register_tile.hpp>
 #include <gtest/gtest.h>
 
+// The headers' internal macros stay inside them: a user's code never sees one.
+#if defined(ATTN_UNROLL) || defined(ATTN_DETAIL_UNROLL)
+#error "attn's headers leak an internal macro (ATTN_UNROLL / ATTN_DETAIL_UNROLL)"
+#endif
+
 #include <cmath>
 #include <iterator>
 #include <limits>

@@ -46,6 +46,11 @@ EIGEN_ALWAYS_INLINE void register_tile(Index depth, const Scalar* a, Index a_row
                              : simd::broadcast<Packet>(Scalar(0));
     }
   }
+  // Two depth steps per iteration: half the loop's scalar bookkeeping, which competes with the
+  // FMAs for issue slots.
+#if defined(__GNUC__)
+#pragma GCC unroll 2
+#endif
   for (Index k = 0; k < depth; ++k) {
     Packet b_k[N];
     ATTN_DETAIL_UNROLL

@@ -100,9 +100,10 @@ void attend_query_block(const AttentionProblem<Scalar>& p, const TileMask<Scalar
     const Index keys = std::min(key_rows, b.keys_end - j0);
 
     // The next key block's K and V rows are asked for while this block computes, a share before
-    // each register tile (of all column panels), when they are strided: each row of a head is then a few cache lines a
-    // whole row stride apart, which the hardware prefetchers do not follow, so without this
-    // every block starts with a wait on L3 or memory. (Contiguous rows they do follow.)
+    // each register tile (of all column panels), when they are strided: each row of a head is
+    // then a few cache lines a whole row stride apart, which the hardware prefetchers do not
+    // follow, so without this every block starts with a wait on L3 or memory. (Contiguous rows
+    // they do follow.)
     const Index next_keys = std::min(key_rows, b.keys_end - j0 - keys);
     const Index panels = width / lanes;
     const auto prefetch_share = [&](const Scalar* head, Index head_stride, Index cols) {

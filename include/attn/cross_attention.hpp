@@ -134,8 +134,8 @@ class CrossAttention {
 
   /// Cross-attention of a target (n, E) over a remembered source, written into out: costs only
   /// the query projection, the kernel and the output projection. With options.workspace and
-  /// serial_executor or thread_executor, a call allocates nothing once an earlier call of as
-  /// many target rows has sized the workspace.
+  /// serial_executor, a call allocates nothing once an earlier call of as many target rows has
+  /// sized the workspace.
   /// \param target  In: (n, E), any Eigen expression of Scalar; row-major storage is read in
   ///                place, anything else is evaluated once (into a new matrix).
   /// \param memory  made by remember() of this functor (or one of the same config), of one source.

@@ -83,11 +83,11 @@ struct MultiHeadOptions {
   /// (and, if that is empty too, default_executor).
   Executor executor;
   /// Scratch kept between calls (not owned); null means scratch allocated per call. With a
-  /// workspace and serial_executor or thread_executor (or an executor of your own that does not
-  /// allocate), a call that needs no more scratch than an earlier one performs no heap
-  /// allocation: every step over a CrossAttentionMemory after the first, and every decode step
-  /// over a KVCache after the first (which sizes the scratch for the cache's capacity, see
-  /// SelfAttention::attend_into). A workspace serves one call at a time.
+  /// workspace and serial_executor, a call that needs no more scratch than an earlier one
+  /// performs no heap allocation: every step over a CrossAttentionMemory after the first, and
+  /// every decode step over a KVCache after the first (which sizes the scratch for the cache's
+  /// capacity, see SelfAttention::attend_into). With thread_executor, likewise once each of its
+  /// workers has taken part in a call (see Workspace). A workspace serves one call at a time.
   Workspace* workspace = nullptr;
 };
 

@@ -106,9 +106,9 @@ class SelfAttention {
   /// cached positions before the chunk and the chunk's rows up to itself;
   /// `Mask::causal() & Mask::window(w, 0)` reads only the last w + 1 positions.
   ///
-  /// With options.workspace and serial_executor or thread_executor, a step allocates nothing
-  /// once an earlier step has sized the workspace: the projections, the heads' results and the
-  /// kernel's scratch all live in it. (A step over many keys splits them into parts whose number
+  /// With options.workspace and serial_executor, a step allocates nothing once an earlier step has
+  /// sized the workspace: the projections, the heads' results and the kernel's scratch all live
+  /// in it. (A step over many keys splits them into parts whose number
   /// grows with the cache; the first step sizes the buffer for the parts' results for the
   /// cache's whole capacity.)
   /// \param cache In/out: made by make_cache (or of width num_kv_heads·head_dim).

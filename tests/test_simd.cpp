@@ -30,7 +30,10 @@ using attn_test::ReferenceMask;
 // width, and -ffast-math.
 TEST(SimdReport, NamesTheInstructionSetOfThisBuild) {
   const std::string report = attn::simd_instruction_set();
-#if defined(__AVX512F__)
+#if defined(EIGEN_DONT_VECTORIZE)
+  const std::string expected = "no SIMD: scalars";
+  const int bits = 0;
+#elif defined(__AVX512F__)
   const std::string expected = "AVX-512";
   const int bits = 512;
 #elif defined(__AVX2__)
@@ -53,7 +56,9 @@ TEST(SimdReport, NamesTheInstructionSetOfThisBuild) {
               std::string::npos)
         << report;
   }
-#if defined(__FMA__) || defined(__AVX512F__)
+#if defined(EIGEN_DONT_VECTORIZE)
+  EXPECT_EQ(report.find("FMA"), std::string::npos) << report;  // scalar code: no packet FMA
+#elif defined(__FMA__) || defined(__AVX512F__)
   EXPECT_NE(report.find("+ FMA"), std::string::npos) << report;
 #elif defined(__x86_64__)
   EXPECT_EQ(report.find("FMA"), std::string::npos) << report;

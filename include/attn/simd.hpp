@@ -15,7 +15,8 @@ namespace attn {
 
 /// One line naming the instruction set, the packet width and the floating-point mode this
 /// translation unit was compiled for, e.g. "AVX-512 + FMA: 512-bit packets (16 floats,
-/// 8 doubles)" or "SSE2: 128-bit packets (4 floats, 2 doubles); -ffast-math". Print it beside
+/// 8 doubles)", "SSE2: 128-bit packets (4 floats, 2 doubles); -ffast-math", or "no SIMD:
+/// scalars" where Eigen's vectorisation is off (EIGEN_DONT_VECTORIZE). Print it beside
 /// timings: a build without -march flags runs x86-64's baseline SSE2 even on an AVX-512 CPU.
 inline std::string simd_instruction_set() {
 #if defined(EIGEN_VECTORIZE_AVX512)
@@ -50,8 +51,12 @@ inline std::string simd_instruction_set() {
 #endif
   constexpr int floats = detail::PacketTraits<float>::size;
   constexpr int doubles = detail::PacketTraits<double>::size;
-  name += ": " + std::to_string(floats * 32) + "-bit packets (" + std::to_string(floats) +
-          " floats, " + std::to_string(doubles) + " doubles)";
+  if (floats == 1 && doubles == 1) {
+    name += ": scalars";
+  } else {
+    name += ": " + std::to_string(floats * 32) + "-bit packets (" + std::to_string(floats) +
+            " floats, " + std::to_string(doubles) + " doubles)";
+  }
 #if defined(__FAST_MATH__)
   name += "; -ffast-math";
 #elif defined(__FINITE_MATH_ONLY__) && __FINITE_MATH_ONLY__

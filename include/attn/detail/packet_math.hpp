@@ -251,7 +251,7 @@ EIGEN_ALWAYS_INLINE Packet softmax_exp_float(const Packet& x) {
   return Eigen::internal::pandnot(Eigen::internal::pmul(p, two_n), underflow);
 }
 
-#if defined(__AVX512F__)
+#if defined(EIGEN_VECTORIZE_AVX512)
 /// softmax_exp_float's algorithm with two AVX-512 instructions that the generic packet operations
 /// lack: VRNDSCALEPS rounds n, and VSCALEFPS computes p·2^n and zeroes the underflowing lanes
 /// under a mask. That is five operations fewer per packet of the twenty the softmax spends, on
@@ -285,7 +285,7 @@ EIGEN_ALWAYS_INLINE __m512 softmax_exp_avx512(const __m512& x) {
 template <typename Packet>
 EIGEN_ALWAYS_INLINE Packet softmax_exp(const Packet& x) {
   using Scalar = typename Eigen::internal::unpacket_traits<Packet>::type;
-#if defined(__AVX512F__)
+#if defined(EIGEN_VECTORIZE_AVX512)
   if constexpr (std::is_same_v<Packet, __m512>) return softmax_exp_avx512(x);
 #endif
   if constexpr (std::is_same_v<Scalar, float> && has_integer_packet<Packet>::value) {

@@ -14,36 +14,82 @@
 
 namespace attn::detail {
 
-/// Vector registers the target has: AVX-512 and AArch64 NEON have 32, SSE/AVX/AVX2 and 32-bit
-/// NEON 16. Without SIMD, packets are single scalars in the floating-point registers.
-#if defined(__AVX512F__) || defined(__aarch64__)
-inline constexpr int vector_registers = 32;
+/// The instruction set the tiles are shaped for: what the compiler was told to target.
+enum class SimdTarget { avx512, avx2_fma, sse, neon64, neon32, generic };
+
+inline constexpr SimdTarget simd_target =
+#if defined(__AVX512F__)
+    SimdTarget::avx512;
+#elif defined(__AVX2__) && defined(__FMA__)
+    SimdTarget::avx2_fma;
+#elif defined(__SSE2__)  // SSE2 to SSE4.2, and AVX or AVX2 without FMA
+    SimdTarget::sse;
+#elif defined(__ARM_NEON) && defined(__aarch64__)
+    SimdTarget::neon64;
+#elif defined(__ARM_NEON)
+    SimdTarget::neon32;
 #else
-inline constexpr int vector_registers = 16;
+    SimdTarget::generic;
 #endif
 
-/// The register tile of both products, C (rows × packets·P) += A (rows × depth) · B (depth ×
-/// packets·P): each depth step loads `packets` packets of B, broadcasts `rows` elements of A and
-/// issues rows·packets FMAs into accumulators that stay in registers.
+/// The register tile of both products per instruction set, as Eigen's gebp_traits chooses its
+/// GEMM's: C (rows × packets·P) += A (rows × depth) · B (depth × packets·P). Each depth step loads
+/// `packets` packets of B, broadcasts `rows` elements of A and issues rows·packets FMAs into
+/// accumulators that stay in registers.
 ///
 /// The shape follows from three limits. Accumulators + B's packets + a broadcast must fit the
-/// register file, or the compiler spills them. rows·packets accumulators must cover the FMA
+/// vector registers, or the compiler spills them. rows·packets accumulators must cover the FMA
 /// latency times the FMA pipes (about 4 × 2 on current x86 and ARM cores) so that the pipes never
-/// wait on a result. And every load feeds as many FMAs as possible: a step issues `packets` loads
-/// and `rows` broadcasts for rows·packets FMAs. So:
-/// - 32 registers (AVX-512, AArch64): 6 × 4 packets, 24 accumulators + 5 registers. With 16
-///   floats a packet, the tile spans a whole query block of 64, so the block's products are
-///   single sweeps over the key rows; 10 loads feed 24 FMAs, against 10 for 16 in an 8 × 2 tile.
-/// - 16 registers (SSE, AVX, AVX2): 6 × 2, 12 accumulators + 3 (a wider tile would spill).
-/// - no SIMD: 4 × 2 scalars.
+/// wait on a result. And every load should feed as many FMAs as it can: a step issues `packets`
+/// loads and `rows` broadcasts for rows·packets FMAs.
+template <SimdTarget Target>
+struct TileShape;
+
+/// 32 registers: 6 × 4 packets, 24 accumulators + 5. With 16 floats a packet the tile spans a
+/// whole query block of 64, so each of the block's products is one sweep over the key rows; 10
+/// loads feed 24 FMAs, where an 8 × 2 tile feeds 16.
+template <>
+struct TileShape<SimdTarget::avx512> {
+  static constexpr int registers = 32, rows = 6, packets = 4;
+};
+/// 16 registers: 6 × 2 packets, 12 accumulators + 3; a wider tile would spill.
+template <>
+struct TileShape<SimdTarget::avx2_fma> {
+  static constexpr int registers = 16, rows = 6, packets = 2;
+};
+/// 16 registers, and FMAs are a multiply and an add: the AVX2 tile, whose 12 accumulators also
+/// cover the longer latency of that pair.
+template <>
+struct TileShape<SimdTarget::sse> {
+  static constexpr int registers = 16, rows = 6, packets = 2;
+};
+/// AArch64: 32 registers of 4 floats, the AVX-512 tile (16 queries wide).
+template <>
+struct TileShape<SimdTarget::neon64> {
+  static constexpr int registers = 32, rows = 6, packets = 4;
+};
+/// 32-bit ARM: 16 registers, the AVX2 tile.
+template <>
+struct TileShape<SimdTarget::neon32> {
+  static constexpr int registers = 16, rows = 6, packets = 2;
+};
+/// No SIMD (or Eigen's vectorisation turned off): 4 × 2 scalars in the floating-point registers.
+template <>
+struct TileShape<SimdTarget::generic> {
+  static constexpr int registers = 16, rows = 4, packets = 2;
+};
+
+/// The tile for Scalar: the target's shape, or the generic one where Eigen gives Scalar no packet
+/// wider than one lane.
 template <typename Scalar>
 struct TileTraits {
   static constexpr int packet_size = PacketTraits<Scalar>::size;
-  static constexpr int packets = packet_size > 1 && vector_registers >= 32 ? 4 : 2;
-  static constexpr int rows = packet_size == 1 ? 4 : 6;
+  using Shape = TileShape<packet_size == 1 ? SimdTarget::generic : simd_target>;
+  static constexpr int rows = Shape::rows;
+  static constexpr int packets = Shape::packets;
   /// Queries per register tile (its columns).
   static constexpr Index columns = Index(packets) * packet_size;
-  static_assert(rows * packets + packets + 1 <= vector_registers,
+  static_assert(rows * packets + packets + 1 <= Shape::registers,
                 "the register tile must fit the vector registers");
 };
 

@@ -33,75 +33,11 @@
 #include <utility>
 #include <vector>
 
+#include "support/counting_new.hpp"
 #include "support/random.hpp"
 
 // ThreadSanitizer's runtime defines operator new itself, so under it nothing is counted and the
 // allocation tests are skipped.
-#if defined(__SANITIZE_THREAD__)
-#define ATTN_TEST_COUNTS_ALLOCATIONS 0
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define ATTN_TEST_COUNTS_ALLOCATIONS 0
-#endif
-#endif
-#ifndef ATTN_TEST_COUNTS_ALLOCATIONS
-#define ATTN_TEST_COUNTS_ALLOCATIONS 1
-#endif
-
-namespace {
-std::atomic<long> allocations{0};
-}  // namespace
-
-#if ATTN_TEST_COUNTS_ALLOCATIONS
-// GCC inlines these replacements and then sees free() of what operator new returned; here both
-// are malloc's, so its -Wmismatched-new-delete is a false positive.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
-#endif
-
-void* operator new(std::size_t size) {
-  allocations.fetch_add(1, std::memory_order_relaxed);
-  if (void* p = std::malloc(size == 0 ? 1 : size)) return p;
-  throw std::bad_alloc();
-}
-void* operator new[](std::size_t size) {
-  return operator new(size);
-}
-void* operator new(std::size_t size, std::align_val_t alignment) {
-  allocations.fetch_add(1, std::memory_order_relaxed);
-  const std::size_t a = static_cast<std::size_t>(alignment);
-  if (void* p = std::aligned_alloc(a, (size + a - 1) / a * a)) return p;
-  throw std::bad_alloc();
-}
-void* operator new[](std::size_t size, std::align_val_t alignment) {
-  return operator new(size, alignment);
-}
-void operator delete(void* p) noexcept {
-  std::free(p);
-}
-void operator delete[](void* p) noexcept {
-  std::free(p);
-}
-void operator delete(void* p, std::size_t) noexcept {
-  std::free(p);
-}
-void operator delete[](void* p, std::size_t) noexcept {
-  std::free(p);
-}
-void operator delete(void* p, std::align_val_t) noexcept {
-  std::free(p);
-}
-void operator delete[](void* p, std::align_val_t) noexcept {
-  std::free(p);
-}
-void operator delete(void* p, std::size_t, std::align_val_t) noexcept {
-  std::free(p);
-}
-void operator delete[](void* p, std::size_t, std::align_val_t) noexcept {
-  std::free(p);
-}
-
-#endif  // ATTN_TEST_COUNTS_ALLOCATIONS
 
 namespace {
 
@@ -424,10 +360,10 @@ TEST(ThreadExecutor, CallsAllocateNothing) {
   };
   executor(3, work);  // the calling thread's first Schedule
   sum.store(0);
-  const long before = allocations.load();
+  const long before = attn_test::allocation_count().load();
   for (int call = 0; call < 50; ++call)
     executor(1 + call % 7, work);
-  EXPECT_EQ(allocations.load() - before, 0);
+  EXPECT_EQ(attn_test::allocation_count().load() - before, 0);
   Index expected = 0;
   for (int call = 0; call < 50; ++call)
     expected += (call % 7) * (call % 7 + 1) / 2;
@@ -460,9 +396,9 @@ TEST(ThreadExecutor, KernelWithAWorkspaceAllocatesNothing) {
     int checked = 0;
     for (int call = 0; call < 12; ++call) {
       const std::size_t bytes = workspace.bytes();
-      const long before = allocations.load();
+      const long before = attn_test::allocation_count().load();
       attn::scaled_dot_product_attention_into(q, k, v, out, attn::Mask::causal(), options);
-      const long counted = allocations.load() - before;
+      const long counted = attn_test::allocation_count().load() - before;
       if (workspace.bytes() != bytes) continue;
       ++checked;
       EXPECT_EQ(counted, 0) << "n " << shape.n << ", m " << shape.m << ", call " << call;

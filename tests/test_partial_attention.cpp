@@ -32,6 +32,7 @@ namespace {
 
 using attn::Index;
 using attn::Mask;
+using attn_test::bitwise_equal;
 using attn_test::MatrixB;
 using attn_test::Random;
 using attn_test::ReferenceMask;
@@ -123,12 +124,6 @@ attn::PartialAttention<Scalar> part(const Problem<Scalar>& p, MaskKind kind, con
   return attn::scaled_dot_product_attention_partial(
       p.q, p.k.middleRows(a, b - a), p.v.middleRows(a, b - a),
       part_mask(kind, keep, p.k.rows(), a, b), gqa_options());
-}
-
-template <typename Scalar>
-bool bitwise_equal(const attn::Matrix<Scalar>& a, const attn::Matrix<Scalar>& b) {
-  return a.rows() == b.rows() && a.cols() == b.cols() &&
-         std::memcmp(a.data(), b.data(), sizeof(Scalar) * static_cast<std::size_t>(a.size())) == 0;
 }
 
 template <typename Scalar>

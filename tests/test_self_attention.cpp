@@ -15,6 +15,7 @@
 #include <thread>
 #include <vector>
 
+#include "support/counting_executor.hpp"
 #include "support/matrix_near.hpp"
 #include "support/random.hpp"
 #include "support/reference.hpp"
@@ -26,6 +27,8 @@ namespace {
 using attn::Index;
 using attn::Mask;
 using attn::MultiHeadConfig;
+using attn_test::bitwise_equal;
+using attn_test::counting_executor;
 using attn_test::MatrixB;
 using attn_test::Random;
 using attn_test::ReferenceMask;
@@ -257,27 +260,6 @@ TYPED_TEST(SelfAttentionTest, ShapeErrorsNameTheArgumentAndShapes) {
 // ---------------------------------------------------------------------------------------------
 // attend_into and MultiHeadOptions
 // ---------------------------------------------------------------------------------------------
-
-// Same bits, NaN or not.
-template <typename A, typename B>
-bool bitwise_equal(const Eigen::MatrixBase<A>& a, const Eigen::MatrixBase<B>& b) {
-  if (a.rows() != b.rows() || a.cols() != b.cols()) return false;
-  for (Index r = 0; r < a.rows(); ++r) {
-    for (Index c = 0; c < a.cols(); ++c) {
-      const auto x = a(r, c), y = b(r, c);
-      if (std::memcmp(&x, &y, sizeof(x)) != 0) return false;
-    }
-  }
-  return true;
-}
-
-// An executor that counts its calls and runs them serially.
-attn::Executor counting_executor(int& calls) {
-  return [&calls](Index count, const attn::RangeFunction& work) {
-    ++calls;
-    attn::serial_executor(count, work);
-  };
-}
 
 // Every attend_into writes exactly what its operator() returns, into a strided block of a wider
 // matrix whose other columns stay as they were; with a workspace too.

@@ -8,6 +8,7 @@
 
 #include <attn/types.hpp>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <sstream>
 
@@ -49,6 +50,20 @@ template <typename A, typename B>
     << ", expected " << b(worst_r, worst_c) << ", error " << worst << " > tolerance " << tol
     << " (shape " << a.rows() << "x" << a.cols() << ")";
   return ::testing::AssertionFailure() << s.str();
+}
+
+/// Same shape and the same bits in every element (NaN or not, −0 ≠ +0): for results documented
+/// as bitwise identical, which a tolerance would not check.
+template <typename A, typename B>
+bool bitwise_equal(const Eigen::MatrixBase<A>& a, const Eigen::MatrixBase<B>& b) {
+  if (a.rows() != b.rows() || a.cols() != b.cols()) return false;
+  for (Eigen::Index r = 0; r < a.rows(); ++r) {
+    for (Eigen::Index c = 0; c < a.cols(); ++c) {
+      const auto x = a(r, c), y = b(r, c);
+      if (std::memcmp(&x, &y, sizeof(x)) != 0) return false;
+    }
+  }
+  return true;
 }
 
 }  // namespace attn_test

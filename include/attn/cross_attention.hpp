@@ -6,16 +6,19 @@
 /// attn::CrossAttention: multi-head attention whose queries come from the target (the sequence
 /// being produced) and whose keys AND values both come from the source (the context).
 
+#include <cstddef>
 #include <type_traits>
 #include <utility>
 #include <vector>
 
 #include "detail/multi_head_core.hpp"
+#include "detail/stored_matrix.hpp"
 #include "error.hpp"
 #include "mask.hpp"
 #include "multi_head.hpp"
 #include "parallel.hpp"
 #include "scaled_dot_product.hpp"
+#include "storage.hpp"
 #include "types.hpp"
 #include "workspace.hpp"
 
@@ -26,32 +29,40 @@ class CrossAttention;
 
 /// A source projected to keys and values once, to be attended to by many target calls (every
 /// step of a decoder). Made by CrossAttention::remember; holds its own copy, so it outlives the
-/// source it was made from. Usable only with a functor of the same config.
-template <typename Scalar_>
+/// source it was made from. Usable only with a functor of the same config. The keys and values
+/// are kept in `Storage` (see KVCache: Scalar, or for float also attn::bfloat16, attn::half or
+/// attn::qint8), rounded once when remembered.
+template <typename Scalar_, typename Storage_ = Scalar_>
 class CrossAttentionMemory {
  public:
   using Scalar = Scalar_;
+  using Storage = Storage_;
+  using View = StorageView<Storage>;
 
   /// Source rows (all sequences).
-  Index rows() const { return m_keys_values.rows(); }
+  Index rows() const { return m_keys.rows(); }
   /// Rows of each packed source sequence.
   const std::vector<Index>& lengths() const { return m_lengths; }
   /// Projected keys (m, kv_dim), heads as column blocks.
-  ConstMatrixView<Scalar> keys() const { return detail::column_block(all(), 0, kv_dim()); }
+  View keys() const { return m_keys.view(rows()); }
   /// Projected values (m, kv_dim), heads as column blocks.
-  ConstMatrixView<Scalar> values() const { return detail::column_block(all(), kv_dim(), kv_dim()); }
+  View values() const { return m_values.view(rows()); }
+  /// Bytes of storage for the keys and values.
+  std::size_t bytes() const { return m_keys.bytes() + m_values.bytes(); }
 
  private:
   friend class CrossAttention<Scalar>;
-  CrossAttentionMemory(Matrix<Scalar> keys_values, std::vector<Index> lengths,
+  CrossAttentionMemory(detail::StoredMatrix<Scalar, Storage> keys,
+                       detail::StoredMatrix<Scalar, Storage> values, std::vector<Index> lengths,
                        std::vector<Index> offsets)
-      : m_keys_values(std::move(keys_values)),
+      : m_keys(std::move(keys)),
+        m_values(std::move(values)),
         m_lengths(std::move(lengths)),
         m_offsets(std::move(offsets)) {}
-  ConstMatrixRef<Scalar> all() const { return m_keys_values; }
-  Index kv_dim() const { return m_keys_values.cols() / 2; }
+  Index kv_dim() const { return m_keys.cols(); }
 
-  Matrix<Scalar> m_keys_values;  // [K | V], (m, 2·kv_dim)
+  detail::StoredMatrix<Scalar, Storage> m_keys;  // (m, kv_dim)
+  detail::StoredMatrix<Scalar, Storage> m_values;
   std::vector<Index> m_lengths;
   std::vector<Index> m_offsets;
 };
@@ -96,7 +107,10 @@ class CrossAttention {
 
  public:
   using Scalar = Scalar_;
-  using Memory = CrossAttentionMemory<Scalar>;
+  /// A remembered source with keys and values in Storage.
+  template <typename Storage = Scalar>
+  using MemoryIn = CrossAttentionMemory<Scalar, Storage>;
+  using Memory = MemoryIn<Scalar>;
 
   /// \param config  model_dim E, num_heads, num_kv_heads, source_dim S (0 means E), bias.
   /// \param weights PyTorch layout (see MultiHeadWeights); copied into the functor.
@@ -107,18 +121,20 @@ class CrossAttention {
                  Executor executor = {})
       : m_core("CrossAttention", config, std::move(weights), std::move(executor)) {}
 
-  /// Projects a source (m, S) to keys and values once.
-  /// \throws ShapeError if source.cols() ≠ S.
-  template <typename Derived>
-  Memory remember(const Eigen::MatrixBase<Derived>& source) const {
-    return remember(source, std::vector<Index>{source.rows()});
+  /// Projects a source (m, S) to keys and values once, kept in Storage (Scalar by default;
+  /// e.g. `cross.remember<attn::bfloat16>(source)` keeps half the bytes).
+  /// \throws ShapeError if source.cols() ≠ S, or if a projected key or value does not fit Storage
+  ///         (see KVCache::append).
+  template <typename Storage = Scalar, typename Derived>
+  MemoryIn<Storage> remember(const Eigen::MatrixBase<Derived>& source) const {
+    return remember<Storage>(source, std::vector<Index>{source.rows()});
   }
 
   /// Projects a batch of sources packed row-wise, lengths[b] rows each.
   /// \throws ShapeError if source.cols() ≠ S or the lengths do not sum to source.rows().
-  template <typename Derived>
-  Memory remember(const Eigen::MatrixBase<Derived>& source,
-                  const std::vector<Index>& lengths) const {
+  template <typename Storage = Scalar, typename Derived>
+  MemoryIn<Storage> remember(const Eigen::MatrixBase<Derived>& source,
+                             const std::vector<Index>& lengths) const {
     static_assert(
         std::is_same_v<typename Derived::Scalar, Scalar>,
         "attn::CrossAttention: source must have the functor's Scalar; use .cast<Scalar>()");
@@ -129,7 +145,16 @@ class CrossAttention {
     }
     std::vector<Index> offsets =
         detail::sequence_offsets(who, "source_lengths", lengths, source.rows());
-    return Memory(m_core.project_keys_values(source), lengths, std::move(offsets));
+    const Matrix<Scalar> keys_values = m_core.project_keys_values(source);
+    const ConstMatrixRef<Scalar> all(keys_values);
+    const Index kv = cfg.kv_dim();
+    detail::StoredMatrix<Scalar, Storage> keys(source.rows(), kv, cfg.head_dim());
+    detail::StoredMatrix<Scalar, Storage> values(source.rows(), kv, cfg.head_dim());
+    keys.check(who, "projected key", detail::column_block(all, 0, kv));
+    values.check(who, "projected value", detail::column_block(all, kv, kv));
+    keys.assign_rows(0, detail::column_block(all, 0, kv));
+    values.assign_rows(0, detail::column_block(all, kv, kv));
+    return MemoryIn<Storage>(std::move(keys), std::move(values), lengths, std::move(offsets));
   }
 
   /// Cross-attention of a target (n, E) over a remembered source, written into out: costs only
@@ -147,9 +172,10 @@ class CrossAttention {
   /// \throws ShapeError if target.cols() ≠ E, out is not n × E, the memory is of another width or
   ///         holds a batch, the mask is not n × m, or the options' scale or softcap are invalid;
   ///         out is then untouched.
-  template <typename DT>
-  void attend_into(const Eigen::MatrixBase<DT>& target, const Memory& memory, MatrixRef<Scalar> out,
-                   const Mask& mask = Mask(), const MultiHeadOptions& options = {},
+  template <typename DT, typename Storage>
+  void attend_into(const Eigen::MatrixBase<DT>& target, const MemoryIn<Storage>& memory,
+                   MatrixRef<Scalar> out, const Mask& mask = Mask(),
+                   const MultiHeadOptions& options = {},
                    const AttentionExtras<Scalar>& extras = {}) const {
     check_target(target);
     attend(target, detail::SequenceOffsets(target.rows()), memory, out, mask, options, extras);
@@ -167,10 +193,10 @@ class CrossAttention {
 
   /// Batched cross-attention over a remembered batch of sources, written into out
   /// (target.rows(), E); see operator()(target, target_lengths, source, source_lengths, mask).
-  template <typename DT>
+  template <typename DT, typename Storage>
   void attend_into(const Eigen::MatrixBase<DT>& target, const std::vector<Index>& target_lengths,
-                   const Memory& memory, MatrixRef<Scalar> out, const Mask& mask = Mask(),
-                   const MultiHeadOptions& options = {}) const {
+                   const MemoryIn<Storage>& memory, MatrixRef<Scalar> out,
+                   const Mask& mask = Mask(), const MultiHeadOptions& options = {}) const {
     check_target(target);
     const std::vector<Index> offsets =
         detail::sequence_offsets(who, "target_lengths", target_lengths, target.rows());
@@ -203,8 +229,8 @@ class CrossAttention {
 
   /// Cross-attention of a target (n, E) over a remembered source; see
   /// attend_into(target, memory, out, mask, options, extras).
-  template <typename DT>
-  Matrix<Scalar> operator()(const Eigen::MatrixBase<DT>& target, const Memory& memory,
+  template <typename DT, typename Storage>
+  Matrix<Scalar> operator()(const Eigen::MatrixBase<DT>& target, const MemoryIn<Storage>& memory,
                             const Mask& mask = Mask(), const AttentionExtras<Scalar>& extras = {},
                             const MultiHeadOptions& options = {}) const {
     Matrix<Scalar> y(target.rows(), m_core.config().model_dim);
@@ -227,10 +253,11 @@ class CrossAttention {
   }
 
   /// Batched cross-attention over a remembered batch of sources.
-  template <typename DT>
+  template <typename DT, typename Storage>
   Matrix<Scalar> operator()(const Eigen::MatrixBase<DT>& target,
-                            const std::vector<Index>& target_lengths, const Memory& memory,
-                            const Mask& mask = Mask(), const MultiHeadOptions& options = {}) const {
+                            const std::vector<Index>& target_lengths,
+                            const MemoryIn<Storage>& memory, const Mask& mask = Mask(),
+                            const MultiHeadOptions& options = {}) const {
     Matrix<Scalar> y(target.rows(), m_core.config().model_dim);
     attend_into(target, target_lengths, memory, y, mask, options);
     return y;
@@ -251,12 +278,12 @@ class CrossAttention {
   }
 
   /// The target's sequences (target already checked) attend over the memory's, into out.
-  template <typename DT>
+  template <typename DT, typename Storage>
   void attend(const Eigen::MatrixBase<DT>& target, const detail::SequenceOffsets& queries,
-              const Memory& memory, MatrixRef<Scalar>& out, const Mask& mask,
+              const MemoryIn<Storage>& memory, MatrixRef<Scalar>& out, const Mask& mask,
               const MultiHeadOptions& options, const AttentionExtras<Scalar>& extras) const {
     const MultiHeadConfig& cfg = m_core.config();
-    if (memory.m_keys_values.cols() != 2 * cfg.kv_dim()) {
+    if (memory.kv_dim() != cfg.kv_dim()) {
       detail::throw_shape_error(who, ": memory holds keys and values of width ", memory.kv_dim(),
                                 ", expected kv_dim ", cfg.kv_dim(),
                                 " (a memory of another functor?)");

@@ -6,9 +6,13 @@
 /// attn::KVCache: the keys and values of everything a self-attention layer has seen, for decoding
 /// one token (or one chunk) at a time.
 
+#include <algorithm>
+#include <cstddef>
 #include <type_traits>
 
+#include "detail/stored_matrix.hpp"
 #include "error.hpp"
+#include "storage.hpp"
 #include "types.hpp"
 
 namespace attn {
@@ -23,6 +27,11 @@ class CapacityError : public ShapeError {
 /// only the num_kv_heads heads), in storage preallocated for `capacity` positions: appending
 /// never reallocates, and keys()/values() are views of the filled rows, never copies.
 ///
+/// The rows are kept in `Storage`: Scalar itself, or, for a float cache, attn::bfloat16 or
+/// attn::half (2 bytes per value) or attn::qint8 (1 byte per value and a float scale per head
+/// row). Appending rounds (or quantises) each new value once; the kernel reads the stored values
+/// and accumulates in float. bytes() is the storage held.
+///
 /// Not synchronised: one cache belongs to one sequence being decoded; concurrent decodes use one
 /// cache each (the functor itself may be shared).
 ///
@@ -34,25 +43,40 @@ class CapacityError : public ShapeError {
 ///   y = layer(next_token_row, cache);                 // one step: sees everything cached
 /// }
 /// cache.reset();                                      // next sequence, same storage
+/// // Half the bytes: keys and values kept in bfloat16.
+/// attn::KVCache<float, attn::bfloat16> small = layer.make_cache<attn::bfloat16>(2048);
 /// \endcode
-template <typename Scalar_>
+template <typename Scalar_, typename Storage_ = Scalar_>
 class KVCache {
   static_assert(detail::is_supported_scalar<Scalar_>,
                 "attn::KVCache: Scalar must be float or double");
+  static_assert(detail::is_storage_for<Scalar_, Storage_>,
+                "attn::KVCache: Storage must be Scalar, or, for a float cache, attn::bfloat16, "
+                "attn::half or attn::qint8");
 
  public:
   using Scalar = Scalar_;
+  using Storage = Storage_;
+  /// What keys() and values() return: ConstMatrixView<Storage>, or QuantizedView for qint8.
+  using View = StorageView<Storage>;
 
   /// \param capacity  positions the cache can hold.
   /// \param key_width Hkv·head_dim, the width of a position's keys (and of its values).
-  /// \throws ShapeError if capacity or key_width is negative.
-  KVCache(Index capacity, Index key_width) {
+  /// \param head_dim  width of one head (qint8 keeps one scale per head row); 0 means key_width.
+  /// \throws ShapeError if capacity or key_width is negative, or head_dim does not divide
+  ///         key_width.
+  KVCache(Index capacity, Index key_width, Index head_dim = 0) {
     if (capacity < 0)
       detail::throw_shape_error("KVCache: capacity is ", capacity, ", expected >= 0");
     if (key_width < 0)
       detail::throw_shape_error("KVCache: key_width is ", key_width, ", expected >= 0");
-    m_keys.resize(capacity, key_width);
-    m_values.resize(capacity, key_width);
+    if (head_dim == 0) head_dim = std::max<Index>(key_width, 1);
+    if (head_dim < 0 || key_width % head_dim != 0) {
+      detail::throw_shape_error("KVCache: head_dim is ", head_dim,
+                                ", expected a positive divisor of key_width ", key_width);
+    }
+    m_keys = detail::StoredMatrix<Scalar, Storage>(capacity, key_width, head_dim);
+    m_values = detail::StoredMatrix<Scalar, Storage>(capacity, key_width, head_dim);
   }
 
   /// Positions held.
@@ -61,19 +85,20 @@ class KVCache {
   Index capacity() const { return m_keys.rows(); }
   /// Width of a position's keys and of its values (Hkv·head_dim).
   Index width() const { return m_keys.cols(); }
+  /// Bytes of storage for keys and values at full capacity: 2·capacity·width·sizeof(Storage), or
+  /// for qint8 2·capacity·(width + 4·width/head_dim).
+  std::size_t bytes() const { return m_keys.bytes() + m_values.bytes(); }
 
   /// The cached keys, size() × width(), heads as column blocks: a view of the storage.
-  ConstMatrixView<Scalar> keys() const {
-    return ConstMatrixView<Scalar>(m_keys.data(), m_size, width(), Eigen::OuterStride<>(width()));
-  }
+  View keys() const { return m_keys.view(m_size); }
   /// The cached values, size() × width().
-  ConstMatrixView<Scalar> values() const {
-    return ConstMatrixView<Scalar>(m_values.data(), m_size, width(), Eigen::OuterStride<>(width()));
-  }
+  View values() const { return m_values.view(m_size); }
 
-  /// Appends the keys and values of new positions (rows).
+  /// Appends the keys and values of new positions (rows), rounding them to Storage.
   /// \throws CapacityError if size() + k.rows() > capacity(), ShapeError if the shapes differ
-  ///         from each other or from width(); the cache is then unchanged.
+  ///         from each other or from width(), or if a value does not fit Storage (a finite value
+  ///         beyond half's range, or one that would round to infinity in bfloat16; a NaN or
+  ///         infinity for qint8); the cache is then unchanged.
   template <typename DK, typename DV>
   void append(const Eigen::MatrixBase<DK>& k, const Eigen::MatrixBase<DV>& v) {
     static_assert(
@@ -84,8 +109,11 @@ class KVCache {
                                 detail::shape_string(v), ", expected both rows x ", width());
     }
     check_room("KVCache::append", k.rows());
-    m_keys.middleRows(m_size, k.rows()) = k;
-    m_values.middleRows(m_size, v.rows()) = v;
+    const ConstMatrixRef<Scalar> k_ref(k), v_ref(v);
+    m_keys.check("KVCache::append", "k", k_ref);
+    m_values.check("KVCache::append", "v", v_ref);
+    m_keys.assign_rows(m_size, k_ref);
+    m_values.assign_rows(m_size, v_ref);
     m_size += k.rows();
   }
 
@@ -102,8 +130,8 @@ class KVCache {
   void reset() { m_size = 0; }
 
  private:
-  Matrix<Scalar> m_keys;  // capacity × width, rows [0, size) filled
-  Matrix<Scalar> m_values;
+  detail::StoredMatrix<Scalar, Storage> m_keys;  // capacity × width, rows [0, size) filled
+  detail::StoredMatrix<Scalar, Storage> m_values;
   Index m_size = 0;
 };
 

@@ -29,14 +29,16 @@ struct PartialAttention {
 };
 
 /// scaled_dot_product_attention over the keys and values given, with the log-sum-exp kept.
-/// The mask is relative to these keys (bottom-right aligned over k's rows).
+/// The mask is relative to these keys (bottom-right aligned over k's rows). q, k and v may be
+/// stored as for scaled_dot_product_attention (e.g. one part from a bfloat16 cache, another from
+/// float rows); the parts are in the compute type.
 /// \throws ShapeError as scaled_dot_product_attention.
-template <typename DQ, typename DK, typename DV>
-PartialAttention<typename DQ::Scalar> scaled_dot_product_attention_partial(
-    const Eigen::MatrixBase<DQ>& q, const Eigen::MatrixBase<DK>& k, const Eigen::MatrixBase<DV>& v,
-    const Mask& mask = Mask(), const AttentionOptions& options = {}) {
-  PartialAttention<typename DQ::Scalar> part;
-  AttentionExtras<typename DQ::Scalar> extras;
+template <typename DQ, typename K, typename V>
+PartialAttention<detail::result_t<DQ>> scaled_dot_product_attention_partial(
+    const Eigen::MatrixBase<DQ>& q, const K& k, const V& v, const Mask& mask = Mask(),
+    const AttentionOptions& options = {}) {
+  PartialAttention<detail::result_t<DQ>> part;
+  AttentionExtras<detail::result_t<DQ>> extras;
   extras.log_sum_exp = &part.log_sum_exp;
   part.out = scaled_dot_product_attention(q, k, v, mask, options, extras);
   return part;

@@ -14,6 +14,7 @@
 #include "error.hpp"
 #include "mask.hpp"
 #include "parallel.hpp"
+#include "storage.hpp"
 #include "types.hpp"
 #include "workspace.hpp"
 
@@ -90,12 +91,12 @@ double check_mask_and_options(const char* who, Index n, Index m, Index head_dim,
 }
 
 /// Validates shapes and options and fills an AttentionProblem; `who` prefixes every message.
-template <typename Scalar>
-AttentionProblem<Scalar> make_problem(const char* who, const ConstMatrixRef<Scalar>& q,
-                                      const ConstMatrixRef<Scalar>& k,
-                                      const ConstMatrixRef<Scalar>& v, MatrixRef<Scalar>& out,
-                                      const Mask& mask, const AttentionOptions& options,
-                                      const AttentionExtras<Scalar>& extras = {}) {
+template <typename Scalar, typename QS, typename KS, typename VS>
+AttentionProblem<Scalar, QS, KS, VS> make_problem(const char* who, const ConstMatrixRef<QS>& q,
+                                                  const StorageView<KS>& k,
+                                                  const StorageView<VS>& v, MatrixRef<Scalar>& out,
+                                                  const Mask& mask, const AttentionOptions& options,
+                                                  const AttentionExtras<Scalar>& extras = {}) {
   const Index heads = options.num_heads;
   const Index kv_heads = options.kv_heads();
   if (heads < 1) throw_shape_error(who, ": num_heads is ", heads, ", expected >= 1");
@@ -109,39 +110,49 @@ AttentionProblem<Scalar> make_problem(const char* who, const ConstMatrixRef<Scal
   }
   const Index d = q.cols() / heads;
   if (k.cols() != kv_heads * d) {
-    throw_shape_error(who, ": k is ", shape_string(k), " and q is ", shape_string(q),
-                      ", expected k.cols() = num_kv_heads*head_dim = ", kv_heads, "*", d, " = ",
-                      kv_heads * d);
+    throw_shape_error(who, ": k is ", shape_string(k.rows(), k.cols()), " and q is ",
+                      shape_string(q), ", expected k.cols() = num_kv_heads*head_dim = ", kv_heads,
+                      "*", d, " = ", kv_heads * d);
   }
   if (v.rows() != k.rows()) {
-    throw_shape_error(who, ": v is ", shape_string(v), " and k is ", shape_string(k),
+    throw_shape_error(who, ": v is ", shape_string(v.rows(), v.cols()), " and k is ",
+                      shape_string(k.rows(), k.cols()),
                       ", expected v.rows() = k.rows() = ", k.rows());
   }
   if (v.cols() % kv_heads != 0) {
-    throw_shape_error(who, ": v is ", shape_string(v),
+    throw_shape_error(who, ": v is ", shape_string(v.rows(), v.cols()),
                       ", expected v.cols() a multiple of num_kv_heads ", kv_heads);
   }
   const Index dv = v.cols() / kv_heads;
+  if constexpr (std::is_same_v<KS, qint8>) {
+    if (k.group() != d) {
+      throw_shape_error(who, ": k is qint8 in groups of ", k.group(),
+                        ", expected groups of one head's row, head_dim = ", d);
+    }
+  }
+  if constexpr (std::is_same_v<VS, qint8>) {
+    if (v.group() != dv) {
+      throw_shape_error(who, ": v is qint8 in groups of ", v.group(),
+                        ", expected groups of one head's row, value_dim = ", dv);
+    }
+  }
   if (out.rows() != q.rows() || out.cols() != heads * dv) {
     throw_shape_error(who, ": out is ", shape_string(out), ", expected ",
                       shape_string(q.rows(), heads * dv), " (q.rows() x num_heads*value_dim)");
   }
   const double scale = check_mask_and_options<Scalar>(who, q.rows(), k.rows(), d, mask, options);
-  const auto view = [](const ConstMatrixRef<Scalar>& m) {
-    return ConstMatrixView<Scalar>(m.data(), m.rows(), m.cols(),
-                                   Eigen::OuterStride<>(m.outerStride()));
-  };
-  AttentionProblem<Scalar> problem{view(q),
-                                   view(k),
-                                   view(v),
-                                   MatrixView<Scalar>(out.data(), out.rows(), out.cols(),
-                                                      Eigen::OuterStride<>(out.outerStride())),
-                                   heads,
-                                   kv_heads,
-                                   d,
-                                   dv,
-                                   static_cast<Scalar>(scale),
-                                   static_cast<Scalar>(options.softcap)};
+  AttentionProblem<Scalar, QS, KS, VS> problem{
+      ConstMatrixView<QS>(q.data(), q.rows(), q.cols(), Eigen::OuterStride<>(q.outerStride())),
+      k,
+      v,
+      MatrixView<Scalar>(out.data(), out.rows(), out.cols(),
+                         Eigen::OuterStride<>(out.outerStride())),
+      heads,
+      kv_heads,
+      d,
+      dv,
+      static_cast<Scalar>(scale),
+      static_cast<Scalar>(options.softcap)};
   // Every check has passed: the extras may be resized now.
   if (extras.log_sum_exp != nullptr) {
     extras.log_sum_exp->resize(q.rows(), heads);
@@ -156,6 +167,59 @@ AttentionProblem<Scalar> make_problem(const char* who, const ConstMatrixRef<Scal
   return problem;
 }
 
+/// How the kernel reads a k or v argument: any Eigen expression (of float, double, bfloat16 or
+/// half) bound as a row-major view, evaluated once if it is not row-major storage; a
+/// QuantizedView or QuantizedMatrix as it is.
+template <typename Argument>
+class KeyValueArgument {
+ public:
+  using Storage = typename Argument::Scalar;
+  explicit KeyValueArgument(const Argument& argument) : m_ref(argument) {}
+  StorageView<Storage> view() const {
+    return StorageView<Storage>(m_ref.data(), m_ref.rows(), m_ref.cols(),
+                                Eigen::OuterStride<>(m_ref.outerStride()));
+  }
+
+ private:
+  ConstMatrixRef<Storage> m_ref;
+};
+template <>
+class KeyValueArgument<QuantizedView> {
+ public:
+  using Storage = qint8;
+  explicit KeyValueArgument(const QuantizedView& argument) : m_view(argument) {}
+  QuantizedView view() const { return m_view; }
+
+ private:
+  QuantizedView m_view;
+};
+template <>
+class KeyValueArgument<QuantizedMatrix> : public KeyValueArgument<QuantizedView> {
+ public:
+  explicit KeyValueArgument(const QuantizedMatrix& argument)
+      : KeyValueArgument<QuantizedView>(argument.view()) {}
+};
+
+/// The Scalar a call computes and returns in: float for queries in float, bfloat16 or half,
+/// double for double.
+template <typename DQ>
+using result_t = compute_t<typename DQ::Scalar>;
+
+template <typename DQ, typename K, typename V>
+constexpr void check_storage() {
+  using QS = typename DQ::Scalar;
+  using Scalar = compute_t<QS>;
+  static_assert(std::is_same_v<QS, float> || std::is_same_v<QS, double> ||
+                    std::is_same_v<QS, bfloat16> || std::is_same_v<QS, half>,
+                "attn::scaled_dot_product_attention: q must be float, double, attn::bfloat16 or "
+                "attn::half");
+  static_assert(is_storage_for<Scalar, typename KeyValueArgument<K>::Storage> &&
+                    is_storage_for<Scalar, typename KeyValueArgument<V>::Storage>,
+                "attn::scaled_dot_product_attention: k and v must be stored as q's compute type "
+                "(double with double q) or, with float, bfloat16 or half q, in float, "
+                "attn::bfloat16, attn::half or attn::qint8; cast one of them");
+}
+
 /// Turns per-head weights (H·n) × m into their average over heads, n × m, in place.
 template <typename Scalar>
 void average_head_weights(Matrix<Scalar>& weights, Index heads) {
@@ -164,18 +228,6 @@ void average_head_weights(Matrix<Scalar>& weights, Index heads) {
   for (Index h = 1; h < heads; ++h)
     average += weights.middleRows(h * n, n);
   weights = average / Scalar(heads);
-}
-
-template <typename DQ, typename DK, typename DV>
-constexpr void check_scalars() {
-  using Scalar = typename DQ::Scalar;
-  static_assert(
-      is_supported_scalar<Scalar>,
-      "attn::scaled_dot_product_attention: q must be float or double; use .cast<float>()");
-  static_assert(
-      std::is_same_v<Scalar, typename DK::Scalar> && std::is_same_v<Scalar, typename DV::Scalar>,
-      "attn::scaled_dot_product_attention: q, k and v must have the same Scalar; "
-      "cast one of them");
 }
 
 }  // namespace detail
@@ -187,10 +239,16 @@ constexpr void check_scalars() {
 /// options.num_kv_heads = Hkv, heads are column blocks: q (n, H·d), k (m, Hkv·d),
 /// v (m, Hkv·dv) -> out (n, H·dv), query head h reading kv head h / (H / Hkv).
 ///
-/// \param q,k,v  In: any float or double Eigen expressions of one Scalar. Row-major storage (a
-///               Matrix, a block, a Map with a row stride) is read in place; anything else is
-///               evaluated once.
-/// \param out    Out: row-major storage of shape (n, H·dv), e.g. a row block of a larger matrix.
+/// \param q      In: any Eigen expression of float, double, attn::bfloat16 or attn::half. Row-major
+///               storage (a Matrix, a block, a Map with a row stride) is read in place; anything
+///               else is evaluated once.
+/// \param k,v    In: as q, each stored in q's compute type or, when it is float, in float,
+///               attn::bfloat16, attn::half (any mix), or attn::qint8 (a QuantizedMatrix or
+///               QuantizedView in groups of one head's row). Reduced storage is converted in
+///               registers as tiles are read, never expanded in memory, and everything
+///               accumulates in float (see storage.hpp).
+/// \param out    Out: row-major storage of shape (n, H·dv) in the compute type (float for float,
+///               bfloat16 or half queries, double for double), e.g. a row block of a larger matrix.
 /// \param mask   Which keys each query sees (see attn::Mask); bottom-right aligned.
 /// \param options heads, scale, soft-cap, executor.
 /// \param extras  optional outputs: log-sum-exp per row and head, attention weights.
@@ -209,16 +267,23 @@ constexpr void check_scalars() {
 /// \throws ShapeError (a std::invalid_argument) naming the argument and both shapes when the
 ///         shapes disagree, num_heads/num_kv_heads do not divide, the mask has the wrong shape,
 ///         or scale/softcap are not finite; out is then untouched.
-template <typename DQ, typename DK, typename DV>
-void scaled_dot_product_attention_into(
-    const Eigen::MatrixBase<DQ>& q, const Eigen::MatrixBase<DK>& k, const Eigen::MatrixBase<DV>& v,
-    MatrixRef<typename DQ::Scalar> out, const Mask& mask = Mask(),
-    const AttentionOptions& options = {}, const AttentionExtras<typename DQ::Scalar>& extras = {}) {
-  detail::check_scalars<DQ, DK, DV>();
-  using Scalar = typename DQ::Scalar;
-  const ConstMatrixRef<Scalar> q_ref(q), k_ref(k), v_ref(v);
-  const auto problem = detail::make_problem<Scalar>("scaled_dot_product_attention", q_ref, k_ref,
-                                                    v_ref, out, mask, options, extras);
+template <typename DQ, typename K, typename V>
+void scaled_dot_product_attention_into(const Eigen::MatrixBase<DQ>& q, const K& k, const V& v,
+                                       MatrixRef<detail::result_t<DQ>> out,
+                                       const Mask& mask = Mask(),
+                                       const AttentionOptions& options = {},
+                                       const AttentionExtras<detail::result_t<DQ>>& extras = {}) {
+  detail::check_storage<DQ, K, V>();
+  using Scalar = detail::result_t<DQ>;
+  using QS = typename DQ::Scalar;
+  using KS = typename detail::KeyValueArgument<K>::Storage;
+  using VS = typename detail::KeyValueArgument<V>::Storage;
+  const ConstMatrixRef<QS> q_ref(q);
+  const detail::KeyValueArgument<K> k_arg(k);
+  const detail::KeyValueArgument<V> v_arg(v);
+  const auto problem =
+      detail::make_problem<Scalar, QS, KS, VS>("scaled_dot_product_attention", q_ref, k_arg.view(),
+                                               v_arg.view(), out, mask, options, extras);
   detail::run_attention(problem, mask, options.executor, options.workspace);
   if (extras.weights != nullptr && extras.average_heads) {
     detail::average_head_weights(*extras.weights, options.num_heads);
@@ -235,13 +300,13 @@ void scaled_dot_product_attention_into(
 /// attn::Matrix<float> o = attn::scaled_dot_product_attention(q, k, v, attn::Mask::causal());
 /// // o is 10×32; query i sees keys 0 … i + 10
 /// \endcode
-template <typename DQ, typename DK, typename DV>
-Matrix<typename DQ::Scalar> scaled_dot_product_attention(
-    const Eigen::MatrixBase<DQ>& q, const Eigen::MatrixBase<DK>& k, const Eigen::MatrixBase<DV>& v,
-    const Mask& mask = Mask(), const AttentionOptions& options = {},
-    const AttentionExtras<typename DQ::Scalar>& extras = {}) {
-  detail::check_scalars<DQ, DK, DV>();
-  using Scalar = typename DQ::Scalar;
+template <typename DQ, typename K, typename V>
+Matrix<detail::result_t<DQ>> scaled_dot_product_attention(
+    const Eigen::MatrixBase<DQ>& q, const K& k, const V& v, const Mask& mask = Mask(),
+    const AttentionOptions& options = {},
+    const AttentionExtras<detail::result_t<DQ>>& extras = {}) {
+  detail::check_storage<DQ, K, V>();
+  using Scalar = detail::result_t<DQ>;
   const Index heads = options.num_heads;
   const Index kv_heads = options.kv_heads();
   // The output's width needs valid head counts; make_problem reports anything else.

@@ -111,13 +111,16 @@ class SelfAttention {
   /// in it. (A step over many keys splits them into parts whose number
   /// grows with the cache; the first step sizes the buffer for the parts' results for the
   /// cache's whole capacity.)
-  /// \param cache In/out: made by make_cache (or of width num_kv_heads·head_dim).
+  /// \param cache In/out: made by make_cache (or of width num_kv_heads·head_dim), in any storage
+  ///              (see KVCache): the new keys and values are rounded to it once, and the kernel
+  ///              reads it converting in registers.
   /// \throws CapacityError if the rows do not fit, ShapeError if x, out or the cache have the
   ///         wrong shape, an explicit mask is not n × m, a float call's double bias exceeds float's
-  ///         range, or the options' scale or softcap are invalid. Every check is made before the
-  ///         cache is appended to: on a throw, the cache and out are unchanged.
-  template <typename Derived>
-  void attend_into(const Eigen::MatrixBase<Derived>& x, KVCache<Scalar>& cache,
+  ///         range, the options' scale or softcap are invalid, or a new key or value does not fit
+  ///         the cache's storage. Every check is made before the cache is appended to: on a throw,
+  ///         the cache and out are unchanged.
+  template <typename Derived, typename Storage>
+  void attend_into(const Eigen::MatrixBase<Derived>& x, KVCache<Scalar, Storage>& cache,
                    MatrixRef<Scalar> out, const Mask& mask = Mask::causal(),
                    const MultiHeadOptions& options = {},
                    const AttentionExtras<Scalar>& extras = {}) const {
@@ -126,6 +129,13 @@ class SelfAttention {
     if (cache.width() != cfg.kv_dim()) {
       detail::throw_shape_error(who, ": cache width is ", cache.width(),
                                 ", expected num_kv_heads*head_dim = ", cfg.kv_dim());
+    }
+    if constexpr (std::is_same_v<Storage, qint8>) {
+      if (cache.keys().group() != cfg.head_dim()) {
+        detail::throw_shape_error(who, ": the qint8 cache has groups of ", cache.keys().group(),
+                                  ", expected one head's row, head_dim = ", cfg.head_dim(),
+                                  " (make it with make_cache)");
+      }
     }
     cache.check_room(who, x.rows());
     m_core.check_out(who, "x", out, x.rows());
@@ -178,8 +188,8 @@ class SelfAttention {
 
   /// Incremental self-attention, returning the new rows' outputs (n, E); see
   /// attend_into(x, cache, out, mask, options, extras).
-  template <typename Derived>
-  Matrix<Scalar> operator()(const Eigen::MatrixBase<Derived>& x, KVCache<Scalar>& cache,
+  template <typename Derived, typename Storage>
+  Matrix<Scalar> operator()(const Eigen::MatrixBase<Derived>& x, KVCache<Scalar, Storage>& cache,
                             const Mask& mask = Mask::causal(),
                             const AttentionExtras<Scalar>& extras = {},
                             const MultiHeadOptions& options = {}) const {
@@ -188,9 +198,12 @@ class SelfAttention {
     return y;
   }
 
-  /// An empty cache of this layer's width (num_kv_heads·head_dim) for `capacity` positions.
-  KVCache<Scalar> make_cache(Index capacity) const {
-    return KVCache<Scalar>(capacity, m_core.config().kv_dim());
+  /// An empty cache of this layer's width (num_kv_heads·head_dim) for `capacity` positions, kept
+  /// in `Storage` (Scalar by default; for a float layer also attn::bfloat16, attn::half or
+  /// attn::qint8, see KVCache).
+  template <typename Storage = Scalar>
+  KVCache<Scalar, Storage> make_cache(Index capacity) const {
+    return KVCache<Scalar, Storage>(capacity, m_core.config().kv_dim(), m_core.config().head_dim());
   }
 
   const MultiHeadConfig& config() const { return m_core.config(); }

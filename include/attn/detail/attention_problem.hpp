@@ -7,19 +7,32 @@
 /// output with heads as column blocks; the pieces of work it is cut into; and what every path
 /// does to a tile of logits before the softmax.
 
+#include <type_traits>
+
+#include "../storage.hpp"
 #include "../types.hpp"
+#include "convert.hpp"
 #include "float_bits.hpp"
 #include "tile_mask.hpp"
 
 namespace attn::detail {
 
 /// One attention problem over all heads. Heads are column blocks: q is n × H·d, k is m × Hkv·d,
-/// v is m × Hkv·dv, out is n × H·dv; query head h reads kv head h / (H / Hkv).
-template <typename Scalar>
+/// v is m × Hkv·dv, out is n × H·dv; query head h reads kv head h / (H / Hkv). Q, K and V may be
+/// stored in another type than the Scalar everything computes in (see storage.hpp); for qint8,
+/// a scale per row and kv head.
+template <typename Scalar_, typename QueryStorage = Scalar_, typename KeyStorage = Scalar_,
+          typename ValueStorage = Scalar_>
 struct AttentionProblem {
-  ConstMatrixView<Scalar> q;
-  ConstMatrixView<Scalar> k;
-  ConstMatrixView<Scalar> v;
+  using Scalar = Scalar_;
+  /// Whether the register tiles read K and V where they are (possibly packed per head); else each
+  /// key block is first converted into scratch.
+  static constexpr bool kv_in_scalar =
+      std::is_same_v<KeyStorage, Scalar> && std::is_same_v<ValueStorage, Scalar>;
+
+  ConstMatrixView<QueryStorage> q;
+  StorageView<KeyStorage> k;
+  StorageView<ValueStorage> v;
   MatrixView<Scalar> out;
   Index num_heads;
   Index num_kv_heads;
@@ -58,8 +71,8 @@ struct BlockOutput {
 /// Soft-caps, biases and masks a tile of logits indexed (query, key), for queries from i0 and
 /// keys from j0; the masking loops run only on tiles the window cuts or with explicit matrices.
 /// Returns whether anything was masked.
-template <typename Scalar, typename Tile>
-bool finish_logits(const AttentionProblem<Scalar>& p, const TileMask<Scalar>& mask, Tile&& s,
+template <typename Problem, typename Tile>
+bool finish_logits(const Problem& p, const TileMask<typename Problem::Scalar>& mask, Tile&& s,
                    Index i0, Index j0) {
   if (p.softcap > 0) {
     s = p.softcap * (s.array() / p.softcap).tanh();
@@ -70,11 +83,12 @@ bool finish_logits(const AttentionProblem<Scalar>& p, const TileMask<Scalar>& ma
   return masked;
 }
 
-/// Whether P·V over a masked tile must skip zero weights: only if the value rows hold a NaN or
-/// an infinity, which 0·x would spread to the queries the mask hides them from.
-template <typename Scalar>
-bool values_need_care(bool masked, const Scalar* v, Index v_stride, Index keys, Index dv) {
-  return masked && !all_finite(v, v_stride, keys, dv);
+/// Whether P·V over a masked tile must skip zero weights: only if value rows [first, first + keys)
+/// hold a NaN or an infinity in columns [col, col + cols), which 0·x would spread to the queries
+/// the mask hides them from.
+template <typename View>
+bool values_need_care(bool masked, const View& v, Index first, Index keys, Index col, Index cols) {
+  return masked && !rows_finite(v, first, keys, col, cols);
 }
 
 }  // namespace attn::detail

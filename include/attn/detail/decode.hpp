@@ -10,9 +10,11 @@
 /// is reading each K and V row once, in order.
 
 #include <algorithm>
+#include <type_traits>
 
 #include "../types.hpp"
 #include "attention_problem.hpp"
+#include "convert.hpp"
 #include "kernel_scratch.hpp"
 #include "online_softmax.hpp"
 #include "register_tile.hpp"
@@ -35,22 +37,28 @@ struct DecodeState {
 };
 
 /// Start: scaled queries of every head from query row i0, empty accumulators and softmax.
-template <typename Scalar>
-void decode_begin(const AttentionProblem<Scalar>& p, const DecodeState<Scalar>& st, Index i0) {
+template <typename Problem, typename Scalar = typename Problem::Scalar>
+void decode_begin(const Problem& p, const DecodeState<Scalar>& st, Index i0) {
   const Index d = p.head_dim;
   for (Index h = st.first_head; h < st.end_head(); ++h) {
     st.scratch.q_rows.middleRows(st.row(h, 0), st.rows) =
-        p.scale * p.q.block(i0, h * d, st.rows, d);
+        p.scale * p.q.block(i0, h * d, st.rows, d).template cast<Scalar>();
   }
   st.scratch.out_rows.topRows(st.count()).setZero();
   st.softmax().reset(st.count());
 }
 
-/// One tile of keys [j0, j0 + keys) for all the state's heads.
-template <typename Scalar>
-void decode_tile(const AttentionProblem<Scalar>& p, const TileMask<Scalar>& mask,
-                 const DecodeState<Scalar>& st, Index i0, Index j0, Index keys) {
-  using Row = Eigen::Matrix<Scalar, 1, Eigen::Dynamic>;
+/// One tile of keys [j0, j0 + keys) for all the state's heads. K and V rows are read in their
+/// storage and converted in registers; a qint8 row's scale multiplies its logit and its weight.
+template <typename Problem, typename Scalar = typename Problem::Scalar>
+void decode_tile(const Problem& p, const TileMask<Scalar>& mask, const DecodeState<Scalar>& st,
+                 Index i0, Index j0, Index keys) {
+  using KeyElement = std::remove_const_t<std::remove_pointer_t<decltype(p.k.data())>>;
+  using ValueElement = std::remove_const_t<std::remove_pointer_t<decltype(p.v.data())>>;
+  using KeyRow = Eigen::Matrix<KeyElement, 1, Eigen::Dynamic>;
+  using ValueRow = Eigen::Matrix<ValueElement, 1, Eigen::Dynamic>;
+  constexpr bool scaled_keys = is_quantized_view<decltype(p.k)>;
+  constexpr bool scaled_values = is_quantized_view<decltype(p.v)>;
   const Index d = p.head_dim;
   const Index dv = p.value_dim;
   auto& s = st.scratch.s_rows;
@@ -73,27 +81,34 @@ void decode_tile(const AttentionProblem<Scalar>& p, const TileMask<Scalar>& mask
   Index j_logits = 0;
   if (whole_packets) {
     for (; j_logits + key_rows <= keys; j_logits += key_rows) {
-      const Scalar* k_rows = p.k.data() + (j0 + j_logits) * p.k.outerStride();
+      const KeyElement* k_rows = p.k.data() + (j0 + j_logits) * p.k.outerStride();
       for (Index h = st.first_head; h < st.end_head(); ++h) {
+        const Index g = p.kv_head(h);
         for (Index r = 0; r < st.rows; ++r) {
           const Index row = st.row(h, r);
-          packet_dot_rows<key_rows>(q_row(row), k_rows + p.kv_head(h) * d, p.k.outerStride(), d,
-                                    s_row(row) + j_logits);
+          Scalar* logits = s_row(row) + j_logits;
+          packet_dot_rows<key_rows>(q_row(row), k_rows + g * d, p.k.outerStride(), d, logits);
+          if constexpr (scaled_keys) {
+            for (int i = 0; i < key_rows; ++i)
+              logits[i] *= row_scale<Scalar>(p.k, j0 + j_logits + i, g);
+          }
         }
       }
     }
   }
   for (Index j = j_logits; j < keys; ++j) {
-    const Scalar* k_row = p.k.data() + (j0 + j) * p.k.outerStride();
+    const KeyElement* k_row = p.k.data() + (j0 + j) * p.k.outerStride();
     for (Index h = st.first_head; h < st.end_head(); ++h) {
-      const Scalar* k_head = k_row + p.kv_head(h) * d;
+      const Index g = p.kv_head(h);
+      const KeyElement* k_head = k_row + g * d;
       for (Index r = 0; r < st.rows; ++r) {
         const Index row = st.row(h, r);
         if (whole_packets) {
           packet_dot_rows<1>(q_row(row), k_head, 0, d, s_row(row) + j);
         } else {
-          s(row, j) = q.row(row).dot(Eigen::Map<const Row>(k_head, d));
+          s(row, j) = q.row(row).dot(Eigen::Map<const KeyRow>(k_head, d).template cast<Scalar>());
         }
+        if constexpr (scaled_keys) s(row, j) *= row_scale<Scalar>(p.k, j0 + j, g);
       }
     }
   }
@@ -110,33 +125,40 @@ void decode_tile(const AttentionProblem<Scalar>& p, const TileMask<Scalar>& mask
   }
 
   // 3. O += P·V, a value row (or key_rows) at a time across the heads.
-  const bool careful = values_need_care(masked, p.v.data() + j0 * p.v.outerStride(),
-                                        p.v.outerStride(), keys, p.v.cols());
+  const bool careful = values_need_care(masked, p.v, j0, keys, 0, p.v.cols());
   Index j = 0;
   if (whole_packets && !careful) {
     for (; j + key_rows <= keys; j += key_rows) {
-      const Scalar* v_rows = p.v.data() + (j0 + j) * p.v.outerStride();
+      const ValueElement* v_rows = p.v.data() + (j0 + j) * p.v.outerStride();
       for (Index h = st.first_head; h < st.end_head(); ++h) {
+        const Index g = p.kv_head(h);
         for (Index r = 0; r < st.rows; ++r) {
           const Index row = st.row(h, r);
-          packet_axpy_rows<key_rows>(s_row(row) + j, v_rows + p.kv_head(h) * dv, p.v.outerStride(),
-                                     acc_row(row), dv);
+          const Scalar* weights = s_row(row) + j;
+          Scalar scaled[key_rows];
+          if constexpr (scaled_values) {
+            for (int i = 0; i < key_rows; ++i)
+              scaled[i] = weights[i] * row_scale<Scalar>(p.v, j0 + j + i, g);
+            weights = scaled;
+          }
+          packet_axpy_rows<key_rows>(weights, v_rows + g * dv, p.v.outerStride(), acc_row(row), dv);
         }
       }
     }
   }
   for (; j < keys; ++j) {
-    const Scalar* v_row = p.v.data() + (j0 + j) * p.v.outerStride();
+    const ValueElement* v_row = p.v.data() + (j0 + j) * p.v.outerStride();
     for (Index h = st.first_head; h < st.end_head(); ++h) {
-      const Scalar* v_head = v_row + p.kv_head(h) * dv;
+      const Index g = p.kv_head(h);
+      const ValueElement* v_head = v_row + g * dv;
       for (Index r = 0; r < st.rows; ++r) {
         const Index row = st.row(h, r);
-        const Scalar weight = s(row, j);
+        const Scalar weight = s(row, j) * row_scale<Scalar>(p.v, j0 + j, g);
         if (careful && weight == 0) continue;
         if (whole_packets) {
           packet_axpy_rows<1>(&weight, v_head, 0, acc_row(row), dv);
         } else {
-          acc.row(row) += weight * Eigen::Map<const Row>(v_head, dv);
+          acc.row(row) += weight * Eigen::Map<const ValueRow>(v_head, dv).template cast<Scalar>();
         }
       }
     }
@@ -146,10 +168,9 @@ void decode_tile(const AttentionProblem<Scalar>& p, const TileMask<Scalar>& mask
 /// The decode path over keys [keys_begin, keys_end) for the state's heads, query rows from i0;
 /// dst(h) is where head h's normalised rows (zero where no key was visible) and log-sum-exps
 /// (−∞ there) go.
-template <typename Scalar, typename Destination>
-void attend_decode(const AttentionProblem<Scalar>& p, const TileMask<Scalar>& mask,
-                   const DecodeState<Scalar>& st, Index i0, Index keys_begin, Index keys_end,
-                   const Destination& dst) {
+template <typename Problem, typename Destination, typename Scalar = typename Problem::Scalar>
+void attend_decode(const Problem& p, const TileMask<Scalar>& mask, const DecodeState<Scalar>& st,
+                   Index i0, Index keys_begin, Index keys_end, const Destination& dst) {
   const Index tile = st.scratch.blocks.decode_keys;
   decode_begin(p, st, i0);
   for (Index j0 = keys_begin; j0 < keys_end; j0 += tile)

@@ -13,6 +13,7 @@
 #include "../types.hpp"
 #include "../workspace.hpp"
 #include "attention_problem.hpp"
+#include "convert.hpp"
 #include "packet_math.hpp"
 #include "tile_traits.hpp"
 
@@ -29,8 +30,10 @@ namespace attn::detail {
 /// `max_packed_bytes` per worker the kernel reads in place.
 inline constexpr std::size_t max_packed_bytes = std::size_t(64) << 20;
 
-template <typename Scalar>
-bool should_pack_heads(const AttentionProblem<Scalar>& p, const BlockSizes& blocks) {
+template <typename Problem>
+bool should_pack_heads(const Problem& p, const BlockSizes& blocks) {
+  using Scalar = typename Problem::Scalar;
+  if (!Problem::kv_in_scalar) return false;  // converted block by block instead
   const Index m = p.k.rows();
   const bool strided = p.k.outerStride() != p.head_dim || p.v.outerStride() != p.value_dim;
   const bool reused = p.q.rows() > blocks.query_rows;
@@ -45,6 +48,7 @@ struct ScratchShape {
   Index value_dim;
   Index decode_rows;  // rows of decode state: heads × queries when decoding, else one packet
   Index packed_keys;  // rows of packed K and V (0: none)
+  Index staged_keys;  // rows of K and V converted from their storage (0: none)
 };
 
 /// One worker's scratch, carved from one buffer and reused for every block it computes.
@@ -59,7 +63,7 @@ struct KernelScratch {
     const Index state = std::max(s.blocks.query_rows, s.decode_rows);
     return (s.head_dim + s.blocks.key_rows + s.value_dim) * stride +
            s.decode_rows * (s.head_dim + s.blocks.decode_keys + s.value_dim) + 3 * state +
-           s.blocks.query_rows + s.packed_keys * (s.head_dim + s.value_dim);
+           s.blocks.query_rows + (s.packed_keys + s.staged_keys) * (s.head_dim + s.value_dim);
   }
 
   /// `memory` holds scalars(shape) values, zeroed when new, so the padding lanes of a block never
@@ -77,7 +81,9 @@ struct KernelScratch {
         rescale(take(memory, row_max.size())),
         column_max(take(memory, s.blocks.query_rows)),
         packed_k(take(memory, s.packed_keys, s.head_dim)),
-        packed_v(take(memory, s.packed_keys, s.value_dim)) {}
+        packed_v(take(memory, s.packed_keys, s.value_dim)),
+        staged_k(take(memory, s.staged_keys, s.head_dim)),
+        staged_v(take(memory, s.staged_keys, s.value_dim)) {}
 
   BlockSizes blocks;
   // Prefill blocks: queries along the vector lanes, row stride blocks.block_stride.
@@ -97,6 +103,10 @@ struct KernelScratch {
   MatrixMap packed_k;
   MatrixMap packed_v;
   Index packed_head = -1;  // the kv head they hold
+  // One key block of one kv head's K and V converted from 16- or 8-bit storage (empty when K and
+  // V are stored as Scalar): the register tiles read it from L1.
+  MatrixMap staged_k;
+  MatrixMap staged_v;
 
  private:
   static MatrixMap take(Scalar*& memory, Index rows, Index cols) {
@@ -143,7 +153,7 @@ void pack_rows(const Scalar* src, Index stride, Index rows, Index cols, Scalar* 
 }
 
 /// One kv head's K (m × d) and V (m × dv) as the prefill path reads them: in the caller's
-/// storage, or packed contiguously.
+/// storage, or packed contiguously; null when they are converted block by block.
 template <typename Scalar>
 struct HeadKeyValues {
   const Scalar* k;
@@ -154,22 +164,45 @@ struct HeadKeyValues {
 
 /// K and V of kv head `kv_head` for the prefill path: packed into the scratch (once per head in
 /// a row of work items) when `pack`, else read in place. Null-safe when there are no keys.
-template <typename Scalar>
-HeadKeyValues<Scalar> head_key_values(const AttentionProblem<Scalar>& p,
-                                      KernelScratch<Scalar>& scratch, Index kv_head, bool pack) {
-  const Index d = p.head_dim, dv = p.value_dim;
-  if (p.k.rows() == 0) return {p.k.data(), p.k.outerStride(), p.v.data(), p.v.outerStride()};
-  if (!pack) {
-    return {p.k.data() + kv_head * d, p.k.outerStride(), p.v.data() + kv_head * dv,
-            p.v.outerStride()};
+template <typename Problem, typename Scalar = typename Problem::Scalar>
+HeadKeyValues<Scalar> head_key_values(const Problem& p, KernelScratch<Scalar>& scratch,
+                                      Index kv_head, bool pack) {
+  if constexpr (!Problem::kv_in_scalar) {
+    return {nullptr, 0, nullptr, 0};
+  } else {
+    const Index d = p.head_dim, dv = p.value_dim;
+    if (p.k.rows() == 0) return {p.k.data(), p.k.outerStride(), p.v.data(), p.v.outerStride()};
+    if (!pack) {
+      return {p.k.data() + kv_head * d, p.k.outerStride(), p.v.data() + kv_head * dv,
+              p.v.outerStride()};
+    }
+    if (scratch.packed_head != kv_head) {
+      pack_rows(p.k.data() + kv_head * d, p.k.outerStride(), p.k.rows(), d,
+                scratch.packed_k.data());
+      pack_rows(p.v.data() + kv_head * dv, p.v.outerStride(), p.v.rows(), dv,
+                scratch.packed_v.data());
+      scratch.packed_head = kv_head;
+    }
+    return {scratch.packed_k.data(), d, scratch.packed_v.data(), dv};
   }
-  if (scratch.packed_head != kv_head) {
-    pack_rows(p.k.data() + kv_head * d, p.k.outerStride(), p.k.rows(), d, scratch.packed_k.data());
-    pack_rows(p.v.data() + kv_head * dv, p.v.outerStride(), p.v.rows(), dv,
-              scratch.packed_v.data());
-    scratch.packed_head = kv_head;
+}
+
+/// Rows [j0, j0 + keys) of kv head `kv_head`'s K and V as the register tiles read them: where
+/// `kv` has them, or converted from their storage into the scratch.
+template <typename Problem, typename Scalar = typename Problem::Scalar>
+HeadKeyValues<Scalar> key_block(const Problem& p, KernelScratch<Scalar>& scratch,
+                                const HeadKeyValues<Scalar>& kv, Index kv_head, Index j0,
+                                Index keys) {
+  if constexpr (Problem::kv_in_scalar) {
+    (void)scratch, (void)kv_head;
+    if (keys == 0) return kv;
+    return {kv.k + j0 * kv.k_stride, kv.k_stride, kv.v + j0 * kv.v_stride, kv.v_stride};
+  } else {
+    const Index d = p.head_dim, dv = p.value_dim;
+    convert_rows(p.k, j0, keys, kv_head * d, d, scratch.staged_k.data(), d);
+    convert_rows(p.v, j0, keys, kv_head * dv, dv, scratch.staged_v.data(), dv);
+    return {scratch.staged_k.data(), d, scratch.staged_v.data(), dv};
   }
-  return {scratch.packed_k.data(), d, scratch.packed_v.data(), dv};
 }
 
 }  // namespace attn::detail

@@ -204,15 +204,16 @@ class MultiHeadCore {
     return kv_rows;
   }
 
-  /// Attention of every packed sequence b over per-head views q (n, E), k and v (m, kv_dim), each
-  /// through scaled_dot_product_attention_into (the entry point a user calls), then the output
+  /// Attention of every packed sequence b over per-head views q (n, E), k and v (m, kv_dim, in
+  /// their storage: views of Scalar, bfloat16 or half, or QuantizedView), each through
+  /// scaled_dot_product_attention_into (the entry point a user calls), then the output
   /// projection into out (n, E).
   /// Precondition: check_call and check_out passed for these arguments.
-  void attend_and_project(const ConstMatrixView<Scalar>& q, const ConstMatrixView<Scalar>& k,
-                          const ConstMatrixView<Scalar>& v, const SequenceOffsets& queries,
-                          const SequenceOffsets& keys, const Mask& mask,
-                          const AttentionOptions& kernel, const AttentionExtras<Scalar>& extras,
-                          MatrixRef<Scalar> out) const {
+  template <typename KeyView, typename ValueView>
+  void attend_and_project(const ConstMatrixView<Scalar>& q, const KeyView& k, const ValueView& v,
+                          const SequenceOffsets& queries, const SequenceOffsets& keys,
+                          const Mask& mask, const AttentionOptions& kernel,
+                          const AttentionExtras<Scalar>& extras, MatrixRef<Scalar> out) const {
     Matrix<Scalar> own;
     // The heads' results need storage of their own: the output projection reads all of them
     // while it writes out.

@@ -16,9 +16,11 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <utility>
 
 #include "../types.hpp"
 #include "attention_problem.hpp"
+#include "convert.hpp"
 #include "decode.hpp"
 #include "kernel_scratch.hpp"
 #include "online_softmax.hpp"
@@ -31,20 +33,27 @@ namespace attn::detail {
 /// Opt-in: the attention weights exp(logit − lse) of a block, recomputed tile by tile through
 /// Eigen's products (the default path never pays for them). `softmax` holds the block's finished
 /// state, row r for query first_row + r.
-template <typename Scalar>
-void write_weights(const AttentionProblem<Scalar>& p, const TileMask<Scalar>& mask,
-                   KernelScratch<Scalar>& scratch, const QueryBlock& b,
-                   const OnlineSoftmax<Scalar>& softmax) {
+template <typename Problem, typename Scalar = typename Problem::Scalar>
+void write_weights(const Problem& p, const TileMask<Scalar>& mask, KernelScratch<Scalar>& scratch,
+                   const QueryBlock& b, const OnlineSoftmax<Scalar>& softmax) {
   const Index d = p.head_dim;
-  const Index k_stride = p.k.outerStride();
   const Index key_rows = scratch.blocks.key_rows;
+  const Index g = p.kv_head(b.head);
   scratch.q_t.leftCols(b.rows) =
-      p.scale * p.q.block(b.first_row, b.head * d, b.rows, d).transpose();
+      p.scale * p.q.block(b.first_row, b.head * d, b.rows, d).transpose().template cast<Scalar>();
   for (Index j0 = b.keys_begin; j0 < b.keys_end; j0 += key_rows) {
     const Index keys = std::min(key_rows, b.keys_end - j0);
     auto s_t = scratch.s_t.topLeftCorner(keys, b.rows);
-    s_t.noalias() = ConstMatrixView<Scalar>(p.k.data() + j0 * k_stride + p.kv_head(b.head) * d,
-                                            keys, d, Eigen::OuterStride<>(k_stride)) *
+    const Scalar* k = nullptr;
+    Index k_stride = d;
+    if constexpr (Problem::kv_in_scalar) {
+      k = p.k.data() + j0 * p.k.outerStride() + g * d;
+      k_stride = p.k.outerStride();
+    } else {
+      convert_rows(p.k, j0, keys, g * d, d, scratch.staged_k.data(), d);
+      k = scratch.staged_k.data();
+    }
+    s_t.noalias() = ConstMatrixView<Scalar>(k, keys, d, Eigen::OuterStride<>(k_stride)) *
                     scratch.q_t.leftCols(b.rows);
     finish_logits(p, mask, s_t.transpose(), b.first_row, j0);
     for (Index r = 0; r < b.rows; ++r) {
@@ -59,8 +68,8 @@ void write_weights(const AttentionProblem<Scalar>& p, const TileMask<Scalar>& ma
 /// Attention for one query block over its key range; writes normalised rows (zero where no key
 /// was visible) and log-sum-exps (−∞ there) to `dst`.
 // q_t: (d, Bq), s_t: (Bk, Bq), out_t: (dv, Bq); K_b: (Bk, d), V_b: (Bk, dv) -> dst: (rows, dv)
-template <typename Scalar>
-void attend_query_block(const AttentionProblem<Scalar>& p, const TileMask<Scalar>& mask,
+template <typename Problem, typename Scalar = typename Problem::Scalar>
+void attend_query_block(const Problem& p, const TileMask<Scalar>& mask,
                         KernelScratch<Scalar>& scratch, const QueryBlock& b,
                         const HeadKeyValues<Scalar>& kv, const BlockOutput<Scalar>& dst) {
   constexpr Index size = PacketTraits<Scalar>::size;
@@ -85,8 +94,23 @@ void attend_query_block(const AttentionProblem<Scalar>& p, const TileMask<Scalar
   Scalar* q_t = scratch.q_t.data();
   Scalar* s_t = scratch.s_t.data();
   Scalar* out_t = scratch.out_t.data();
-  const Scalar* k = kv.k;
-  const Scalar* v = kv.v;
+  const Index g = p.kv_head(b.head);
+  // Where the next key block's rows come from: K and V as the tiles read them, or their storage
+  // when each block is converted first.
+  const auto k_source = [&] {
+    if constexpr (Problem::kv_in_scalar) {
+      return std::pair(kv.k, kv.k_stride);
+    } else {
+      return std::pair(p.k.rows() == 0 ? p.k.data() : p.k.data() + g * d, p.k.outerStride());
+    }
+  }();
+  const auto v_source = [&] {
+    if constexpr (Problem::kv_in_scalar) {
+      return std::pair(kv.v, kv.v_stride);
+    } else {
+      return std::pair(p.v.rows() == 0 ? p.v.data() : p.v.data() + g * dv, p.v.outerStride());
+    }
+  }();
 
   // 1. Scaled, transposed queries: the scale is folded in once instead of into every logit.
   scratch.q_t.leftCols(width).setZero();
@@ -106,7 +130,7 @@ void attend_query_block(const AttentionProblem<Scalar>& p, const TileMask<Scalar
     // they do follow.)
     const Index next_keys = std::min(key_rows, b.keys_end - j0 - keys);
     const Index panels = width / lanes;
-    const auto prefetch_share = [&](const Scalar* head, Index head_stride, Index cols) {
+    const auto prefetch_share = [&](const auto* head, Index head_stride, Index cols) {
       return [=](Index t, Index tiles) {
         if (next_keys <= 0 || cols == 0 || head_stride == cols) return;  // (cols = 0: null data)
         const Index first = t * next_keys / tiles, last = (t + 1) * next_keys / tiles;
@@ -118,10 +142,11 @@ void attend_query_block(const AttentionProblem<Scalar>& p, const TileMask<Scalar
     // find each query's max, which holds unless soft-capping or masking changes the logits.
     Scalar* column_max = scratch.column_max.data();
     scratch.column_max.head(width).setConstant(minus_infinity);
-    const auto prefetch_k = prefetch_share(k, kv.k_stride, d);
+    const HeadKeyValues<Scalar> block = key_block(p, scratch, kv, g, j0, keys);
+    const auto prefetch_k = prefetch_share(k_source.first, k_source.second, d);
     for (Index i = 0; i < width; i += lanes) {
-      register_block<false>(keys, d, k + j0 * kv.k_stride, kv.k_stride, Index(1), q_t + i, stride,
-                            s_t + i, stride, column_max + i, [&](Index t, Index tiles) {
+      register_block<false>(keys, d, block.k, block.k_stride, Index(1), q_t + i, stride, s_t + i,
+                            stride, column_max + i, [&](Index t, Index tiles) {
                               prefetch_k(i / lanes * tiles + t, panels * tiles);
                             });
     }
@@ -139,19 +164,19 @@ void attend_query_block(const AttentionProblem<Scalar>& p, const TileMask<Scalar
                                            rescaled);
 
     // 2c. Oᵀ += V_bᵀ·Pᵀ.
-    if (values_need_care(masked, v + j0 * kv.v_stride, kv.v_stride, keys, dv)) {
+    if (values_need_care(masked, p.v, j0, keys, g * dv, dv)) {
       for (Index j = 0; j < keys; ++j) {
-        const Eigen::Map<const Vector<Scalar>> v_row(v + (j0 + j) * kv.v_stride, dv);
+        const Eigen::Map<const Vector<Scalar>> v_row(block.v + j * block.v_stride, dv);
         for (Index r = 0; r < rows; ++r) {
           if (s_t[j * stride + r] != 0) scratch.out_t.col(r) += s_t[j * stride + r] * v_row;
         }
       }
     } else {
-      const auto prefetch_v = prefetch_share(v, kv.v_stride, dv);
+      const auto prefetch_v = prefetch_share(v_source.first, v_source.second, dv);
       for (Index i = 0; i < width; i += lanes) {
         register_block<true>(
-            dv, keys, v + j0 * kv.v_stride, Index(1), kv.v_stride, s_t + i, stride, out_t + i,
-            stride, static_cast<Scalar*>(nullptr),
+            dv, keys, block.v, Index(1), block.v_stride, s_t + i, stride, out_t + i, stride,
+            static_cast<Scalar*>(nullptr),
             [&](Index t, Index tiles) { prefetch_v(i / lanes * tiles + t, panels * tiles); });
       }
     }

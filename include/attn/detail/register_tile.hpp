@@ -7,6 +7,7 @@
 /// from TileTraits), the block transpose, and the decode path's multi-row dot and axpy.
 
 #include "../types.hpp"
+#include "convert.hpp"
 #include "packet_math.hpp"
 #include "tile_traits.hpp"
 
@@ -122,12 +123,13 @@ void register_block(Index rows, Index depth, const Scalar* a, Index a_row, Index
                                                             c_stride, column_max);
 }
 
-/// dst(c, r) = scale · src(r, c) for r < rows, c < cols (row-major, strides in scalars), in
-/// P × P squares through registers (P the packet size) and scalars at the ragged edges. The
-/// kernel transposes every query block in and every output block out; element by element, with
-/// a strided load or store each, that costs several percent of the kernel.
-template <typename Scalar>
-void transpose_scaled(const Scalar* src, Index src_stride, Index rows, Index cols, Scalar scale,
+/// dst(c, r) = scale · src(r, c) for r < rows, c < cols (row-major, strides in elements), in
+/// P × P squares through registers (P the packet size) and scalars at the ragged edges; src may
+/// be stored in a narrower type (queries in bfloat16 or half). The kernel transposes every query
+/// block in and every output block out; element by element, with a strided load or store each,
+/// that costs several percent of the kernel.
+template <typename Element, typename Scalar>
+void transpose_scaled(const Element* src, Index src_stride, Index rows, Index cols, Scalar scale,
                       Scalar* dst, Index dst_stride) {
   using Packet = typename PacketTraits<Scalar>::Packet;
   constexpr int size = PacketTraits<Scalar>::size;
@@ -137,7 +139,7 @@ void transpose_scaled(const Scalar* src, Index src_stride, Index rows, Index col
     for (Index c = 0; c < whole_cols; c += size) {
       Packet square[size];
       for (int i = 0; i < size; ++i)
-        square[i] = simd::load<Packet>(src + (r + i) * src_stride + c);
+        square[i] = load_as<Packet>(src + (r + i) * src_stride + c);
       simd::transpose(square);
       for (int i = 0; i < size; ++i)
         simd::store(dst + (c + i) * dst_stride + r, simd::mul(square[i], factor));
@@ -146,16 +148,16 @@ void transpose_scaled(const Scalar* src, Index src_stride, Index rows, Index col
   for (Index r = 0; r < rows; ++r) {
     const Index first = r < whole_rows ? whole_cols : 0;  // the ragged right edge, or all
     for (Index c = first; c < cols; ++c)
-      dst[c * dst_stride + r] = scale * src[r * src_stride + c];
+      dst[c * dst_stride + r] = scale * to_scalar<Scalar>(src[r * src_stride + c]);
   }
 }
 
 /// out[r] = Σ_i a[i]·b[r·b_stride + i] for r < Rows and i < count, a multiple of the packet
-/// size: a is loaded once for all Rows dot products. The decode path takes these per head and
-/// key rows; Eigen's dot on a dynamic-size map spends about as much again on its size and
-/// alignment cases.
-template <int Rows, typename Scalar>
-EIGEN_ALWAYS_INLINE void packet_dot_rows(const Scalar* a, const Scalar* b, Index b_stride,
+/// size: a is loaded once for all Rows dot products; b may be stored in a narrower type,
+/// converted as it is loaded. The decode path takes these per head and key rows; Eigen's dot on
+/// a dynamic-size map spends about as much again on its size and alignment cases.
+template <int Rows, typename Scalar, typename Element>
+EIGEN_ALWAYS_INLINE void packet_dot_rows(const Scalar* a, const Element* b, Index b_stride,
                                          Index count, Scalar* out) {
   using Packet = typename PacketTraits<Scalar>::Packet;
   constexpr Index size = PacketTraits<Scalar>::size;
@@ -167,7 +169,7 @@ EIGEN_ALWAYS_INLINE void packet_dot_rows(const Scalar* a, const Scalar* b, Index
     const Packet a_i = simd::load<Packet>(a + i);
     ATTN_DETAIL_UNROLL
     for (int r = 0; r < Rows; ++r)
-      sum[r] = simd::fmadd(a_i, simd::load<Packet>(b + r * b_stride + i), sum[r]);
+      sum[r] = simd::fmadd(a_i, load_as<Packet>(b + r * b_stride + i), sum[r]);
   }
   ATTN_DETAIL_UNROLL
   for (int r = 0; r < Rows; ++r)
@@ -175,9 +177,10 @@ EIGEN_ALWAYS_INLINE void packet_dot_rows(const Scalar* a, const Scalar* b, Index
 }
 
 /// y[i] += Σ_r w[r]·x[r·x_stride + i] for r < Rows and i < count, a multiple of the packet size:
-/// several value rows per pass over y, so y is loaded and stored once for all of them.
-template <int Rows, typename Scalar>
-EIGEN_ALWAYS_INLINE void packet_axpy_rows(const Scalar* w, const Scalar* x, Index x_stride,
+/// several value rows per pass over y, so y is loaded and stored once for all of them; x may be
+/// stored in a narrower type.
+template <int Rows, typename Scalar, typename Element>
+EIGEN_ALWAYS_INLINE void packet_axpy_rows(const Scalar* w, const Element* x, Index x_stride,
                                           Scalar* y, Index count) {
   using Packet = typename PacketTraits<Scalar>::Packet;
   constexpr Index size = PacketTraits<Scalar>::size;
@@ -189,7 +192,7 @@ EIGEN_ALWAYS_INLINE void packet_axpy_rows(const Scalar* w, const Scalar* x, Inde
     Packet sum = simd::load<Packet>(y + i);
     ATTN_DETAIL_UNROLL
     for (int r = 0; r < Rows; ++r)
-      sum = simd::fmadd(weight[r], simd::load<Packet>(x + r * x_stride + i), sum);
+      sum = simd::fmadd(weight[r], load_as<Packet>(x + r * x_stride + i), sum);
     simd::store(y + i, sum);
   }
 }

@@ -48,10 +48,12 @@ inline Index balanced_block(Index t, Index count) {
 }
 
 /// One call of the kernel: the problem, its work items and the counters the workers share.
-template <typename Scalar>
+template <typename Problem>
 class AttentionSchedule {
+  using Scalar = typename Problem::Scalar;
+
  public:
-  AttentionSchedule(const AttentionProblem<Scalar>& p, const Mask& mask, Workspace& workspace)
+  AttentionSchedule(const Problem& p, const Mask& mask, Workspace& workspace)
       : m_p(p),
         m_mask(mask, p.q.rows(), p.k.rows()),
         m_out(MatrixView<Scalar>(p.out).data()),
@@ -131,7 +133,7 @@ class AttentionSchedule {
     const Index n = m_p.q.rows(), heads = m_p.num_heads;
     Index first = 0, last = 0;
     if (!take(1, first, last)) return;
-    const ScratchShape shape{m_blocks, m_p.head_dim, m_p.value_dim, heads * n, 0};
+    const ScratchShape shape{m_blocks, m_p.head_dim, m_p.value_dim, heads * n, 0, 0};
     with_scratch<Scalar>(m_workspace, m_next_slot++, shape, [&](KernelScratch<Scalar>& scratch) {
       do {
         const Index split = first;
@@ -155,8 +157,12 @@ class AttentionSchedule {
     Index first = 0, last = 0;
     if (!take(items_per_take, first, last)) return;
     const bool pack = should_pack_heads(m_p, m_blocks);
-    const ScratchShape shape{m_blocks, m_p.head_dim, m_p.value_dim, PacketTraits<Scalar>::size,
-                             pack ? m_p.k.rows() : 0};
+    const ScratchShape shape{m_blocks,
+                             m_p.head_dim,
+                             m_p.value_dim,
+                             PacketTraits<Scalar>::size,
+                             pack ? m_p.k.rows() : 0,
+                             Problem::kv_in_scalar ? 0 : m_blocks.key_rows};
     with_scratch<Scalar>(m_workspace, m_next_slot++, shape, [&](KernelScratch<Scalar>& scratch) {
       const Index n = m_p.q.rows();
       const Index block_rows = m_blocks.query_rows;
@@ -174,7 +180,7 @@ class AttentionSchedule {
     });
   }
 
-  const AttentionProblem<Scalar>& m_p;
+  const Problem& m_p;
   const TileMask<Scalar> m_mask;
   Scalar* m_out;  // the problem's output (p is const; the storage it points to is not)
   Workspace& m_workspace;
@@ -191,15 +197,15 @@ class AttentionSchedule {
 
 /// Runs the whole problem over the executor's workers, with scratch from `workspace` (or a
 /// workspace of its own). Each call of the executor's work function is one worker.
-template <typename Scalar>
-void run_attention(const AttentionProblem<Scalar>& p, const Mask& mask, const Executor& executor,
+template <typename Problem>
+void run_attention(const Problem& p, const Mask& mask, const Executor& executor,
                    Workspace* workspace = nullptr) {
   if (p.q.rows() == 0) return;
   Workspace own_workspace;
-  AttentionSchedule<Scalar> schedule(p, mask, workspace != nullptr ? *workspace : own_workspace);
+  AttentionSchedule<Problem> schedule(p, mask, workspace != nullptr ? *workspace : own_workspace);
   // One pointer, so that the RangeFunction holding the lambda stays within std::function's small
   // buffer (no allocation per call).
-  AttentionSchedule<Scalar>* const s = &schedule;
+  AttentionSchedule<Problem>* const s = &schedule;
   parallel_for(
       schedule.items(), [s](Index, Index) { s->work(); }, executor);
   schedule.finish();

@@ -27,6 +27,7 @@
 #include <map>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "summary_reporter.hpp"
@@ -173,6 +174,34 @@ void BM_Kernel(benchmark::State& state) {
                                                 benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// ---- 3b. The kernel with K and V stored in 16 or 8 bits (Q and the output in float): converted
+//          per key block into L1 scratch, so the register tiles are those of BM_Kernel.
+template <typename Storage>
+void BM_KernelStored(benchmark::State& state) {
+  const Index n = state.range(0), m = state.range(1);
+  const bool causal = state.range(2) != 0;
+  const int threads = int(state.range(3));
+  Inputs in(n, m, heads, head_dim);
+  attn::AttentionOptions options;
+  options.num_heads = heads;
+  options.executor = attn::thread_executor(threads);
+  const attn::Mask mask = causal ? attn::Mask::causal() : attn::Mask();
+  const auto run = [&](const auto& k, const auto& v) {
+    for (auto _ : state) {
+      attn::scaled_dot_product_attention_into(in.q, k, v, in.out, mask, options);
+      benchmark::DoNotOptimize(in.out.data());
+    }
+  };
+  if constexpr (std::is_same_v<Storage, attn::qint8>) {
+    run(attn::QuantizedMatrix::quantize(in.k, head_dim),
+        attn::QuantizedMatrix::quantize(in.v, head_dim));
+  } else {
+    run(Matrix<Storage>(in.k.cast<Storage>()), Matrix<Storage>(in.v.cast<Storage>()));
+  }
+  state.counters["FLOP/s"] = benchmark::Counter(attention_flops(n, m, head_dim, heads, causal),
+                                                benchmark::Counter::kIsIterationInvariantRate);
+}
+
 // ---- 4. The functors: projections + kernel + output projection (model_dim 512, 8 heads).
 attn::MultiHeadWeights<float> random_weights(Index e, Index s) {
   attn::MultiHeadWeights<float> w;
@@ -246,6 +275,28 @@ void register_all() {
       }
     }
   }
+  // K and V in 16 and 8 bits, against the float kernel of the same shape.
+  for (const Index l : {1024, 4096}) {
+    for (const int threads : {1, 2}) {
+      const std::vector<long> args{l, l, 0, threads};
+      const std::vector<std::string> names{"n", "m", "causal", "threads"};
+      benchmark::RegisterBenchmark("KernelBF16", BM_KernelStored<attn::bfloat16>)
+          ->Args(args)
+          ->ArgNames(names)
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime();
+      benchmark::RegisterBenchmark("KernelHalf", BM_KernelStored<attn::half>)
+          ->Args(args)
+          ->ArgNames(names)
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime();
+      benchmark::RegisterBenchmark("KernelQ8", BM_KernelStored<attn::qint8>)
+          ->Args(args)
+          ->ArgNames(names)
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime();
+    }
+  }
   // Cross-attention shape: a short target over a long source.
   benchmark::RegisterBenchmark("Naive", BM_Naive)
       ->Args({64, 4096, 0})
@@ -271,7 +322,8 @@ void register_all() {
 // Collects runs and prints, at the end, each run's fraction of the FMA peak and each kernel run's
 // ratios: to the naive baseline of the same shape, to Eigen's GEMM on the same two products (one
 // head, same n and m: GFLOP/s against GFLOP/s), to the same kernel run without the causal mask,
-// and to itself on 1 thread.
+// and to itself on 1 thread; and each run with K and V in 16 or 8 bits, its ratio to the float
+// kernel of the same shape.
 class SummaryReporter : public attn_bench::SummaryReporter {
  public:
   void keep(const Run& run) override {
@@ -297,17 +349,23 @@ class SummaryReporter : public attn_bench::SummaryReporter {
         "the naive baseline of the same shape, 1 thread; x GEMM = ratio to Eigen's GEMM on the "
         "same n and m; x dense = a causal run's ratio to the same run without the mask; "
         "x 1 thread = a 2-thread run's ratio to the same shape on 1 thread, where the FMA peak "
-        "itself scales %.2fx)\n",
+        "itself scales %.2fx; x float = K and V in bfloat16 (BF16), half or qint8 (Q8) against "
+        "the float kernel of the same shape)\n",
         peak * 1e-9, peak > 0 ? peak_2 / peak : 0.0);
-    std::printf("%-52s %10s %8s %9s %8s %8s %11s\n", "run", "GFLOP/s", "% peak", "x naive",
-                "x GEMM", "x dense", "x 1 thread");
+    std::printf("%-52s %10s %8s %9s %8s %8s %11s %8s\n", "run", "GFLOP/s", "% peak", "x naive",
+                "x GEMM", "x dense", "x 1 thread", "x float");
     const auto ratio = [](double a, const std::map<std::string, double>& to,
                           const std::string& key) -> std::string {
       const auto it = to.find(key);
       return it == to.end() ? "" : std::to_string(a / it->second).substr(0, 5);
     };
     for (const auto& row : m_rows) {
-      std::string to_naive, to_gemm, to_dense, scaling;
+      std::string to_naive, to_gemm, to_dense, scaling, to_float;
+      for (const char* stored : {"KernelBF16/", "KernelHalf/", "KernelQ8/"}) {
+        const std::string prefix = stored;
+        if (row.name.rfind(prefix, 0) == 0)
+          to_float = ratio(row.flops, kernel, "Kernel/" + row.name.substr(prefix.size()));
+      }
       if (row.name.rfind("Kernel/", 0) == 0) {
         // Kernel/n:…/m:…/causal:C/threads:T/real_time -> n:…/m:…/causal:C and /threads:T/…
         std::string shape = row.name.substr(7);
@@ -321,9 +379,9 @@ class SummaryReporter : public attn_bench::SummaryReporter {
         if (threads != "/threads:1/real_time")
           scaling = ratio(row.flops, kernel, "Kernel/" + shape + "/threads:1/real_time");
       }
-      std::printf("%-52s %10.1f %8.1f %9s %8s %8s %11s\n", row.name.c_str(), row.flops * 1e-9,
+      std::printf("%-52s %10.1f %8.1f %9s %8s %8s %11s %8s\n", row.name.c_str(), row.flops * 1e-9,
                   peak > 0 ? 100.0 * row.flops / peak : 0.0, to_naive.c_str(), to_gemm.c_str(),
-                  to_dense.c_str(), scaling.c_str());
+                  to_dense.c_str(), scaling.c_str(), to_float.c_str());
     }
   }
 
@@ -344,9 +402,12 @@ class SummaryReporter : public attn_bench::SummaryReporter {
     for (long f = 0; f < 5; ++f) {
       if (f != 2 && name.rfind(others[f], 0) == 0) family = f;
     }
-    const long kernel = name.rfind("Kernel/", 0) == 0 ? 1 : 0;
+    long kernel = name.rfind("Kernel/", 0) == 0 ? 1 : 0;
+    if (name.rfind("KernelBF16/", 0) == 0) kernel = 2;
+    if (name.rfind("KernelHalf/", 0) == 0) kernel = 3;
+    if (name.rfind("KernelQ8/", 0) == 0) kernel = 4;
     const long n = arg("n") + arg("L");
-    return {family, arg("causal"), n == 64 ? 1L : 0L, n, kernel, arg("threads")};
+    return {family, arg("causal"), n == 64 ? 1L : 0L, n, arg("threads"), kernel};
   }
   std::vector<Row> m_rows;
 };

@@ -2,7 +2,7 @@
 // Copyright (c) 2026 The attn authors
 //
 // Decoding: one query row per step against a long KV cache is memory-bound, so it is measured in
-// GB/s of K+V read against this machine's streaming-read bandwidth, measured in the same run
+// GB/s of K+V read (in their storage: float, bfloat16, half or qint8, and speed against float) against this machine's streaming-read bandwidth, measured in the same run
 // (a sum over a 1 GiB buffer, on 1 and on 2 threads). Then a whole greedy decode of 64 tokens
 // against a 512-token source: per-token time with the KV cache and the remembered cross memory,
 // versus recomputing everything at every step.
@@ -21,6 +21,7 @@
 #include <cstdio>
 #include <map>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "summary_reporter.hpp"
@@ -59,28 +60,46 @@ void BM_ReadBandwidth(benchmark::State& state) {
                                                  benchmark::Counter::kIs1024);
 }
 
-// ---- 2. One decode step: 1 query row, 32 heads of d = 64, a cache of m positions.
+// ---- 2. One decode step: 1 query row, 32 heads of d = 64, a cache of m positions, its keys and
+//         values stored in float, bfloat16, half or qint8 (Q and the result in float). GB/s count
+//         the bytes the step reads in that storage (qint8: values and scales).
 constexpr Index decode_heads = 32;
 constexpr Index decode_head_dim = 64;
 
+template <typename Storage>
 void BM_DecodeStep(benchmark::State& state) {
   const Index m = state.range(0);
   const int threads = int(state.range(1));
   const Index width = decode_heads * decode_head_dim;
   const Matrix<float> q = Matrix<float>::Random(1, width);
-  const Matrix<float> k = Matrix<float>::Random(m, width);
-  const Matrix<float> v = Matrix<float>::Random(m, width);
   Matrix<float> out(1, width);
   attn::AttentionOptions options;
   options.num_heads = decode_heads;
   options.executor = attn::thread_executor(threads);
-  for (auto _ : state) {
-    attn::scaled_dot_product_attention_into(q, k, v, out, attn::Mask::causal(), options);
-    benchmark::DoNotOptimize(out.data());
+  double bytes = 0;
+  const auto run = [&](const auto& k, const auto& v) {
+    for (auto _ : state) {
+      attn::scaled_dot_product_attention_into(q, k, v, out, attn::Mask::causal(), options);
+      benchmark::DoNotOptimize(out.data());
+    }
+  };
+  if constexpr (std::is_same_v<Storage, attn::qint8>) {
+    const auto k =
+        attn::QuantizedMatrix::quantize(Matrix<float>::Random(m, width), decode_head_dim);
+    const auto v =
+        attn::QuantizedMatrix::quantize(Matrix<float>::Random(m, width), decode_head_dim);
+    bytes = double(k.bytes() + v.bytes());
+    run(k, v);
+  } else {
+    const Matrix<Storage> k = Matrix<float>::Random(m, width).cast<Storage>();
+    const Matrix<Storage> v = Matrix<float>::Random(m, width).cast<Storage>();
+    bytes = double(2 * m * width) * sizeof(Storage);
+    run(k, v);
   }
-  state.counters["bytes/s"] = benchmark::Counter(double(2 * m * width) * sizeof(float),
-                                                 benchmark::Counter::kIsIterationInvariantRate,
-                                                 benchmark::Counter::kIs1024);
+  state.counters["bytes/s"] = benchmark::Counter(
+      bytes, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1024);
+  state.counters["steps/s"] =
+      benchmark::Counter(1.0, benchmark::Counter::kIsIterationInvariantRate);
 }
 
 // ---- 3. A greedy decode: one decoder layer (self-attention with cache + cross-attention over
@@ -140,13 +159,17 @@ class SummaryReporter : public attn_bench::SummaryReporter {
       const auto it = run.counters.find(counter);
       if (it != run.counters.end()) m_values[run.run_name.str()] = it->second.value;
     }
+    const auto rate = run.counters.find("steps/s");
+    if (rate != run.counters.end()) m_steps[run.run_name.str()] = rate->second.value;
   }
   void Finalize() override {
     ConsoleReporter::Finalize();
     // x 1 thread: a 2-thread step's speed-up over the same step on 1 thread (same bytes read).
-    std::printf("\nSummary\n%-44s %10s %12s %11s\n", "run", "GB/s", "% of stream", "x 1 thread");
+    // x float: a step's speed-up over the same step with a float cache (steps per second).
+    std::printf("\nSummary\n%-48s %10s %12s %11s %8s\n", "run", "GB/s", "% of stream", "x 1 thread",
+                "x float");
     for (const auto& [name, value] : m_values) {
-      if (name.rfind("DecodeStep/", 0) != 0) continue;
+      if (name.rfind("DecodeStep", 0) != 0) continue;
       const std::size_t at = name.find("threads:") + 8;
       const std::string threads = name.substr(at, 1);
       const auto stream = m_values.find("ReadBandwidth/threads:" + threads + "/real_time");
@@ -154,8 +177,14 @@ class SummaryReporter : public attn_bench::SummaryReporter {
       const auto one = m_values.find(name.substr(0, at) + "1" + name.substr(at + 1));
       const std::string scaling =
           threads == "1" || one == m_values.end() ? "" : std::to_string(value / one->second);
-      std::printf("%-44s %10.2f %12.1f %11s\n", name.c_str(), value / double(1 << 30), fraction,
-                  scaling.substr(0, 4).c_str());
+      const std::string shape = name.substr(name.find('/'));
+      const auto self = m_steps.find(name);
+      const auto as_float = m_steps.find("DecodeStepF32" + shape);
+      const std::string to_float = self == m_steps.end() || as_float == m_steps.end()
+                                       ? ""
+                                       : std::to_string(self->second / as_float->second);
+      std::printf("%-48s %10.2f %12.1f %11s %8s\n", name.c_str(), value / double(1 << 30), fraction,
+                  scaling.substr(0, 4).c_str(), to_float.substr(0, 4).c_str());
     }
     for (const auto& [name, value] : m_values) {
       if (name.rfind("ReadBandwidth/", 0) == 0) {
@@ -174,6 +203,7 @@ class SummaryReporter : public attn_bench::SummaryReporter {
 
  private:
   std::map<std::string, double> m_values;
+  std::map<std::string, double> m_steps;
 };
 
 void register_all() {
@@ -186,11 +216,17 @@ void register_all() {
   }
   for (const Index m : {1024, 4096, 16384}) {
     for (const int threads : {1, 2}) {
-      benchmark::RegisterBenchmark("DecodeStep", BM_DecodeStep)
-          ->Args({m, threads})
-          ->ArgNames({"m", "threads"})
-          ->Unit(benchmark::kMicrosecond)
-          ->UseRealTime();
+      const auto add = [&](const char* name, auto* fn) {
+        benchmark::RegisterBenchmark(name, fn)
+            ->Args({m, threads})
+            ->ArgNames({"m", "threads"})
+            ->Unit(benchmark::kMicrosecond)
+            ->UseRealTime();
+      };
+      add("DecodeStepF32", BM_DecodeStep<float>);
+      add("DecodeStepBF16", BM_DecodeStep<attn::bfloat16>);
+      add("DecodeStepF16", BM_DecodeStep<attn::half>);
+      add("DecodeStepQ8", BM_DecodeStep<attn::qint8>);
     }
   }
   for (const int incremental : {1, 0}) {

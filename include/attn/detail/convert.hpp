@@ -125,6 +125,7 @@ EIGEN_ALWAYS_INLINE Packet load_as(const Element* from) {
 template <typename Element>
 constexpr const char* float_conversion_path() {
   using Packet = typename PacketTraits<float>::Packet;
+  static_assert(sizeof(Packet) >= sizeof(float));
 #if defined(EIGEN_VECTORIZE_AVX512)
   if constexpr (std::is_same_v<Packet, __m512>) return "native";
 #endif

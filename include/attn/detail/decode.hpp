@@ -48,6 +48,17 @@ void decode_begin(const Problem& p, const DecodeState<Scalar>& st, Index i0) {
   st.softmax().reset(st.count());
 }
 
+/// Asks for the scales of rows [first, first + count) of a qint8 view (nothing for other views).
+template <typename View>
+EIGEN_ALWAYS_INLINE void prefetch_scales(const View& view, Index first, Index count) {
+  if constexpr (is_quantized_view<View>) {
+    prefetch_block(view.scales() + first * view.scale_stride(), view.scale_stride(), count,
+                   view.cols() / view.group());
+  } else {
+    (void)view, (void)first, (void)count;
+  }
+}
+
 /// One tile of keys [j0, j0 + keys) for all the state's heads. K and V rows are read in their
 /// storage and converted in registers; a qint8 row's scale multiplies its logit and its weight.
 template <typename Problem, typename Scalar = typename Problem::Scalar>
@@ -71,6 +82,12 @@ void decode_tile(const Problem& p, const TileMask<Scalar>& mask, const DecodeSta
   // and reload and falls well short of the memory bandwidth.
   constexpr Index size = PacketTraits<Scalar>::size;
   constexpr int key_rows = 4;
+  // Each head's part of the key rows `prefetch_rows` ahead is asked for as the head is reached.
+  // The rows are walked a few at a time, each across all heads, so the reads interleave a few
+  // streams a whole row apart; the hardware prefetchers, which track streams within a page,
+  // restart at every row (a row of 32 heads of 64 values is one to two pages) and leave each
+  // load waiting on memory, most of all for the narrow storage types.
+  constexpr Index prefetch_rows = 2 * key_rows;
   const bool whole_packets = d % size == 0 && dv % size == 0;
   // Rows of the scratch through pointers: with d = 0 or dv = 0 there is no element (0, 0).
   const auto q_row = [&](Index row) { return q.data() + row * q.outerStride(); };
@@ -82,8 +99,14 @@ void decode_tile(const Problem& p, const TileMask<Scalar>& mask, const DecodeSta
   if (whole_packets) {
     for (; j_logits + key_rows <= keys; j_logits += key_rows) {
       const KeyElement* k_rows = p.k.data() + (j0 + j_logits) * p.k.outerStride();
+      const bool ahead = j0 + j_logits + prefetch_rows + key_rows <= p.k.rows();
+      if (ahead) prefetch_scales(p.k, j0 + j_logits + prefetch_rows, key_rows);
       for (Index h = st.first_head; h < st.end_head(); ++h) {
         const Index g = p.kv_head(h);
+        if (ahead) {
+          prefetch_block(k_rows + prefetch_rows * p.k.outerStride() + g * d, p.k.outerStride(),
+                         key_rows, d);
+        }
         for (Index r = 0; r < st.rows; ++r) {
           const Index row = st.row(h, r);
           Scalar* logits = s_row(row) + j_logits;
@@ -130,8 +153,14 @@ void decode_tile(const Problem& p, const TileMask<Scalar>& mask, const DecodeSta
   if (whole_packets && !careful) {
     for (; j + key_rows <= keys; j += key_rows) {
       const ValueElement* v_rows = p.v.data() + (j0 + j) * p.v.outerStride();
+      const bool ahead = j0 + j + prefetch_rows + key_rows <= p.v.rows();
+      if (ahead) prefetch_scales(p.v, j0 + j + prefetch_rows, key_rows);
       for (Index h = st.first_head; h < st.end_head(); ++h) {
         const Index g = p.kv_head(h);
+        if (ahead) {
+          prefetch_block(v_rows + prefetch_rows * p.v.outerStride() + g * dv, p.v.outerStride(),
+                         key_rows, dv);
+        }
         for (Index r = 0; r < st.rows; ++r) {
           const Index row = st.row(h, r);
           const Scalar* weights = s_row(row) + j;

@@ -105,6 +105,59 @@ template <typename Packet>
 EIGEN_ALWAYS_INLINE ScalarOf<Packet> sum_lanes(const Packet& x) {
   return Eigen::internal::predux(x);
 }
+/// out[0..3] = the sums of the lanes of a, b, c and d: two shuffle-and-add steps shared by the
+/// four, then one reduction of a single packet, where four sum_lanes would take four reductions.
+/// (Float packets on x86 and AArch64; others reduce one by one.)
+template <typename Packet>
+EIGEN_ALWAYS_INLINE void sum_lanes4(const Packet& a, const Packet& b, const Packet& c,
+                                    const Packet& d, ScalarOf<Packet>* out) {
+#if defined(EIGEN_VECTORIZE_AVX512)
+  if constexpr (std::is_same_v<Packet, __m512>) {
+    // Per 128-bit lane: [a0 + a2, b0 + b2, a1 + a3, b1 + b3], and so for c, d; then
+    // [a0 + a2, b0 + b2, c0 + c2, d0 + d2] + [a1 + a3, b1 + b3, c1 + c3, d1 + d3].
+    const __m512 ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+    const __m512 cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+    const __m512 abcd = _mm512_add_ps(_mm512_shuffle_ps(ab, cd, _MM_SHUFFLE(1, 0, 1, 0)),
+                                      _mm512_shuffle_ps(ab, cd, _MM_SHUFFLE(3, 2, 3, 2)));
+    const __m256 halves =
+        _mm256_add_ps(_mm512_castps512_ps256(abcd),
+                      _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(abcd), 1)));
+    _mm_storeu_ps(out,
+                  _mm_add_ps(_mm256_castps256_ps128(halves), _mm256_extractf128_ps(halves, 1)));
+    return;
+  }
+#endif
+#if defined(EIGEN_VECTORIZE_AVX)
+  if constexpr (std::is_same_v<Packet, __m256>) {
+    const __m256 ab = _mm256_add_ps(_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));
+    const __m256 cd = _mm256_add_ps(_mm256_unpacklo_ps(c, d), _mm256_unpackhi_ps(c, d));
+    const __m256 abcd = _mm256_add_ps(_mm256_shuffle_ps(ab, cd, _MM_SHUFFLE(1, 0, 1, 0)),
+                                      _mm256_shuffle_ps(ab, cd, _MM_SHUFFLE(3, 2, 3, 2)));
+    _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1)));
+    return;
+  }
+#endif
+#if defined(EIGEN_VECTORIZE_SSE2)
+  if constexpr (std::is_same_v<Packet, __m128>) {
+    const __m128 ab = _mm_add_ps(_mm_unpacklo_ps(a, b), _mm_unpackhi_ps(a, b));
+    const __m128 cd = _mm_add_ps(_mm_unpacklo_ps(c, d), _mm_unpackhi_ps(c, d));
+    _mm_storeu_ps(out, _mm_add_ps(_mm_shuffle_ps(ab, cd, _MM_SHUFFLE(1, 0, 1, 0)),
+                                  _mm_shuffle_ps(ab, cd, _MM_SHUFFLE(3, 2, 3, 2))));
+    return;
+  }
+#endif
+#if defined(EIGEN_VECTORIZE_NEON) && defined(__aarch64__)
+  if constexpr (std::is_same_v<Packet, float32x4_t>) {
+    vst1q_f32(out, vpaddq_f32(vpaddq_f32(a, b), vpaddq_f32(c, d)));
+    return;
+  }
+#endif
+  out[0] = sum_lanes(a);
+  out[1] = sum_lanes(b);
+  out[2] = sum_lanes(c);
+  out[3] = sum_lanes(d);
+}
+
 /// The max of the lanes, NaN if any lane is NaN.
 template <typename Packet>
 EIGEN_ALWAYS_INLINE ScalarOf<Packet> max_lanes(const Packet& x) {

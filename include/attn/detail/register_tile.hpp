@@ -171,9 +171,13 @@ EIGEN_ALWAYS_INLINE void packet_dot_rows(const Scalar* a, const Element* b, Inde
     for (int r = 0; r < Rows; ++r)
       sum[r] = simd::fmadd(a_i, load_as<Packet>(b + r * b_stride + i), sum[r]);
   }
-  ATTN_DETAIL_UNROLL
-  for (int r = 0; r < Rows; ++r)
-    out[r] = simd::sum_lanes(sum[r]);
+  if constexpr (Rows == 4) {
+    simd::sum_lanes4(sum[0], sum[1], sum[2], sum[3], out);
+  } else {
+    ATTN_DETAIL_UNROLL
+    for (int r = 0; r < Rows; ++r)
+      out[r] = simd::sum_lanes(sum[r]);
+  }
 }
 
 /// y[i] += Σ_r w[r]·x[r·x_stride + i] for r < Rows and i < count, a multiple of the packet size:

@@ -3,9 +3,10 @@
 
 // The kernel's packet-level building blocks, against the standard library and Eigen: the
 // softmax exponential (its own polynomial for float packets) over its whole domain and at its
-// edges, lane by lane; and the packet transpose used for every query and output block, on
-// ragged shapes.
+// edges, lane by lane; the packet transpose used for every query and output block, on ragged
+// shapes; the converting loads of 16- and 8-bit storage, for every value; and the four-way sum.
 
+#include <attn/detail/convert.hpp>
 #include <attn/detail/packet_math.hpp>
 #include <attn/detail/register_tile.hpp>
 #include <gtest/gtest.h>
@@ -16,6 +17,7 @@
 #endif
 
 #include <cmath>
+#include <cstdint>
 #include <iterator>
 #include <limits>
 #include <type_traits>
@@ -227,6 +229,71 @@ TYPED_TEST(PacketMathTest, TransposeScaledEqualsEigenOnRaggedShapes) {
       EXPECT_TRUE((dst.rightCols(3).array() == Scalar(7)).all())
           << rows << " x " << cols << ": wrote past the block";
     }
+  }
+}
+
+// load_as converts stored elements in registers: on this build's native path (F16C, AVX-512,
+// AVX2, SSE, NEON) or the portable one. Every half and int8 value, and bfloat16 values of every
+// exponent (zeros, subnormals, normals, infinities, NaN) with varied mantissas, must come out
+// as the scalar conversion gives them, bit for bit (NaN as NaN).
+template <typename Element>
+void expect_load_as_converts(const std::vector<Element>& elements) {
+  using Packet = typename attn::detail::PacketTraits<float>::Packet;
+  constexpr Index size = attn::detail::PacketTraits<float>::size;
+  std::vector<Element> in(elements);
+  in.resize((in.size() + size - 1) / size * size, elements.front());
+  std::vector<float> out(static_cast<std::size_t>(size));
+  for (std::size_t i = 0; i < in.size(); i += std::size_t(size)) {
+    packet::pstoreu(out.data(), attn::detail::load_as<Packet>(in.data() + i));
+    for (Index lane = 0; lane < size; ++lane) {
+      const float expected = attn::detail::to_scalar<float>(in[i + std::size_t(lane)]);
+      const float got = out[std::size_t(lane)];
+      if (attn::detail::is_nan(expected)) {
+        ASSERT_TRUE(attn::detail::is_nan(got)) << "element " << i + std::size_t(lane);
+      } else {
+        ASSERT_EQ(attn::detail::FloatBits<float>::of(got),
+                  attn::detail::FloatBits<float>::of(expected))
+            << "element " << i + std::size_t(lane) << ": " << got << " for " << expected << " ("
+            << attn::detail::float_conversion_path<Element>() << " path)";
+      }
+    }
+  }
+}
+
+TEST(PacketConversion, LoadAsConvertsEveryHalfInt8AndBfloat16Exactly) {
+  std::vector<attn::half> halves;
+  std::vector<attn::bfloat16> bfloats;
+  for (std::uint32_t bits = 0; bits < 65536; ++bits) {
+    const std::uint16_t pattern = std::uint16_t(bits);
+    halves.push_back(Eigen::half_impl::raw_uint16_to_half(pattern));
+    bfloats.push_back(Eigen::bfloat16_impl::raw_uint16_to_bfloat16(pattern));
+  }
+  std::vector<std::int8_t> bytes;
+  for (int b = -128; b < 128; ++b)
+    bytes.push_back(std::int8_t(b));
+  expect_load_as_converts(halves);
+  expect_load_as_converts(bfloats);
+  expect_load_as_converts(bytes);
+}
+
+// sum_lanes4 reduces four packets at once; on small integers every order of the sums is exact.
+TYPED_TEST(PacketMathTest, SumLanesOfFourEqualsFourSums) {
+  using Scalar = TypeParam;
+  using Packet = typename attn::detail::PacketTraits<Scalar>::Packet;
+  constexpr Index size = attn::detail::PacketTraits<Scalar>::size;
+  std::vector<Scalar> lanes(std::size_t(4 * size));
+  for (std::size_t i = 0; i < lanes.size(); ++i)
+    lanes[i] = Scalar(int(i * 7 % 23) - 11);
+  Scalar got[4];
+  attn::detail::simd::sum_lanes4(packet::ploadu<Packet>(lanes.data()),
+                                 packet::ploadu<Packet>(lanes.data() + size),
+                                 packet::ploadu<Packet>(lanes.data() + 2 * size),
+                                 packet::ploadu<Packet>(lanes.data() + 3 * size), got);
+  for (Index r = 0; r < 4; ++r) {
+    Scalar expected = 0;
+    for (Index lane = 0; lane < size; ++lane)
+      expected += lanes[std::size_t(r * size + lane)];
+    EXPECT_EQ(got[r], expected) << "packet " << r;
   }
 }
 

@@ -4,14 +4,15 @@
 // attn/simd.hpp's report, and every public computation against the fp64 reference in one
 // translation unit, so that .ci/portability can build it cheaply for every instruction set,
 // compiler and -ffast-math cell: the kernel under each mask kind, grouped heads, soft-capping,
-// decoding and its extras, the partial merge, and both functors with a KV cache and a remembered
-// memory. The other test files go deeper into each; this one is their common ground.
+// decoding and its extras, the partial merge, keys and values stored in 16 and 8 bits, and both
+// functors with a KV cache and a remembered memory. The other test files go deeper into each; this one is their common ground.
 
 #include <gtest/gtest.h>
 
 #include <attn/attn.hpp>
 #include <limits>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "support/matrix_near.hpp"
@@ -167,6 +168,58 @@ TYPED_TEST(SimdPaths, ExtrasAndPartialMergeMatchTheReference) {
     EXPECT_TRUE(attn_test::matrix_near(
         merged.out, attn_test::reference_multi_head(q, k, v, s.heads, s.kv_heads), tol));
   }
+}
+
+/// m × cols of the uniform matrix `x` as it is stored in Storage and read back (in double).
+template <typename Storage>
+attn_test::MatrixD stored(const attn::Matrix<float>& x, Index group) {
+  if constexpr (std::is_same_v<Storage, attn::qint8>) {
+    return attn::QuantizedMatrix::quantize(x, group).dequantize().cast<double>();
+  } else {
+    return x.cast<Storage>().template cast<float>().template cast<double>();
+  }
+}
+
+/// The kernel over K and V stored in Storage (and q in QueryStorage), against the fp64 reference
+/// over the same stored values: the float path's own tolerance, since the kernel converts in
+/// registers and accumulates in float whatever the storage.
+template <typename QueryStorage, typename Storage>
+void expect_stored_kernel_matches(const char* name) {
+  Random rng(1205);
+  for (const Shape& s : shapes) {
+    const attn::Matrix<float> q = rng.uniform_matrix<float>(s.n, s.heads * s.d);
+    const attn::Matrix<float> k = rng.uniform_matrix<float>(s.m, s.kv_heads * s.d);
+    const attn::Matrix<float> v = rng.uniform_matrix<float>(s.m, s.kv_heads * s.d);
+    attn::AttentionOptions options;
+    options.num_heads = s.heads;
+    options.num_kv_heads = s.kv_heads;
+    options.executor = attn::thread_executor(2);
+    const attn::Matrix<QueryStorage> q_stored = q.cast<QueryStorage>();
+    attn::Matrix<float> got;
+    if constexpr (std::is_same_v<Storage, attn::qint8>) {
+      got = attn::scaled_dot_product_attention(q_stored, attn::QuantizedMatrix::quantize(k, s.d),
+                                               attn::QuantizedMatrix::quantize(v, s.d),
+                                               Mask::causal(), options);
+    } else {
+      got = attn::scaled_dot_product_attention(q_stored, attn::Matrix<Storage>(k.cast<Storage>()),
+                                               attn::Matrix<Storage>(v.cast<Storage>()),
+                                               Mask::causal(), options);
+    }
+    const attn_test::MatrixD expected = attn_test::reference_multi_head(
+        q_stored.template cast<float>(), stored<Storage>(k, s.d), stored<Storage>(v, s.d), s.heads,
+        s.kv_heads, ReferenceMask::causal());
+    EXPECT_TRUE(attn_test::matrix_near(
+        got, expected, attn_test::attention_tolerance<float>(std::sqrt(double(s.d)), s.m)))
+        << name << ", n " << s.n << ", m " << s.m << ", d " << s.d;
+  }
+}
+
+// Keys and values (and queries) in 16 and 8 bits, through this build's conversions.
+TEST(SimdStorage, KernelOverStoredValuesMatchesTheReference) {
+  expect_stored_kernel_matches<float, attn::bfloat16>("bfloat16");
+  expect_stored_kernel_matches<float, attn::half>("half");
+  expect_stored_kernel_matches<float, attn::qint8>("qint8");
+  expect_stored_kernel_matches<attn::bfloat16, attn::half>("q bfloat16, k and v half");
 }
 
 // SelfAttention with grouped heads, in one causal pass and token by token through a KV cache.

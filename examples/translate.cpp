@@ -13,7 +13,12 @@
 //
 // It prints the alignment, writes the cross-attention weights (target × source) as the heatmap
 // translate_attention.png, and exits nonzero unless the output is the input reversed (ctest runs
-// it as a smoke test).
+// it as a smoke test). Then it decodes the word again with the KV cache and the remembered source
+// kept in attn::bfloat16 (make_cache<attn::bfloat16>, remember<attn::bfloat16>), prints the bytes
+// of both caches and both memories (bfloat16 takes half), and checks that the output word is the
+// same: the kernel converts bfloat16 to float as it reads and accumulates in float, and this
+// model's cached and remembered keys and values are zeros and ones (up to float rounding), which
+// bfloat16 keeps to within 0.4%.
 //
 //   cmake --workflow --preset demo            # builds and runs it in build/default/examples
 //   ./build/default/examples/translate        # "stressed"
@@ -50,6 +55,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstdio>
 #include <exception>
 #include <string>
@@ -181,19 +187,25 @@ attn::CrossAttention<float> decoder_cross_attention() {
 }
 
 struct Translation {
-  std::vector<Index> output;  // target tokens, </s> not included
-  Matrix alignment;           // cross-attention weights, one row per step (</s> included) × L
+  std::vector<Index> output;     // target tokens, </s> not included
+  Matrix alignment;              // cross-attention weights, one row per step (</s> included) × L
+  std::size_t cache_bytes = 0;   // the decoder's KV cache
+  std::size_t memory_bytes = 0;  // the remembered source's keys and values
 };
 
+// Decodes with the KV cache and the remembered source's keys and values kept in Storage: float,
+// or attn::bfloat16 (rounded once as they are stored; the kernel converts them back in registers).
+template <typename Storage>
 Translation translate(const std::vector<Index>& source) {
   const Matrix encoded = encode(source);
   const attn::SelfAttention<float> self_attention = decoder_self_attention();
   const attn::CrossAttention<float> cross_attention = decoder_cross_attention();
 
   // The source's keys and values are projected once; every step only projects its query.
-  const attn::CrossAttention<float>::Memory memory = cross_attention.remember(encoded);
+  const attn::CrossAttention<float>::MemoryIn<Storage> memory =
+      cross_attention.remember<Storage>(encoded);
   // Room for every step's keys and values; the cache never reallocates.
-  attn::KVCache<float> cache = self_attention.make_cache(max_len);
+  attn::KVCache<float, Storage> cache = self_attention.make_cache<Storage>(max_len);
   // Scratch the steps share: after the first step, a self-attention step allocates nothing.
   attn::Workspace workspace;
   attn::MultiHeadOptions options;
@@ -202,6 +214,8 @@ Translation translate(const std::vector<Index>& source) {
 
   Translation result;
   result.alignment = Matrix::Zero(max_len, Index(source.size()));
+  result.cache_bytes = cache.bytes();
+  result.memory_bytes = memory.bytes();
   Index token = bos;
   for (Index t = 0; t < max_len; ++t) {
     // 4. This step's row: the previous output token.
@@ -280,7 +294,7 @@ int main(int argc, char** argv) {
   std::vector<Index> expected(source.rbegin() + 1, source.rend() - 1);
 
   try {
-    const Translation result = translate(source);
+    const Translation result = translate<float>(source);
     std::printf("attn translate: a hand-wired encoder-decoder writes a word backwards\n\n");
     std::printf("source: %s\n", spell_all(source).c_str());
     std::printf("output: %s </s>\n\n", spell_all(result.output).c_str());
@@ -311,6 +325,18 @@ int main(int argc, char** argv) {
       return 1;
     }
     std::printf("ok: the output is the source reversed\n");
+
+    // The same decode with keys and values stored in bfloat16: half the bytes, the same word.
+    const Translation small = translate<attn::bfloat16>(source);
+    std::printf("\nagain with the KV cache and the cross memory in bfloat16: %s </s>\n",
+                spell_all(small.output).c_str());
+    std::printf("bytes: KV cache %zu (float: %zu), cross memory %zu (float: %zu)\n",
+                small.cache_bytes, result.cache_bytes, small.memory_bytes, result.memory_bytes);
+    if (small.output != result.output) {
+      std::printf("FAILED: the bfloat16 decode differs from the float one\n");
+      return 1;
+    }
+    std::printf("ok: the same output\n");
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "translate: %s\n", e.what());

@@ -12,6 +12,30 @@
 // serial or two threads; then the SelfAttention and CrossAttention functors (and a KV-cache
 // decode) on the same shapes and mask.
 //
+// Storage (float problems): k and v are each passed as float, attn::bfloat16, attn::half or
+// attn::qint8 with q in float, or all three in bfloat16 or in half (each combination is a kernel
+// instantiation, which the fuzzer's build time pays for). The 16-bit types are made with Eigen's
+// cast (round to nearest even), qint8 with QuantizedMatrix::quantize in groups of one head's row
+// (head_dim for k, value_dim for v; strided layouts pass a QuantizedView of a wider matrix). The
+// reference then runs on the stored values converted back to double (dequantised for qint8), and
+// the tolerance stays float's own: agreement proves that the kernel converts exactly and
+// accumulates in float. qint8 must also keep its documented bound, |x − scale·q| ≤ max |x| / 254
+// over each group. Where the storage cannot hold an input, the contract decides:
+//   - half's largest finite value is 65 504, so for half v the largest value step (1e20/127) is
+//     clamped to 512 (|v| ≤ 65 024): rounding never makes a finite input infinite (q and k stay
+//     below 128; bfloat16 has float's range, which no input comes near), and a rounding that did
+//     would be reported as a fuzzer bug;
+//   - qint8 needs a group: with head_dim or value_dim 0, or a spoiled width that a head's row does
+//     not divide, that operand stays float; a group that is not the call's head_dim (a spoiled
+//     width it happens to divide) must make the call throw ShapeError;
+//   - NaN mode: QuantizedMatrix::quantize must throw ShapeError for an operand holding a NaN,
+//     which is then passed as float; bfloat16 and half keep NaN, and the NaN contract below holds
+//     for them as for float.
+// With reduced k storage the functors also run a CrossAttention over remember<S>(source) and the
+// KV-cache decode again in make_cache<S>, against the reference on the memory's and the cache's
+// stored keys and values (keys() and values() converted to double); a half or qint8 cache must
+// reject a row whose keys or values it cannot hold (ShapeError, the cache unchanged).
+//
 // It aborts, printing what it found, when
 //   - the library disagrees with the reference beyond the documented tolerance
 //     (tests/support/tolerance.hpp), or a row that sees no key is not exactly zero;
@@ -37,7 +61,12 @@
 //          {0, 1, 2, 4, 3, -1, 0, 1}[(b >> 3) % 8]; bit 6: through one attn::Workspace kept
 //          across inputs (so scratch sized by earlier shapes is reused); bit 7: NaN mode (the
 //          special byte −128 is NaN in q, k, v, and 127 is NaN in a bias)
-//   6      spoiler (with flag 128), 7 scale code, 8 soft-cap code
+//   6      spoiler (with flag 128), 7 scale code
+//   8      bits 0–1: soft-cap code; bits 2–6, float problems only (ignored for double): the storage
+//          of k (bits 2–3) and of v (bits 4–5) from {float, bfloat16, half, qint8}; bit 6: if k is
+//          bfloat16 or half, q and v are stored in that type too (else q is float). Bit 7 is free.
+//          These bits were unused before storage types existed: seeds written then have zeros
+//          there and keep their all-float meaning.
 //   9      q/k magnitude code, 10 v magnitude code
 //   11     mask: number of parts (b % 4), then per part a kind byte, its parameters and, for a
 //          bias, its values (fuzz/make_corpus.py writes seeds in this layout)
@@ -141,7 +170,25 @@ Index reach(std::uint8_t b) {
 // One problem
 // ---------------------------------------------------------------------------------------------
 
+/// How an operand reaches the kernel: in the problem's Scalar or, for float problems, in a
+/// reduced storage type.
+enum class Storage { scalar, bfloat16, half, qint8 };
+
+const char* storage_name(Storage storage) {
+  switch (storage) {
+    case Storage::bfloat16:
+      return "bfloat16";
+    case Storage::half:
+      return "half";
+    case Storage::qint8:
+      return "qint8";
+    default:
+      return "float";  // (double problems have no other storage)
+  }
+}
+
 struct Problem {
+  Storage q_storage = Storage::scalar, k_storage = Storage::scalar, v_storage = Storage::scalar;
   bool is_double = false;
   bool threads = false;
   bool into = false;
@@ -209,6 +256,104 @@ attn::Matrix<Scalar> read_matrix(Input& in, Index rows, Index cols, double step,
       m(r, c) = element<Scalar>(in.value_byte(), step, special);
   }
   return m;
+}
+
+/// Calls f with a value of the C++ type of `storage` (Scalar itself for double problems, which
+/// have no reduced storage).
+template <typename Scalar, typename F>
+void with_storage(Storage storage, const F& f) {
+  if constexpr (std::is_same_v<Scalar, float>) {
+    switch (storage) {
+      case Storage::bfloat16:
+        return f(attn::bfloat16());
+      case Storage::half:
+        return f(attn::half());
+      case Storage::qint8:
+        return f(attn::qint8());
+      default:
+        break;
+    }
+  }
+  f(Scalar());
+}
+
+template <typename S>
+inline constexpr bool is_qint8 = std::is_same_v<S, attn::qint8>;
+template <typename S>
+inline constexpr bool is_16_bit =
+    std::is_same_v<S, attn::bfloat16> || std::is_same_v<S, attn::half>;
+
+/// A matrix kept in storage S: a QuantizedMatrix for qint8, else a row-major matrix of S.
+template <typename S>
+using Stored = std::conditional_t<is_qint8<S>, attn::QuantizedMatrix, attn::Matrix<S>>;
+
+/// x in storage S: as it is, rounded to nearest even by Eigen's cast, or quantised in groups of
+/// `group` columns.
+template <typename S, typename Scalar>
+Stored<S> store(const attn::Matrix<Scalar>& x, Index group) {
+  if constexpr (is_qint8<S>) {
+    return attn::QuantizedMatrix::quantize(x, group);
+  } else {
+    (void)group;
+    return x.template cast<S>();
+  }
+}
+
+/// What stored values stand for, in Scalar: exact for bfloat16 and half (every one is a float),
+/// scale·q rounded to float for qint8 (as QuantizedView::dequantize and the kernel compute it).
+template <typename Scalar, typename X>
+attn::Matrix<Scalar> stored_values(const X& x) {
+  if constexpr (std::is_same_v<X, attn::QuantizedMatrix> ||
+                std::is_same_v<X, attn::QuantizedView>) {
+    return x.dequantize().template cast<Scalar>();
+  } else if constexpr (std::is_same_v<typename X::Scalar, double>) {
+    return x.template cast<Scalar>();
+  } else {
+    return x.template cast<float>().template cast<Scalar>();
+  }
+}
+
+/// QuantizedMatrix::quantize's documented bound, |x − scale·q| ≤ max |x| / 254 over each group of
+/// a row, up to the rounding of scale and of scale·q to float (a relative 2⁻²¹ of max |x|) and of a
+/// subnormal scale (128 times the smallest subnormal). `stored`: scale·q of x.
+template <typename Scalar>
+void check_quantized(const char* name, const attn::Matrix<Scalar>& x,
+                     const attn::Matrix<Scalar>& stored, Index group, const std::string& context) {
+  for (Index r = 0; r < x.rows(); ++r) {
+    for (Index g = 0; g + group <= x.cols(); g += group) {
+      const double max = x.row(r).segment(g, group).template cast<double>().cwiseAbs().maxCoeff();
+      const double bound =
+          max / 254 + max * 0x1.0p-21 + 128.0 * std::numeric_limits<float>::denorm_min();
+      for (Index c = g; c < g + group; ++c) {
+        const double error =
+            std::abs(static_cast<double>(x(r, c)) - static_cast<double>(stored(r, c)));
+        if (!(error <= bound)) {
+          char buffer[256];
+          std::snprintf(
+              buffer, sizeof buffer,
+              "QuantizedMatrix::quantize: %s(%ld, %ld) = %.9g is stored as %.9g, off by more "
+              "than max|x|/254 = %.9g",
+              name, static_cast<long>(r), static_cast<long>(c), static_cast<double>(x(r, c)),
+              static_cast<double>(stored(r, c)), max / 254);
+          fail(buffer + context);
+        }
+      }
+    }
+  }
+}
+
+/// A strided qint8 operand: the first x.cols() columns of x quantised one group wider (the extra
+/// group holding large values, which no read may reach), as a QuantizedView whose row stride and
+/// scale stride exceed its width. `wide` keeps the storage.
+template <typename Scalar>
+attn::QuantizedView strided_quantized(const attn::Matrix<Scalar>& x, Index group,
+                                      attn::QuantizedMatrix& wide) {
+  attn::Matrix<float> padded = attn::Matrix<float>::Constant(x.rows(), x.cols() + group, 1e30f);
+  padded.leftCols(x.cols()) = x.template cast<float>();
+  wide = attn::QuantizedMatrix::quantize(padded, group);
+  const attn::QuantizedView all = wide.view();
+  return {all.data(),   x.rows(),           x.cols(), all.outerStride(),
+          all.scales(), all.scale_stride(), group};
 }
 
 /// The mask, built twice (library and reference), and what the fuzzer expects of it.
@@ -498,8 +643,26 @@ void run(Input& in, Problem& p, std::uint8_t spoiler, std::uint8_t qk_code, std:
       p.nan ? std::numeric_limits<Scalar>::quiet_NaN() : std::numeric_limits<Scalar>::denorm_min();
   const attn::Matrix<Scalar> q = read_matrix<Scalar>(in, n, q_cols, qk, special);
   const attn::Matrix<Scalar> k = read_matrix<Scalar>(in, m, k_cols, qk, special);
-  const attn::Matrix<Scalar> v =
-      read_matrix<Scalar>(in, v_rows, v_cols, v_step<Scalar>(v_code), special);
+  // (Half v: the step is clamped so that rounding to half keeps every finite value finite.)
+  const double v_scale = p.v_storage == Storage::half ? std::min(v_step<Scalar>(v_code), 512.0)
+                                                      : v_step<Scalar>(v_code);
+  const attn::Matrix<Scalar> v = read_matrix<Scalar>(in, v_rows, v_cols, v_scale, special);
+
+  // qint8 needs a group of one head's row (else the operand stays in Scalar); in NaN mode, quantize
+  // must reject an operand holding a NaN, which is then passed in Scalar.
+  Storage q_storage = p.q_storage, k_storage = p.k_storage, v_storage = p.v_storage;
+  const auto settle_qint8 = [&](Storage& storage, const attn::Matrix<Scalar>& x, Index group) {
+    if (storage != Storage::qint8) return;
+    if (group < 1 || x.cols() % group != 0) {
+      storage = Storage::scalar;
+    } else if (x.hasNaN()) {
+      expect_shape_error_iff(true, "QuantizedMatrix::quantize (NaN input)", "\n  " + p.description,
+                             [&] { (void)attn::QuantizedMatrix::quantize(x, group); });
+      storage = Storage::scalar;
+    }
+  };
+  settle_qint8(k_storage, k, p.d);
+  settle_qint8(v_storage, v, p.dv);
 
   // Validity, decided here from the documented contract.
   const Index heads = p.heads;
@@ -515,6 +678,9 @@ void run(Input& in, Problem& p, std::uint8_t spoiler, std::uint8_t qk_code, std:
   valid = valid && spec.key_length <= m;
   const double scale = p.scale ? *p.scale : (d > 0 ? 1.0 / std::sqrt(static_cast<double>(d)) : 1.0);
   valid = valid && std::isfinite(scale) && std::isfinite(p.softcap) && p.softcap >= 0;
+  // A qint8 operand must be in groups of one head's row.
+  valid = valid && (k_storage != Storage::qint8 || p.d == d) &&
+          (v_storage != Storage::qint8 || p.dv == dv);
   const bool valid_out = extra_out_rows == 0 && extra_out_cols == 0;
 
   const std::string context =
@@ -523,7 +689,11 @@ void run(Input& in, Problem& p, std::uint8_t spoiler, std::uint8_t qk_code, std:
       (spec.description.empty() ? std::string(" none") : spec.description) +
       (p.into ? ", _into a strided block" : "") + (p.strided ? ", strided inputs" : "") +
       (p.threads ? ", thread_executor(2)" : "") + (p.workspace ? ", a reused Workspace" : "") +
-      (p.nan ? ", NaN mode" : "");
+      (p.nan ? ", NaN mode" : "") +
+      (q_storage == Storage::scalar && k_storage == Storage::scalar && v_storage == Storage::scalar
+           ? std::string()
+           : std::string(", stored: q ") + storage_name(q_storage) + ", k " +
+                 storage_name(k_storage) + ", v " + storage_name(v_storage));
 
   attn::AttentionOptions options;
   options.num_heads = p.heads;
@@ -534,48 +704,98 @@ void run(Input& in, Problem& p, std::uint8_t spoiler, std::uint8_t qk_code, std:
   static attn::Workspace workspace;  // outlives the input: later inputs reuse its scratch
   if (p.workspace) options.workspace = &workspace;
 
-  // The library, by value or into a block of a larger, sentinel-filled matrix.
+  // The library, by value or into a block of a larger, sentinel-filled matrix, on q, k, v in their
+  // storage; qe, ke, ve: the values it reads (the stored ones, in Scalar), for the reference.
   attn::Matrix<Scalar> out;
   const Index out_rows = n + extra_out_rows,
               out_cols = heads_for_shapes * (v_cols / kv_for_shapes) + extra_out_cols;
   const Scalar sentinel = Scalar(-1234.5);
   attn::Matrix<Scalar> storage =
       attn::Matrix<Scalar>::Constant(out_rows + 3, out_cols + 2, sentinel);
-  bool returned;
-  if (p.strided) {
-    // q a column block of a wider matrix, k column-major (evaluated once), v a strided Map.
-    attn::Matrix<Scalar> q_wide = attn::Matrix<Scalar>::Zero(q.rows(), q.cols() + 3);
-    q_wide.leftCols(q.cols()) = q;
-    const Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> k_column_major = k;
-    attn::Matrix<Scalar> v_wide = attn::Matrix<Scalar>::Zero(v.rows(), v.cols() + 1);
-    v_wide.leftCols(v.cols()) = v;
-    const attn::ConstMatrixView<Scalar> v_view(v_wide.data(), v.rows(), v.cols(),
-                                               Eigen::OuterStride<>(v_wide.cols()));
-    const auto q_block = q_wide.leftCols(q.cols());
-    if (p.into) {
-      returned = expect_shape_error_iff(
-          !valid || !valid_out, "scaled_dot_product_attention_into", context, [&] {
-            attn::scaled_dot_product_attention_into(q_block, k_column_major, v_view,
-                                                    storage.block(1, 1, out_rows, out_cols),
-                                                    spec.mask, options);
-          });
-    } else {
-      returned = expect_shape_error_iff(!valid, "scaled_dot_product_attention", context, [&] {
-        out =
-            attn::scaled_dot_product_attention(q_block, k_column_major, v_view, spec.mask, options);
-      });
-    }
-  } else if (p.into) {
-    returned = expect_shape_error_iff(
-        !valid || !valid_out, "scaled_dot_product_attention_into", context, [&] {
-          attn::scaled_dot_product_attention_into(q, k, v, storage.block(1, 1, out_rows, out_cols),
-                                                  spec.mask, options);
-        });
-  } else {
-    returned = expect_shape_error_iff(!valid, "scaled_dot_product_attention", context, [&] {
-      out = attn::scaled_dot_product_attention(q, k, v, spec.mask, options);
+  attn::Matrix<Scalar> qe, ke, ve;
+  bool returned = false;
+  const auto call = [&](auto q_tag, auto k_tag, auto v_tag) {
+    using QS = decltype(q_tag);
+    using KS = decltype(k_tag);
+    using VS = decltype(v_tag);
+    Stored<QS> qs;
+    Stored<KS> ks;
+    Stored<VS> vs;
+    expect_shape_error_iff(false, "storing q, k and v", context, [&] {
+      qs = store<QS>(q, 0);
+      ks = store<KS>(k, p.d);
+      vs = store<VS>(v, p.dv);
     });
-  }
+    qe = stored_values<Scalar>(qs);
+    ke = stored_values<Scalar>(ks);
+    ve = stored_values<Scalar>(vs);
+    if constexpr (is_qint8<KS>) check_quantized("k", k, ke, p.d, context);
+    if constexpr (is_qint8<VS>) check_quantized("v", v, ve, p.dv, context);
+    const auto invoke = [&](const auto& q_arg, const auto& k_arg, const auto& v_arg) {
+      if (p.into) {
+        returned = expect_shape_error_iff(
+            !valid || !valid_out, "scaled_dot_product_attention_into", context, [&] {
+              attn::scaled_dot_product_attention_into(
+                  q_arg, k_arg, v_arg, storage.block(1, 1, out_rows, out_cols), spec.mask, options);
+            });
+      } else {
+        returned = expect_shape_error_iff(!valid, "scaled_dot_product_attention", context, [&] {
+          out = attn::scaled_dot_product_attention(q_arg, k_arg, v_arg, spec.mask, options);
+        });
+      }
+    };
+    if (!p.strided) return invoke(qs, ks, vs);
+    // q a column block of a wider matrix; k column-major (evaluated once) or, for qint8, a
+    // strided QuantizedView; v a strided Map or QuantizedView.
+    attn::Matrix<QS> q_wide = attn::Matrix<QS>::Zero(q.rows(), q.cols() + 3);
+    q_wide.leftCols(q.cols()) = qs;
+    const auto q_block = q_wide.leftCols(q.cols());
+    const auto with_strided_k = [&](const auto& next) {
+      if constexpr (is_qint8<KS>) {
+        attn::QuantizedMatrix wide;
+        const attn::QuantizedView view = strided_quantized(k, p.d, wide);
+        ke = stored_values<Scalar>(view);
+        next(view);
+      } else {
+        const Eigen::Matrix<KS, Eigen::Dynamic, Eigen::Dynamic> k_column_major = ks;
+        next(k_column_major);
+      }
+    };
+    const auto with_strided_v = [&](const auto& next) {
+      if constexpr (is_qint8<VS>) {
+        attn::QuantizedMatrix wide;
+        const attn::QuantizedView view = strided_quantized(v, p.dv, wide);
+        ve = stored_values<Scalar>(view);
+        next(view);
+      } else {
+        attn::Matrix<VS> v_wide = attn::Matrix<VS>::Zero(v.rows(), v.cols() + 1);
+        v_wide.leftCols(v.cols()) = vs;
+        next(attn::ConstMatrixView<VS>(v_wide.data(), v.rows(), v.cols(),
+                                       Eigen::OuterStride<>(v_wide.cols())));
+      }
+    };
+    with_strided_k([&](const auto& k_arg) {
+      with_strided_v([&](const auto& v_arg) { invoke(q_block, k_arg, v_arg); });
+    });
+  };
+  // (The combinations of the layout at the top: q in Scalar with any k and v, or all three in one
+  // 16-bit type. Each is a kernel instantiation, which the fuzzer's build time pays for.)
+  with_storage<Scalar>(k_storage, [&](auto k_tag) {
+    using KS = decltype(k_tag);
+    if constexpr (is_16_bit<KS>) {
+      if (q_storage != Storage::scalar) return call(k_tag, k_tag, k_tag);
+    }
+    with_storage<Scalar>(v_storage, [&](auto v_tag) { call(Scalar(), k_tag, v_tag); });
+  });
+  // Rounding to the storage must not have made a finite input infinite (see the top).
+  const auto check_kept_finite = [&](const attn::Matrix<Scalar>& x,
+                                     const attn::Matrix<Scalar>& stored, const char* name) {
+    if ((x.array().isFinite() && !stored.array().isFinite()).any())
+      fail(std::string("fuzzer bug: storing ") + name + " made a finite value infinite" + context);
+  };
+  check_kept_finite(q, qe, "q");
+  check_kept_finite(k, ke, "k");
+  check_kept_finite(v, ve, "v");
   if (p.into) {
     // Nothing outside the block is ever written; inside it, only by a call that returned.
     attn::Matrix<Scalar> outside = storage;
@@ -596,7 +816,7 @@ void run(Input& in, Problem& p, std::uint8_t spoiler, std::uint8_t qk_code, std:
     using X = std::decay_t<decltype(x)>;
     return X(x.array().isNaN().select(typename X::Scalar(0), x));
   };
-  const attn::Matrix<Scalar> q0 = without_nan(q), k0 = without_nan(k), v0 = without_nan(v);
+  const attn::Matrix<Scalar> q0 = without_nan(qe), k0 = without_nan(ke), v0 = without_nan(ve);
   const MatrixB allowed = spec.reference.allowed(n, m);
   MatrixD bias = spec.reference.bias(n, m);  // summed parts, NaN included; empty without any
   if (bias.size() == 0) bias = MatrixD::Zero(n, m);
@@ -710,6 +930,32 @@ void run(Input& in, Problem& p, std::uint8_t spoiler, std::uint8_t qk_code, std:
           reference_layer(target, source, weights, heads, kv_heads, spec.reference),
           functor_tolerance, context);
 
+  // With reduced k storage, the functors also keep keys and values in it (a remembered memory, a
+  // KV cache); the reference then attends over what they store, converted to double.
+  const attn_test::ReferenceWeights w = attn_test::reference_weights(weights);
+  const MatrixD target_queries = attn_test::reference_linear(target, w.q_weight, w.q_bias);
+  const auto reference_over = [&](const auto& keys, const auto& values, const ReferenceMask& mask) {
+    return attn_test::reference_linear(
+        reference_heads(target_queries, stored_values<double>(keys), stored_values<double>(values),
+                        heads, kv_heads, mask),
+        w.out_weight, w.out_bias);
+  };
+  const bool reduced = p.k_storage != Storage::scalar;
+  if (reduced) {
+    with_storage<Scalar>(p.k_storage, [&](auto tag) {
+      using S = decltype(tag);
+      const std::string what =
+          std::string("CrossAttention over a ") + storage_name(p.k_storage) + " memory";
+      std::optional<attn::CrossAttentionMemory<Scalar, S>> memory;
+      expect_shape_error_iff(false, what.c_str(), context, [&] {
+        memory.emplace(cross.template remember<S>(source));
+        y = cross(target, *memory, spec.mask);
+      });
+      compare(what.c_str(), y, reference_over(memory->keys(), memory->values(), spec.reference),
+              functor_tolerance, context);
+    });
+  }
+
   if (n != m) return;
   // Self-attention over the target with the same (square) mask, and a KV-cache decode of it
   // under causal: a prefill chunk, then one row at a time, must equal the full causal pass.
@@ -735,6 +981,60 @@ void run(Input& in, Problem& p, std::uint8_t spoiler, std::uint8_t qk_code, std:
     expect_shape_error_iff(true, "SelfAttention with a full KV cache", context,
                            [&] { (void)self_attn(target.topRows(1), cache); });
   }
+  if (!reduced) return;
+
+  // The same decode in a cache of reduced storage (make_cache<S>).
+  with_storage<Scalar>(p.k_storage, [&](auto tag) {
+    using S = decltype(tag);
+    const std::string what =
+        std::string("SelfAttention with a ") + storage_name(p.k_storage) + " KV cache";
+    attn::KVCache<Scalar, S> small = self_attn.template make_cache<S>(n);
+    expect_shape_error_iff(false, what.c_str(), context, [&] {
+      decoded.topRows(prefill) = self_attn(target.topRows(prefill), small);
+    });
+    // half and qint8 cannot hold every row: keys and values ~1e30 (from the row × 1e30) are beyond
+    // half's range, and an infinity in the row makes keys infinite or NaN, which qint8 rejects.
+    // The step must throw ShapeError and leave the cache and out unchanged.
+    if constexpr (std::is_same_v<S, attn::half> || is_qint8<S>) {
+      if (prefill < n) {
+        attn::Matrix<Scalar> row = target.row(prefill);
+        if constexpr (is_qint8<S>) {
+          row(0, 0) = std::numeric_limits<Scalar>::infinity();
+        } else {
+          row *= Scalar(1e30);
+        }
+        // (Half: only if the reference's keys or values are far beyond 65 504, as they are
+        // unless the row is degenerate.)
+        const MatrixD keys = attn_test::reference_linear(row, w.k_weight, w.k_bias);
+        const MatrixD values = attn_test::reference_linear(row, w.v_weight, w.v_bias);
+        const bool beyond = !(std::max(keys.cwiseAbs().maxCoeff(), values.cwiseAbs().maxCoeff()) <
+                              1e6);  // (NaN counts as beyond)
+        if (is_qint8<S> || beyond) {
+          const attn::Matrix<Scalar> keys_before = stored_values<Scalar>(small.keys());
+          const attn::Matrix<Scalar> values_before = stored_values<Scalar>(small.values());
+          attn::Matrix<Scalar> step = attn::Matrix<Scalar>::Constant(1, model_dim, Scalar(-1234.5));
+          expect_shape_error_iff(true, (what + " given a row it cannot hold").c_str(), context,
+                                 [&] { self_attn.attend_into(row, small, step); });
+          if (small.size() != prefill || stored_values<Scalar>(small.keys()) != keys_before ||
+              stored_values<Scalar>(small.values()) != values_before ||
+              !(step.array() == Scalar(-1234.5)).all()) {
+            fail(what + " changed the cache or out when it threw" + context);
+          }
+        }
+      }
+    }
+    expect_shape_error_iff(false, what.c_str(), context, [&] {
+      for (Index i = prefill; i < n; ++i)
+        decoded.row(i) = self_attn(target.row(i), small);
+    });
+    compare(what.c_str(), decoded,
+            reference_over(small.keys(), small.values(), ReferenceMask::causal()),
+            functor_tolerance, context);
+    if (n > 0) {
+      expect_shape_error_iff(true, (what + ", full").c_str(), context,
+                             [&] { (void)self_attn(target.topRows(1), small); });
+    }
+  });
 }
 
 }  // namespace
@@ -764,7 +1064,15 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   p.nan = heads_code & 128;
   const std::uint8_t spoiler = in.byte();
   const std::uint8_t scale_code = in.byte();
-  const std::uint8_t softcap_code = in.byte();
+  const std::uint8_t softcap_code = in.byte();  // bits 2–7: the storage of k, v and q
+  if (!p.is_double) {
+    static constexpr Storage kv_storages[] = {Storage::scalar, Storage::bfloat16, Storage::half,
+                                              Storage::qint8};
+    p.k_storage = kv_storages[(softcap_code >> 2) & 3];
+    p.v_storage = kv_storages[(softcap_code >> 4) & 3];
+    if ((softcap_code & 64) && (p.k_storage == Storage::bfloat16 || p.k_storage == Storage::half))
+      p.q_storage = p.v_storage = p.k_storage;  // all three in one 16-bit type
+  }
   const std::uint8_t qk_code = in.byte();
   const std::uint8_t v_code = in.byte();
   if (explicit_scale) {

@@ -3,7 +3,11 @@
 # SPDX-License-Identifier: MIT
 """Writes fuzz/corpus/: seed inputs for fuzz_attention, one per interesting corner, in the input
 layout documented at the top of fuzz_attention.cpp. Deterministic: rerunning rewrites the same
-files. Usage: python3 fuzz/make_corpus.py [output directory]"""
+files. Usage: python3 fuzz/make_corpus.py [output directory]
+
+Byte 8 gained the storage bits (see storage()) after the first seeds were written: those have
+zeros there, so they keep their meaning, and the storage seeds are made last, so that rerunning
+the script leaves the earlier seeds' bytes as they were."""
 
 import os
 import random
@@ -36,6 +40,16 @@ KV_HEADS = [0, 1, 2, 4, 3, -1, 0, 1]
 
 def heads(h, kv=0, workspace=False, nan=False):
     return HEADS.index(h) | (KV_HEADS.index(kv) << 3) | (64 if workspace else 0) | (128 if nan else 0)
+
+
+# Storage (byte 8, bits 2-6, with the soft-cap code in bits 0-1; float problems only): k in bits
+# 2-3 and v in bits 4-5 from STORAGES; bit 6 stores q and v in k's type when that is bfloat16 or
+# half. Seeds written before storage existed have zeros there: all float, as they were.
+STORAGES = ["float", "bfloat16", "half", "qint8"]
+
+
+def storage(k="float", v="float", all_three=False):
+    return (STORAGES.index(k) << 2) | (STORAGES.index(v) << 4) | (64 if all_three else 0)
 
 
 def reach(r):
@@ -115,11 +129,12 @@ def shapes(flags, n, m, d, dv, head_code, spoiler):
 
 
 def seed(flags=0, n=4, m=6, d=8, dv=8, head_code=0, spoiler=0, scale=0, softcap=0, qk=0, v=0,
-         mask=(), rng=None, nan_q=(), nan_k=(), nan_v=()):
+         mask=(), rng=None, nan_q=(), nan_k=(), nan_v=(), stored=0):
     """One input: the header, the mask, then every q, k and v value (random bytes). nan_q, nan_k,
-    nan_v: (row, column) entries set to −128, NaN in NaN mode."""
-    data = [flags, length(n), length(m), dim(d), dim(dv), head_code, spoiler, scale, softcap, qk, v,
-            len(mask)]
+    nan_v: (row, column) entries set to −128, NaN in NaN mode. stored: storage(...) bits."""
+    assert 0 <= softcap < 4 and stored & 3 == 0
+    data = [flags, length(n), length(m), dim(d), dim(dv), head_code, spoiler, scale,
+            softcap | stored, qk, v, len(mask)]
     n_used, q_cols, k_cols, v_rows, v_cols = shapes(flags, n, m, d, dv, head_code, spoiler)
     for part in mask:
         data += part(n_used, m, rng)
@@ -232,6 +247,45 @@ def main():
                                   rng=rng)
     seeds["dv0_two_blocks"] = seed(flags=STRIDED | INTO, n=70, m=130, d=4, dv=0,
                                    head_code=heads(2), rng=rng)
+    # Storage of k, v (and q) in float problems; added last, so that the seeds above keep their
+    # bytes. The kernel (prefill: several key blocks; decode: one query row) on each type and on
+    # mixes, the functors' remembered memory and KV cache in it, and the corners: half v at the
+    # largest value code (clamped to half's range), qint8 of subnormal groups, qint8 of an operand
+    # with NaN (quantize must throw; it is then passed as float), and qint8 v in groups of 1 when
+    # value_dim is 2 (spoiled width: the call must throw).
+    seeds["storage_bf16"] = seed(n=6, m=7, head_code=heads(2, 1), mask=[CAUSAL],
+                                 stored=storage("bfloat16", "bfloat16"), rng=rng)
+    seeds["storage_half_large_v"] = seed(n=5, m=9, v=3, stored=storage("half", "half"), rng=rng)
+    seeds["storage_qint8_prefill"] = seed(n=70, m=130, d=8, dv=4, head_code=heads(2),
+                                          mask=[window(5, 2)],
+                                          stored=storage("qint8", "qint8"), rng=rng)
+    seeds["storage_qint8_decode"] = seed(n=1, m=190, d=16, dv=16, head_code=heads(4, 2),
+                                         mask=[CAUSAL], stored=storage("qint8", "qint8"), rng=rng)
+    seeds["storage_qint8_subnormal"] = seed(n=5, m=6, qk=5, v=4,
+                                            stored=storage("qint8", "qint8"), rng=rng)
+    seeds["storage_qint8_nan"] = seed(n=6, m=6, head_code=heads(1, nan=True), mask=[CAUSAL],
+                                      nan_k=[(2, 1)], stored=storage("qint8", "qint8"), rng=rng)
+    seeds["storage_qint8_wrong_group"] = seed(flags=SPOIL, d=4, dv=1, spoiler=3,
+                                              stored=storage("float", "qint8"), rng=rng)
+    seeds["storage_mixed_strided"] = seed(flags=STRIDED, n=5, m=6, head_code=heads(2, 1),
+                                          stored=storage("bfloat16", "qint8"), rng=rng)
+    seeds["storage_mixed_prefill"] = seed(flags=INTO, n=70, m=70, d=8, dv=8, mask=[CAUSAL],
+                                          stored=storage("float", "half"), rng=rng)
+    seeds["storage_all_half"] = seed(n=6, m=6, mask=[bias(0)],
+                                     stored=storage("half", "float", all_three=True), rng=rng)
+    seeds["storage_all_bf16_decode"] = seed(n=1, m=100, d=32, dv=32, head_code=heads(2),
+                                            stored=storage("bfloat16", all_three=True), rng=rng)
+    seeds["storage_functors_bf16"] = seed(flags=FUNCTORS, n=6, m=6, d=4, dv=4,
+                                          head_code=heads(2, 1), mask=[CAUSAL],
+                                          stored=storage("bfloat16"), rng=rng)
+    seeds["storage_functors_half"] = seed(flags=FUNCTORS, n=7, m=7, d=8, dv=8,
+                                          head_code=heads(2), stored=storage("half"), rng=rng)
+    seeds["storage_functors_qint8"] = seed(flags=FUNCTORS | THREADS, n=8, m=8, d=8, dv=8,
+                                           head_code=heads(4, 2), mask=[keep(0.6)],
+                                           stored=storage("qint8"), rng=rng)
+    seeds["storage_functors_cross_qint8"] = seed(flags=FUNCTORS, n=3, m=7, d=4, dv=4,
+                                                 head_code=heads(4), mask=[bias(0)],
+                                                 stored=storage("qint8"), rng=rng)
     for name, data in sorted(seeds.items()):
         with open(os.path.join(out, name), "wb") as f:
             f.write(data)

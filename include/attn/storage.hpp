@@ -41,7 +41,9 @@ using half = Eigen::half;
 /// both inner loops, which only convert int8 to float and multiply-add. (Groups of 32, as
 /// llama.cpp's q8_0, bound the error by the max over 32 values instead of over a head's
 /// 64–128, at the cost of a scale multiply per group inside each dot product; at head_dim 64 both
-/// spend 1/16 of a byte per value on scales.) A group that is all zeros has scale 0.
+/// spend 1/16 of a byte per value on scales.) A group that is all zeros has scale 0. (The bound
+/// is for the exact scale: when max |x| is below 127 times float's smallest normal value,
+/// ≈ 1.5e-36, the scale is subnormal and rounded to fewer bits, and below ≈ 9e-44 it is 0.)
 /// Memory: 1 byte per value plus 4 bytes per group.
 struct qint8 {};
 
@@ -219,13 +221,15 @@ class QuantizedMatrix {
         const auto group = x.row(r).segment(g * m_group, m_group);
         const float max = group.cwiseAbs().maxCoeff();
         const float scale = max / 127.0f;
-        const float inverse = max > 0 ? 127.0f / max : 0.0f;
+        // In double: for a group of tiny values (max below 127 / FLT_MAX ≈ 3.7e-37, subnormals
+        // included) 127 / max overflows float, and 0 · ∞ would be NaN, which no int8 holds.
+        const double inverse = max > 0 ? 127.0 / double(max) : 0.0;
         m_scales(first + r, g) = scale;
         for (Index c = 0; c < m_group; ++c) {
           // |x·inverse| ≤ 127 up to rounding; the clamp keeps a rounding up at the end in range.
-          const float scaled = std::round(group(c) * inverse);
+          const double scaled = std::round(double(group(c)) * inverse);
           m_values(first + r, g * m_group + c) =
-              static_cast<std::int8_t>(std::clamp(scaled, -127.0f, 127.0f));
+              static_cast<std::int8_t>(std::clamp(scaled, -127.0, 127.0));
         }
       }
     }

@@ -219,13 +219,16 @@ class QuantizedMatrix {
         const auto group = x.row(r).segment(g * m_group, m_group);
         const float max = group.cwiseAbs().maxCoeff();
         const float scale = max / 127.0f;
-        const float inverse = max > 0 ? 127.0f / max : 0.0f;
+        // 127 / max in double: in float it overflows to infinity for max below 127 / FLT_MAX
+        // (≈ 3.7e-37), and x·∞ would quantise every nonzero value of the group to ±127 and a
+        // zero to NaN (whose conversion to int8 is undefined).
+        const double inverse = max > 0 ? 127.0 / double(max) : 0.0;
         m_scales(first + r, g) = scale;
         for (Index c = 0; c < m_group; ++c) {
           // |x·inverse| ≤ 127 up to rounding; the clamp keeps a rounding up at the end in range.
-          const float scaled = std::round(group(c) * inverse);
+          const double scaled = std::round(double(group(c)) * inverse);
           m_values(first + r, g * m_group + c) =
-              static_cast<std::int8_t>(std::clamp(scaled, -127.0f, 127.0f));
+              static_cast<std::int8_t>(std::clamp(scaled, -127.0, 127.0));
         }
       }
     }

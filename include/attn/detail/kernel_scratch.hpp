@@ -25,17 +25,20 @@ namespace attn::detail {
 /// then prefetches each next key block itself; and when a head has several query blocks, each
 /// of which reads all of its K and V, a worker packs them once into contiguous scratch
 /// (pack_rows) and every block streams them from there. With a single query block per head the
-/// copy would be one more pass over K and V for nothing. Only the prefill path reads packed K/V
-/// (the decode path walks whole key rows across the heads instead), and beyond
-/// `max_packed_bytes` per worker the kernel reads in place.
+/// copy would be one more pass over K and V for nothing. K and V stored in 16 or 8 bits are
+/// packed (converted to Scalar) whenever a head has several query blocks, so that each value is
+/// converted once, not once per query block; with a single query block each key block is
+/// converted into L1 scratch as it is reached. Only the prefill path reads packed K/V (the
+/// decode path walks whole key rows across the heads, converting in registers), and beyond
+/// `max_packed_bytes` per worker the kernel reads (and converts) block by block.
 inline constexpr std::size_t max_packed_bytes = std::size_t(64) << 20;
 
 template <typename Problem>
 bool should_pack_heads(const Problem& p, const BlockSizes& blocks) {
   using Scalar = typename Problem::Scalar;
-  if (!Problem::kv_in_scalar) return false;  // converted block by block instead
   const Index m = p.k.rows();
-  const bool strided = p.k.outerStride() != p.head_dim || p.v.outerStride() != p.value_dim;
+  const bool strided =
+      !Problem::kv_in_scalar || p.k.outerStride() != p.head_dim || p.v.outerStride() != p.value_dim;
   const bool reused = p.q.rows() > blocks.query_rows;
   return strided && reused && m > 0 &&
          sizeof(Scalar) * std::size_t(m * (p.head_dim + p.value_dim)) <= max_packed_bytes;
@@ -163,28 +166,30 @@ struct HeadKeyValues {
 };
 
 /// K and V of kv head `kv_head` for the prefill path: packed into the scratch (once per head in
-/// a row of work items) when `pack`, else read in place. Null-safe when there are no keys.
+/// a row of work items, converted from their storage) when `pack`; else read in place, or null
+/// when their storage is converted block by block (key_block). Null-safe when there are no keys.
 template <typename Problem, typename Scalar = typename Problem::Scalar>
 HeadKeyValues<Scalar> head_key_values(const Problem& p, KernelScratch<Scalar>& scratch,
                                       Index kv_head, bool pack) {
-  if constexpr (!Problem::kv_in_scalar) {
-    return {nullptr, 0, nullptr, 0};
-  } else {
-    const Index d = p.head_dim, dv = p.value_dim;
-    if (p.k.rows() == 0) return {p.k.data(), p.k.outerStride(), p.v.data(), p.v.outerStride()};
-    if (!pack) {
+  const Index d = p.head_dim, dv = p.value_dim, m = p.k.rows();
+  if (m == 0 || (!pack && !Problem::kv_in_scalar)) return {nullptr, 0, nullptr, 0};
+  if (!pack) {
+    if constexpr (Problem::kv_in_scalar) {
       return {p.k.data() + kv_head * d, p.k.outerStride(), p.v.data() + kv_head * dv,
               p.v.outerStride()};
     }
-    if (scratch.packed_head != kv_head) {
-      pack_rows(p.k.data() + kv_head * d, p.k.outerStride(), p.k.rows(), d,
-                scratch.packed_k.data());
-      pack_rows(p.v.data() + kv_head * dv, p.v.outerStride(), p.v.rows(), dv,
-                scratch.packed_v.data());
-      scratch.packed_head = kv_head;
-    }
-    return {scratch.packed_k.data(), d, scratch.packed_v.data(), dv};
   }
+  if (scratch.packed_head != kv_head) {
+    if constexpr (Problem::kv_in_scalar) {
+      pack_rows(p.k.data() + kv_head * d, p.k.outerStride(), m, d, scratch.packed_k.data());
+      pack_rows(p.v.data() + kv_head * dv, p.v.outerStride(), m, dv, scratch.packed_v.data());
+    } else {
+      convert_rows(p.k, 0, m, kv_head * d, d, scratch.packed_k.data(), d);
+      convert_rows(p.v, 0, m, kv_head * dv, dv, scratch.packed_v.data(), dv);
+    }
+    scratch.packed_head = kv_head;
+  }
+  return {scratch.packed_k.data(), d, scratch.packed_v.data(), dv};
 }
 
 /// Rows [j0, j0 + keys) of kv head `kv_head`'s K and V as the register tiles read them: where
@@ -193,16 +198,13 @@ template <typename Problem, typename Scalar = typename Problem::Scalar>
 HeadKeyValues<Scalar> key_block(const Problem& p, KernelScratch<Scalar>& scratch,
                                 const HeadKeyValues<Scalar>& kv, Index kv_head, Index j0,
                                 Index keys) {
-  if constexpr (Problem::kv_in_scalar) {
-    (void)scratch, (void)kv_head;
-    if (keys == 0) return kv;
+  if (Problem::kv_in_scalar || kv.k != nullptr) {
     return {kv.k + j0 * kv.k_stride, kv.k_stride, kv.v + j0 * kv.v_stride, kv.v_stride};
-  } else {
-    const Index d = p.head_dim, dv = p.value_dim;
-    convert_rows(p.k, j0, keys, kv_head * d, d, scratch.staged_k.data(), d);
-    convert_rows(p.v, j0, keys, kv_head * dv, dv, scratch.staged_v.data(), dv);
-    return {scratch.staged_k.data(), d, scratch.staged_v.data(), dv};
   }
+  const Index d = p.head_dim, dv = p.value_dim;
+  convert_rows(p.k, j0, keys, kv_head * d, d, scratch.staged_k.data(), d);
+  convert_rows(p.v, j0, keys, kv_head * dv, dv, scratch.staged_v.data(), dv);
+  return {scratch.staged_k.data(), d, scratch.staged_v.data(), dv};
 }
 
 }  // namespace attn::detail

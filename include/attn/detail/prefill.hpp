@@ -95,20 +95,23 @@ void attend_query_block(const Problem& p, const TileMask<Scalar>& mask,
   Scalar* s_t = scratch.s_t.data();
   Scalar* out_t = scratch.out_t.data();
   const Index g = p.kv_head(b.head);
-  // Where the next key block's rows come from: K and V as the tiles read them, or their storage
-  // when each block is converted first.
+  // Where the next key block's rows come from, for the prefetches: K and V as the tiles read
+  // them (in place or packed), or their storage when each block is converted first.
+  [[maybe_unused]] const bool staged = kv.k == nullptr;
   const auto k_source = [&] {
     if constexpr (Problem::kv_in_scalar) {
       return std::pair(kv.k, kv.k_stride);
     } else {
-      return std::pair(p.k.rows() == 0 ? p.k.data() : p.k.data() + g * d, p.k.outerStride());
+      return std::pair(p.k.rows() == 0 ? p.k.data() : p.k.data() + g * d,
+                       staged ? p.k.outerStride() : d);  // (packed: contiguous, not prefetched)
     }
   }();
   const auto v_source = [&] {
     if constexpr (Problem::kv_in_scalar) {
       return std::pair(kv.v, kv.v_stride);
     } else {
-      return std::pair(p.v.rows() == 0 ? p.v.data() : p.v.data() + g * dv, p.v.outerStride());
+      return std::pair(p.v.rows() == 0 ? p.v.data() : p.v.data() + g * dv,
+                       staged ? p.v.outerStride() : dv);
     }
   }();
 

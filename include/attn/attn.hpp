@@ -15,6 +15,7 @@
 #include "scaled_dot_product.hpp"
 #include "self_attention.hpp"
 #include "simd.hpp"
+#include "storage.hpp"
 #include "types.hpp"
 #include "version.hpp"
 #include "workspace.hpp"

@@ -288,6 +288,40 @@ TYPED_TEST(Allocations, CrossStepOverMemoryWithWorkspaceAllocatesNothing) {
   }
 }
 
+// With keys and values in 16 or 8 bits, a step converts as it reads (and an append rounds in
+// place): still no allocation, for a cache and for a remembered memory.
+template <typename Storage>
+void expect_stored_steps_allocate_nothing(const char* name) {
+  const MultiHeadConfig cfg = config(8, 2, /*source_dim*/ 96);
+  const MultiHeadConfig self_cfg = config(8, 2);
+  Random rng(1920);
+  const attn::SelfAttention<float> layer(self_cfg, attn_test::random_weights<float>(self_cfg, rng));
+  const attn::CrossAttention<float> cross(cfg, attn_test::random_weights<float>(cfg, rng));
+  const Index prefix = 1010;  // the steps cross from one key split to two
+  const attn::Matrix<float> x = rng.uniform_matrix<float>(prefix + 1 + steps, self_cfg.model_dim);
+  attn::KVCache<float, Storage> cache = layer.template make_cache<Storage>(x.rows());
+  (void)layer(x.topRows(prefix), cache);
+  const auto memory = cross.template remember<Storage>(rng.uniform_matrix<float>(prefix, 96));
+  attn::Workspace workspace;
+  const attn::MultiHeadOptions options = serial_with(&workspace);
+  attn::Matrix<float> h(1, self_cfg.model_dim), y(1, cfg.model_dim);
+  layer.attend_into(x.row(prefix), cache, h, Mask::causal(), options);  // warm-up
+  cross.attend_into(h, memory, y, Mask(), options);
+  const long counted = count_allocations([&] {
+    for (Index t = prefix + 1; t <= prefix + steps; ++t) {
+      layer.attend_into(x.row(t), cache, h, Mask::causal(), options);
+      cross.attend_into(h, memory, y, Mask(), options);
+    }
+  });
+  EXPECT_EQ(counted, 0) << name;
+}
+
+TEST(StoredAllocations, StepsOverReducedStorageAllocateNothing) {
+  expect_stored_steps_allocate_nothing<attn::bfloat16>("bfloat16");
+  expect_stored_steps_allocate_nothing<attn::half>("half");
+  expect_stored_steps_allocate_nothing<attn::qint8>("qint8");
+}
+
 // The counter works on the same calls: without a workspace, every step allocates its scratch.
 TYPED_TEST(Allocations, WithoutWorkspaceStepsAllocate) {
   using Scalar = TypeParam;

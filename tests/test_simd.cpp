@@ -170,7 +170,7 @@ TYPED_TEST(SimdPaths, ExtrasAndPartialMergeMatchTheReference) {
   }
 }
 
-/// m × cols of the uniform matrix `x` as it is stored in Storage and read back (in double).
+/// x as it is stored in Storage and read back (in double).
 template <typename Storage>
 attn_test::MatrixD stored(const attn::Matrix<float>& x, Index group) {
   if constexpr (std::is_same_v<Storage, attn::qint8>) {
@@ -180,10 +180,20 @@ attn_test::MatrixD stored(const attn::Matrix<float>& x, Index group) {
   }
 }
 
-/// The kernel over K and V stored in Storage (and q in QueryStorage), against the fp64 reference
+/// x in Storage, as the kernel takes it.
+template <typename Storage>
+auto store(const attn::Matrix<float>& x, Index group) {
+  if constexpr (std::is_same_v<Storage, attn::qint8>) {
+    return attn::QuantizedMatrix::quantize(x, group);
+  } else {
+    return attn::Matrix<Storage>(x.cast<Storage>());
+  }
+}
+
+/// The kernel over K and V stored in KeyStorage and ValueStorage (and q in QueryStorage), against the fp64 reference
 /// over the same stored values: the float path's own tolerance, since the kernel converts in
 /// registers and accumulates in float whatever the storage.
-template <typename QueryStorage, typename Storage>
+template <typename QueryStorage, typename KeyStorage, typename ValueStorage>
 void expect_stored_kernel_matches(const char* name) {
   Random rng(1205);
   for (const Shape& s : shapes) {
@@ -195,31 +205,24 @@ void expect_stored_kernel_matches(const char* name) {
     options.num_kv_heads = s.kv_heads;
     options.executor = attn::thread_executor(2);
     const attn::Matrix<QueryStorage> q_stored = q.cast<QueryStorage>();
-    attn::Matrix<float> got;
-    if constexpr (std::is_same_v<Storage, attn::qint8>) {
-      got = attn::scaled_dot_product_attention(q_stored, attn::QuantizedMatrix::quantize(k, s.d),
-                                               attn::QuantizedMatrix::quantize(v, s.d),
-                                               Mask::causal(), options);
-    } else {
-      got = attn::scaled_dot_product_attention(q_stored, attn::Matrix<Storage>(k.cast<Storage>()),
-                                               attn::Matrix<Storage>(v.cast<Storage>()),
-                                               Mask::causal(), options);
-    }
+    const attn::Matrix<float> got = attn::scaled_dot_product_attention(
+        q_stored, store<KeyStorage>(k, s.d), store<ValueStorage>(v, s.d), Mask::causal(), options);
     const attn_test::MatrixD expected = attn_test::reference_multi_head(
-        q_stored.template cast<float>(), stored<Storage>(k, s.d), stored<Storage>(v, s.d), s.heads,
-        s.kv_heads, ReferenceMask::causal());
+        q_stored.template cast<float>(), stored<KeyStorage>(k, s.d), stored<ValueStorage>(v, s.d),
+        s.heads, s.kv_heads, ReferenceMask::causal());
     EXPECT_TRUE(attn_test::matrix_near(
         got, expected, attn_test::attention_tolerance<float>(std::sqrt(double(s.d)), s.m)))
         << name << ", n " << s.n << ", m " << s.m << ", d " << s.d;
   }
 }
 
-// Keys and values (and queries) in 16 and 8 bits, through this build's conversions.
+// Keys and values (and queries) in 16 and 8 bits, through this build's conversions: two kernel
+// instantiations, to keep each portability cell's build short (test_packet_math converts every
+// value of each type; test_storage goes through every combination).
 TEST(SimdStorage, KernelOverStoredValuesMatchesTheReference) {
-  expect_stored_kernel_matches<float, attn::bfloat16>("bfloat16");
-  expect_stored_kernel_matches<float, attn::half>("half");
-  expect_stored_kernel_matches<float, attn::qint8>("qint8");
-  expect_stored_kernel_matches<attn::bfloat16, attn::half>("q bfloat16, k and v half");
+  expect_stored_kernel_matches<attn::bfloat16, attn::half, attn::bfloat16>(
+      "q bfloat16, k half, v bfloat16");
+  expect_stored_kernel_matches<float, attn::qint8, attn::qint8>("qint8");
 }
 
 // SelfAttention with grouped heads, in one causal pass and token by token through a KV cache.

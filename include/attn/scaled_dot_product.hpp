@@ -244,9 +244,10 @@ void average_head_weights(Matrix<Scalar>& weights, Index heads) {
 ///               else is evaluated once.
 /// \param k,v    In: as q, each stored in q's compute type or, when it is float, in float,
 ///               attn::bfloat16, attn::half (any mix), or attn::qint8 (a QuantizedMatrix or
-///               QuantizedView in groups of one head's row). Reduced storage is converted in
-///               registers as tiles are read, never expanded in memory, and everything
-///               accumulates in float (see storage.hpp).
+///               QuantizedView in groups of one head's row). Reduced storage is converted as
+///               it is read (decoding: in registers; prefill: a head's K and V once into the
+///               worker's scratch, or block by block), and everything accumulates in float
+///               (see storage.hpp).
 /// \param out    Out: row-major storage of shape (n, H·dv) in the compute type (float for float,
 ///               bfloat16 or half queries, double for double), e.g. a row block of a larger matrix.
 /// \param mask   Which keys each query sees (see attn::Mask); bottom-right aligned.

@@ -157,47 +157,33 @@ void BM_EigenGemm(benchmark::State& state) {
                                                 benchmark::Counter::kIsIterationInvariantRate);
 }
 
-// ---- 3. The library's kernel: 8 heads as column blocks, on 1 or more threads.
+// ---- 3. The library's kernel: 8 heads as column blocks, on 1 or more threads, with K and V
+//         stored in float or, for the Kernel{BF16,Half,Q8} runs, in 16 or 8 bits (Q and the
+//         output in float; the prefill path converts them and runs the same register tiles).
+template <typename Storage>
+auto stored(const Matrix<float>& x) {
+  if constexpr (std::is_same_v<Storage, attn::qint8>) {
+    return attn::QuantizedMatrix::quantize(x, head_dim);
+  } else {
+    return Matrix<Storage>(x.cast<Storage>());
+  }
+}
+
+template <typename Storage>
 void BM_Kernel(benchmark::State& state) {
   const Index n = state.range(0), m = state.range(1);
   const bool causal = state.range(2) != 0;
   const int threads = int(state.range(3));
   Inputs in(n, m, heads, head_dim);
+  const auto k = stored<Storage>(in.k);
+  const auto v = stored<Storage>(in.v);
   attn::AttentionOptions options;
   options.num_heads = heads;
   options.executor = attn::thread_executor(threads);
   const attn::Mask mask = causal ? attn::Mask::causal() : attn::Mask();
   for (auto _ : state) {
-    attn::scaled_dot_product_attention_into(in.q, in.k, in.v, in.out, mask, options);
+    attn::scaled_dot_product_attention_into(in.q, k, v, in.out, mask, options);
     benchmark::DoNotOptimize(in.out.data());
-  }
-  state.counters["FLOP/s"] = benchmark::Counter(attention_flops(n, m, head_dim, heads, causal),
-                                                benchmark::Counter::kIsIterationInvariantRate);
-}
-
-// ---- 3b. The kernel with K and V stored in 16 or 8 bits (Q and the output in float): converted
-//          per key block into L1 scratch, so the register tiles are those of BM_Kernel.
-template <typename Storage>
-void BM_KernelStored(benchmark::State& state) {
-  const Index n = state.range(0), m = state.range(1);
-  const bool causal = state.range(2) != 0;
-  const int threads = int(state.range(3));
-  Inputs in(n, m, heads, head_dim);
-  attn::AttentionOptions options;
-  options.num_heads = heads;
-  options.executor = attn::thread_executor(threads);
-  const attn::Mask mask = causal ? attn::Mask::causal() : attn::Mask();
-  const auto run = [&](const auto& k, const auto& v) {
-    for (auto _ : state) {
-      attn::scaled_dot_product_attention_into(in.q, k, v, in.out, mask, options);
-      benchmark::DoNotOptimize(in.out.data());
-    }
-  };
-  if constexpr (std::is_same_v<Storage, attn::qint8>) {
-    run(attn::QuantizedMatrix::quantize(in.k, head_dim),
-        attn::QuantizedMatrix::quantize(in.v, head_dim));
-  } else {
-    run(Matrix<Storage>(in.k.cast<Storage>()), Matrix<Storage>(in.v.cast<Storage>()));
   }
   state.counters["FLOP/s"] = benchmark::Counter(attention_flops(n, m, head_dim, heads, causal),
                                                 benchmark::Counter::kIsIterationInvariantRate);
@@ -268,7 +254,7 @@ void register_all() {
           ->Unit(benchmark::kMillisecond);
       for (const int threads : {1, 2}) {
         if (threads == 2 && l < 1024) continue;
-        benchmark::RegisterBenchmark("Kernel", BM_Kernel)
+        benchmark::RegisterBenchmark("Kernel", BM_Kernel<float>)
             ->Args({l, l, causal, threads})
             ->ArgNames({"n", "m", "causal", "threads"})
             ->Unit(benchmark::kMillisecond)
@@ -282,17 +268,17 @@ void register_all() {
       if (n == 64 && threads == 2) continue;
       const std::vector<long> args{n, m, 0, threads};
       const std::vector<std::string> names{"n", "m", "causal", "threads"};
-      benchmark::RegisterBenchmark("KernelBF16", BM_KernelStored<attn::bfloat16>)
+      benchmark::RegisterBenchmark("KernelBF16", BM_Kernel<attn::bfloat16>)
           ->Args(args)
           ->ArgNames(names)
           ->Unit(benchmark::kMillisecond)
           ->UseRealTime();
-      benchmark::RegisterBenchmark("KernelHalf", BM_KernelStored<attn::half>)
+      benchmark::RegisterBenchmark("KernelHalf", BM_Kernel<attn::half>)
           ->Args(args)
           ->ArgNames(names)
           ->Unit(benchmark::kMillisecond)
           ->UseRealTime();
-      benchmark::RegisterBenchmark("KernelQ8", BM_KernelStored<attn::qint8>)
+      benchmark::RegisterBenchmark("KernelQ8", BM_Kernel<attn::qint8>)
           ->Args(args)
           ->ArgNames(names)
           ->Unit(benchmark::kMillisecond)
@@ -304,7 +290,7 @@ void register_all() {
       ->Args({64, 4096, 0})
       ->ArgNames({"n", "m", "causal"})
       ->Unit(benchmark::kMillisecond);
-  benchmark::RegisterBenchmark("Kernel", BM_Kernel)
+  benchmark::RegisterBenchmark("Kernel", BM_Kernel<float>)
       ->Args({64, 4096, 0, 1})
       ->ArgNames({"n", "m", "causal", "threads"})
       ->Unit(benchmark::kMillisecond)

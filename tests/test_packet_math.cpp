@@ -233,28 +233,30 @@ TYPED_TEST(PacketMathTest, TransposeScaledEqualsEigenOnRaggedShapes) {
 }
 
 // load_as converts stored elements in registers: on this build's native path (F16C, AVX-512,
-// AVX2, SSE, NEON) or the portable one. Every half and int8 value, and bfloat16 values of every
-// exponent (zeros, subnormals, normals, infinities, NaN) with varied mantissas, must come out
-// as the scalar conversion gives them, bit for bit (NaN as NaN).
+// AVX2, SSE, NEON) or the portable one. Every half, bfloat16 and int8 value (zeros, subnormals,
+// normals, infinities, NaN), loaded from aligned and unaligned addresses (offset 0 and 1), must
+// come out as the scalar conversion gives it, bit for bit (NaN as NaN).
 template <typename Element>
 void expect_load_as_converts(const std::vector<Element>& elements) {
   using Packet = typename attn::detail::PacketTraits<float>::Packet;
   constexpr Index size = attn::detail::PacketTraits<float>::size;
   std::vector<Element> in(elements);
-  in.resize((in.size() + size - 1) / size * size, elements.front());
+  in.resize((in.size() + size - 1) / size * size + 1, elements.front());
   std::vector<float> out(static_cast<std::size_t>(size));
-  for (std::size_t i = 0; i < in.size(); i += std::size_t(size)) {
-    packet::pstoreu(out.data(), attn::detail::load_as<Packet>(in.data() + i));
-    for (Index lane = 0; lane < size; ++lane) {
-      const float expected = attn::detail::to_scalar<float>(in[i + std::size_t(lane)]);
-      const float got = out[std::size_t(lane)];
-      if (attn::detail::is_nan(expected)) {
-        ASSERT_TRUE(attn::detail::is_nan(got)) << "element " << i + std::size_t(lane);
-      } else {
-        ASSERT_EQ(attn::detail::FloatBits<float>::of(got),
-                  attn::detail::FloatBits<float>::of(expected))
-            << "element " << i + std::size_t(lane) << ": " << got << " for " << expected << " ("
-            << attn::detail::float_conversion_path<Element>() << " path)";
+  for (const std::size_t offset : {std::size_t(0), std::size_t(1)}) {
+    for (std::size_t i = offset; i + std::size_t(size) <= in.size(); i += std::size_t(size)) {
+      packet::pstoreu(out.data(), attn::detail::load_as<Packet>(in.data() + i));
+      for (Index lane = 0; lane < size; ++lane) {
+        const float expected = attn::detail::to_scalar<float>(in[i + std::size_t(lane)]);
+        const float got = out[std::size_t(lane)];
+        if (attn::detail::is_nan(expected)) {
+          ASSERT_TRUE(attn::detail::is_nan(got)) << "element " << i + std::size_t(lane);
+        } else {
+          ASSERT_EQ(attn::detail::FloatBits<float>::of(got),
+                    attn::detail::FloatBits<float>::of(expected))
+              << "element " << i + std::size_t(lane) << ": " << got << " for " << expected << " ("
+              << attn::detail::float_conversion_path<Element>() << " path)";
+        }
       }
     }
   }

@@ -325,7 +325,9 @@ double max_abs(const MatrixD& x) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 1. Conversions: load_as against the scalar conversion, for every bit pattern
+// 1. Conversions. load_as is held to the scalar conversions for every bit pattern, in every
+//    portability cell, by tests/test_packet_math.cpp; here the scalar conversions are held to
+//    the values the bits stand for.
 // ---------------------------------------------------------------------------------------------
 
 // Equal floats by their bits, or both NaN (a conversion may quieten a signalling NaN or keep its
@@ -335,131 +337,8 @@ bool same_float(float a, float b) {
   return std::memcmp(&a, &b, sizeof a) == 0;
 }
 
-template <typename Element>
-float scalar_conversion(const Element& x) {
-  return static_cast<float>(x);  // float(Eigen::bfloat16), float(Eigen::half), float(int8)
-}
-
-// load_as<float packet> over `elements`, a packet at a time from offset 0 and again from offset
-// 1 (unaligned), against the scalar conversion of each lane.
-template <typename Element>
-::testing::AssertionResult loads_match_scalar_conversion(const std::vector<Element>& elements) {
-  using Packet = attn::detail::PacketTraits<float>::Packet;
-  constexpr int lanes = attn::detail::PacketTraits<float>::size;
-  const std::size_t count = elements.size();
-  std::size_t checked = 0, mismatches = 0;
-  std::ostringstream first;
-  for (const std::size_t offset : {std::size_t(0), std::size_t(1)}) {
-    for (std::size_t i = offset; i + lanes <= count; i += lanes) {
-      float loaded[lanes];
-      attn::detail::simd::store(loaded, attn::detail::load_as<Packet>(elements.data() + i));
-      for (int lane = 0; lane < lanes; ++lane) {
-        const Element& x = elements[i + std::size_t(lane)];
-        const float expected = scalar_conversion(x);
-        ++checked;
-        if (!same_float(loaded[lane], expected) && mismatches++ < 5) {
-          first.precision(9);
-          first << " element " << i + std::size_t(lane) << ": loaded " << loaded[lane]
-                << ", scalar " << expected << ";";
-        }
-      }
-    }
-  }
-  if (checked < count) return ::testing::AssertionFailure() << "not every element was loaded";
-  if (mismatches == 0) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure()
-         << mismatches << " of " << checked << " lanes differ:" << first.str();
-}
-
-std::vector<bfloat16> every_bfloat16() {
-  std::vector<bfloat16> all(65536);
-  for (std::size_t b = 0; b < all.size(); ++b)
-    all[b] = from_bits<bfloat16>(std::uint16_t(b));
-  return all;
-}
-
-std::vector<half> every_half() {
-  std::vector<half> all(65536);
-  for (std::size_t b = 0; b < all.size(); ++b)
-    all[b] = from_bits<half>(std::uint16_t(b));
-  return all;
-}
-
-std::vector<std::int8_t> every_int8() {
-  std::vector<std::int8_t> all;
-  for (int b = -128; b <= 127; ++b)
-    all.push_back(static_cast<std::int8_t>(b));
-  return all;
-}
-
-enum class Element { bfloat16_element, half_element, int8_element };
-
-std::string element_name(Element e) {
-  switch (e) {
-    case Element::bfloat16_element:
-      return "bfloat16";
-    case Element::half_element:
-      return "half";
-    case Element::int8_element:
-      return "int8";
-  }
-  return "?";
-}
-
-// How GoogleTest (and so ctest's test names) shows a parameter.
-void PrintTo(Element e, std::ostream* os) {
-  *os << element_name(e);
-}
-
-std::string conversion_path(Element e) {
-  switch (e) {
-    case Element::bfloat16_element:
-      return attn::detail::float_conversion_path<bfloat16>();
-    case Element::half_element:
-      return attn::detail::float_conversion_path<half>();
-    case Element::int8_element:
-      return attn::detail::float_conversion_path<std::int8_t>();
-  }
-  return "?";
-}
-
-// The test's name carries the path this build compiled (e.g. .../bfloat16_native): a build for
-// another instruction set runs another path under the same checks.
-class Conversion : public ::testing::TestWithParam<Element> {};
-
-TEST_P(Conversion, LoadAsEqualsTheScalarConversionForEveryBitPattern) {
-  const Element e = GetParam();
-  RecordProperty("path", conversion_path(e));
-  RecordProperty("packet_lanes", attn::detail::PacketTraits<float>::size);
-  switch (e) {
-    case Element::bfloat16_element: {
-      // All 65536 patterns: ±0, subnormals (exponent 0), normals, ±inf (0x7f80, 0xff80) and NaNs.
-      const std::vector<bfloat16> all = every_bfloat16();
-      EXPECT_TRUE(loads_match_scalar_conversion(all));
-      break;
-    }
-    case Element::half_element: {
-      const std::vector<half> all = every_half();
-      EXPECT_TRUE(loads_match_scalar_conversion(all));
-      break;
-    }
-    case Element::int8_element: {
-      const std::vector<std::int8_t> all = every_int8();
-      EXPECT_TRUE(loads_match_scalar_conversion(all));
-      break;
-    }
-  }
-}
-
-INSTANTIATE_TEST_SUITE_P(Path, Conversion,
-                         ::testing::Values(Element::bfloat16_element, Element::half_element,
-                                           Element::int8_element),
-                         [](const ::testing::TestParamInfo<Element>& param) {
-                           return element_name(param.param) + "_" + conversion_path(param.param);
-                         });
-
 // The scalar conversions that load_as is held to are themselves the values the bits stand for
-// (decoded here from the fields), so the bit-for-bit equality above means exact values.
+// (decoded here from the fields), so load_as's bit-for-bit equality means exact values.
 TEST(ConversionValues, ScalarConversionsGiveTheValuesTheBitsStandFor) {
   std::size_t bad_bfloat16 = 0, bad_half = 0;
   for (std::uint32_t b = 0; b < 65536; ++b) {

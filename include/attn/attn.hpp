@@ -5,6 +5,8 @@
 /// \file attn.hpp
 /// The umbrella header: everything attn offers.
 
+#include "block_map.hpp"
+#include "builtin_masks.hpp"
 #include "cross_attention.hpp"
 #include "error.hpp"
 #include "kv_cache.hpp"
@@ -13,6 +15,7 @@
 #include "parallel.hpp"
 #include "partial_attention.hpp"
 #include "scaled_dot_product.hpp"
+#include "score_mask.hpp"
 #include "self_attention.hpp"
 #include "simd.hpp"
 #include "storage.hpp"

@@ -172,10 +172,10 @@ class CrossAttention {
   /// \throws ShapeError if target.cols() ≠ E, out is not n × E, the memory is of another width or
   ///         holds a batch, the mask is not n × m, or the options' scale or softcap are invalid;
   ///         out is then untouched.
-  template <typename DT, typename Storage>
+  template <typename DT, typename Storage, typename M = Mask,
+            typename = std::enable_if_t<detail::is_mask_argument<M>>>
   void attend_into(const Eigen::MatrixBase<DT>& target, const MemoryIn<Storage>& memory,
-                   MatrixRef<Scalar> out, const Mask& mask = Mask(),
-                   const MultiHeadOptions& options = {},
+                   MatrixRef<Scalar> out, const M& mask = M(), const MultiHeadOptions& options = {},
                    const AttentionExtras<Scalar>& extras = {}) const {
     check_target(target);
     attend(target, detail::SequenceOffsets(target.rows()), memory, out, mask, options, extras);
@@ -183,20 +183,21 @@ class CrossAttention {
 
   /// Cross-attention of a target (n, E) over a source (m, S), written into out (n, E); projects
   /// the source first (see remember).
-  template <typename DT, typename DS>
+  template <typename DT, typename DS, typename M = Mask,
+            typename = std::enable_if_t<detail::is_mask_argument<M>>>
   void attend_into(const Eigen::MatrixBase<DT>& target, const Eigen::MatrixBase<DS>& source,
-                   MatrixRef<Scalar> out, const Mask& mask = Mask(),
-                   const MultiHeadOptions& options = {},
+                   MatrixRef<Scalar> out, const M& mask = M(), const MultiHeadOptions& options = {},
                    const AttentionExtras<Scalar>& extras = {}) const {
     attend_into(target, remember(source), out, mask, options, extras);
   }
 
   /// Batched cross-attention over a remembered batch of sources, written into out
   /// (target.rows(), E); see operator()(target, target_lengths, source, source_lengths, mask).
-  template <typename DT, typename Storage>
+  template <typename DT, typename Storage, typename M = Mask,
+            typename = std::enable_if_t<detail::is_mask_argument<M>>>
   void attend_into(const Eigen::MatrixBase<DT>& target, const std::vector<Index>& target_lengths,
-                   const MemoryIn<Storage>& memory, MatrixRef<Scalar> out,
-                   const Mask& mask = Mask(), const MultiHeadOptions& options = {}) const {
+                   const MemoryIn<Storage>& memory, MatrixRef<Scalar> out, const M& mask = M(),
+                   const MultiHeadOptions& options = {}) const {
     check_target(target);
     const std::vector<Index> offsets =
         detail::sequence_offsets(who, "target_lengths", target_lengths, target.rows());
@@ -204,10 +205,11 @@ class CrossAttention {
   }
 
   /// Batched cross-attention written into out (target.rows(), E).
-  template <typename DT, typename DS>
+  template <typename DT, typename DS, typename M = Mask,
+            typename = std::enable_if_t<detail::is_mask_argument<M>>>
   void attend_into(const Eigen::MatrixBase<DT>& target, const std::vector<Index>& target_lengths,
                    const Eigen::MatrixBase<DS>& source, const std::vector<Index>& source_lengths,
-                   MatrixRef<Scalar> out, const Mask& mask = Mask(),
+                   MatrixRef<Scalar> out, const M& mask = M(),
                    const MultiHeadOptions& options = {}) const {
     attend_into(target, target_lengths, remember(source, source_lengths), out, mask, options);
   }
@@ -217,9 +219,10 @@ class CrossAttention {
   /// \return (n, E).
   /// \throws ShapeError if target.cols() ≠ E, source.cols() ≠ S, the mask is not n × m, or the
   ///         options are invalid.
-  template <typename DT, typename DS>
+  template <typename DT, typename DS, typename M = Mask,
+            typename = std::enable_if_t<detail::is_mask_argument<M>>>
   Matrix<Scalar> operator()(const Eigen::MatrixBase<DT>& target,
-                            const Eigen::MatrixBase<DS>& source, const Mask& mask = Mask(),
+                            const Eigen::MatrixBase<DS>& source, const M& mask = M(),
                             const AttentionExtras<Scalar>& extras = {},
                             const MultiHeadOptions& options = {}) const {
     Matrix<Scalar> y(target.rows(), m_core.config().model_dim);
@@ -229,9 +232,10 @@ class CrossAttention {
 
   /// Cross-attention of a target (n, E) over a remembered source; see
   /// attend_into(target, memory, out, mask, options, extras).
-  template <typename DT, typename Storage>
+  template <typename DT, typename Storage, typename M = Mask,
+            typename = std::enable_if_t<detail::is_mask_argument<M>>>
   Matrix<Scalar> operator()(const Eigen::MatrixBase<DT>& target, const MemoryIn<Storage>& memory,
-                            const Mask& mask = Mask(), const AttentionExtras<Scalar>& extras = {},
+                            const M& mask = M(), const AttentionExtras<Scalar>& extras = {},
                             const MultiHeadOptions& options = {}) const {
     Matrix<Scalar> y(target.rows(), m_core.config().model_dim);
     attend_into(target, memory, y, mask, options, extras);
@@ -241,11 +245,12 @@ class CrossAttention {
   /// Batched cross-attention: target sequence b (target_lengths[b] rows, packed row-wise) attends
   /// only to source sequence b (source_lengths[b] rows).
   /// \throws ShapeError if the lengths disagree with the rows or with each other in count.
-  template <typename DT, typename DS>
+  template <typename DT, typename DS, typename M = Mask,
+            typename = std::enable_if_t<detail::is_mask_argument<M>>>
   Matrix<Scalar> operator()(const Eigen::MatrixBase<DT>& target,
                             const std::vector<Index>& target_lengths,
                             const Eigen::MatrixBase<DS>& source,
-                            const std::vector<Index>& source_lengths, const Mask& mask = Mask(),
+                            const std::vector<Index>& source_lengths, const M& mask = M(),
                             const MultiHeadOptions& options = {}) const {
     Matrix<Scalar> y(target.rows(), m_core.config().model_dim);
     attend_into(target, target_lengths, source, source_lengths, y, mask, options);
@@ -253,10 +258,11 @@ class CrossAttention {
   }
 
   /// Batched cross-attention over a remembered batch of sources.
-  template <typename DT, typename Storage>
+  template <typename DT, typename Storage, typename M = Mask,
+            typename = std::enable_if_t<detail::is_mask_argument<M>>>
   Matrix<Scalar> operator()(const Eigen::MatrixBase<DT>& target,
                             const std::vector<Index>& target_lengths,
-                            const MemoryIn<Storage>& memory, const Mask& mask = Mask(),
+                            const MemoryIn<Storage>& memory, const M& mask = M(),
                             const MultiHeadOptions& options = {}) const {
     Matrix<Scalar> y(target.rows(), m_core.config().model_dim);
     attend_into(target, target_lengths, memory, y, mask, options);
@@ -278,9 +284,10 @@ class CrossAttention {
   }
 
   /// The target's sequences (target already checked) attend over the memory's, into out.
-  template <typename DT, typename Storage>
+  template <typename DT, typename Storage, typename M = Mask,
+            typename = std::enable_if_t<detail::is_mask_argument<M>>>
   void attend(const Eigen::MatrixBase<DT>& target, const detail::SequenceOffsets& queries,
-              const MemoryIn<Storage>& memory, MatrixRef<Scalar>& out, const Mask& mask,
+              const MemoryIn<Storage>& memory, MatrixRef<Scalar>& out, const M& mask,
               const MultiHeadOptions& options, const AttentionExtras<Scalar>& extras) const {
     const MultiHeadConfig& cfg = m_core.config();
     if (memory.kv_dim() != cfg.kv_dim()) {

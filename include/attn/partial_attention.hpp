@@ -33,9 +33,10 @@ struct PartialAttention {
 /// stored as for scaled_dot_product_attention (e.g. one part from a bfloat16 cache, another from
 /// float rows); the parts are in the compute type.
 /// \throws ShapeError as scaled_dot_product_attention.
-template <typename DQ, typename K, typename V>
+template <typename DQ, typename K, typename V, typename M = Mask,
+          typename = std::enable_if_t<detail::is_mask_argument<M>>>
 PartialAttention<detail::result_t<DQ>> scaled_dot_product_attention_partial(
-    const Eigen::MatrixBase<DQ>& q, const K& k, const V& v, const Mask& mask = Mask(),
+    const Eigen::MatrixBase<DQ>& q, const K& k, const V& v, const M& mask = M(),
     const AttentionOptions& options = {}) {
   PartialAttention<detail::result_t<DQ>> part;
   AttentionExtras<detail::result_t<DQ>> extras;

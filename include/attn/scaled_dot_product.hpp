@@ -14,6 +14,7 @@
 #include "error.hpp"
 #include "mask.hpp"
 #include "parallel.hpp"
+#include "score_mask.hpp"
 #include "storage.hpp"
 #include "types.hpp"
 #include "workspace.hpp"
@@ -59,14 +60,35 @@ struct AttentionExtras {
 
 namespace detail {
 
-/// The checks of a call that need its shape but not its data: the mask fits n queries and m keys,
-/// a double bias fits a float call, scale and softcap are valid. Returns the scale to use.
+/// A Mask or a ScoreMask, as the kernel's entry points take them.
+template <typename M>
+inline constexpr bool is_mask_argument = false;
+template <>
+inline constexpr bool is_mask_argument<Mask> = true;
+template <typename S, typename M, typename B>
+inline constexpr bool is_mask_argument<ScoreMask<S, M, B>> = true;
+
+/// Every mask argument as a ScoreMask: a plain Mask wrapped (a copy of its shared pointers), a
+/// ScoreMask as it is.
+inline ScoreMask<> as_score_mask(const Mask& mask) {
+  return ScoreMask<>(mask);
+}
+template <typename S, typename M, typename B>
+const ScoreMask<S, M, B>& as_score_mask(const ScoreMask<S, M, B>& mask) {
+  return mask;
+}
+
+/// The checks of a call that need its shape but not its data: the mask (base and functions' parts
+/// tied to a shape) fits n queries and m keys, a double bias fits a float call, scale and softcap
+/// are valid. Returns the scale to use.
 /// make_problem runs them, and so does a caller that must validate before it changes anything
 /// (SelfAttention, before it appends to a KVCache). `who` prefixes every message.
-template <typename Scalar>
-double check_mask_and_options(const char* who, Index n, Index m, Index head_dim, const Mask& mask,
-                              const AttentionOptions& options) {
+template <typename Scalar, typename SM>
+double check_mask_and_options(const char* who, Index n, Index m, Index head_dim,
+                              const SM& score_mask, const AttentionOptions& options) {
+  const Mask& mask = score_mask.base();
   mask.check_shape(who, n, m);
+  check_score_mask(score_mask, who, n, m, options.num_heads);
   if constexpr (std::is_same_v<Scalar, float>) {
     // A double bias is converted to float for a float call: a value beyond float's range would
     // become +inf (a large negative one becomes −inf, which only hides the key, as intended).
@@ -91,11 +113,11 @@ double check_mask_and_options(const char* who, Index n, Index m, Index head_dim,
 }
 
 /// Validates shapes and options and fills an AttentionProblem; `who` prefixes every message.
-template <typename Scalar, typename QS, typename KS, typename VS>
+template <typename Scalar, typename QS, typename KS, typename VS, typename SM>
 AttentionProblem<Scalar, QS, KS, VS> make_problem(const char* who, const ConstMatrixRef<QS>& q,
                                                   const StorageView<KS>& k,
                                                   const StorageView<VS>& v, MatrixRef<Scalar>& out,
-                                                  const Mask& mask, const AttentionOptions& options,
+                                                  const SM& mask, const AttentionOptions& options,
                                                   const AttentionExtras<Scalar>& extras = {}) {
   const Index heads = options.num_heads;
   const Index kv_heads = options.kv_heads();
@@ -268,10 +290,10 @@ void average_head_weights(Matrix<Scalar>& weights, Index heads) {
 /// \throws ShapeError (a std::invalid_argument) naming the argument and both shapes when the
 ///         shapes disagree, num_heads/num_kv_heads do not divide, the mask has the wrong shape,
 ///         or scale/softcap are not finite; out is then untouched.
-template <typename DQ, typename K, typename V>
+template <typename DQ, typename K, typename V, typename M = Mask,
+          typename = std::enable_if_t<detail::is_mask_argument<M>>>
 void scaled_dot_product_attention_into(const Eigen::MatrixBase<DQ>& q, const K& k, const V& v,
-                                       MatrixRef<detail::result_t<DQ>> out,
-                                       const Mask& mask = Mask(),
+                                       MatrixRef<detail::result_t<DQ>> out, const M& mask = M(),
                                        const AttentionOptions& options = {},
                                        const AttentionExtras<detail::result_t<DQ>>& extras = {}) {
   detail::check_storage<DQ, K, V>();
@@ -282,10 +304,11 @@ void scaled_dot_product_attention_into(const Eigen::MatrixBase<DQ>& q, const K& 
   const ConstMatrixRef<QS> q_ref(q);
   const detail::KeyValueArgument<K> k_arg(k);
   const detail::KeyValueArgument<V> v_arg(v);
+  const auto& score_mask = detail::as_score_mask(mask);
   const auto problem =
       detail::make_problem<Scalar, QS, KS, VS>("scaled_dot_product_attention", q_ref, k_arg.view(),
-                                               v_arg.view(), out, mask, options, extras);
-  detail::run_attention(problem, mask, options.executor, options.workspace);
+                                               v_arg.view(), out, score_mask, options, extras);
+  detail::run_attention(problem, score_mask, options.executor, options.workspace);
   if (extras.weights != nullptr && extras.average_heads) {
     detail::average_head_weights(*extras.weights, options.num_heads);
   }
@@ -301,9 +324,10 @@ void scaled_dot_product_attention_into(const Eigen::MatrixBase<DQ>& q, const K& 
 /// attn::Matrix<float> o = attn::scaled_dot_product_attention(q, k, v, attn::Mask::causal());
 /// // o is 10×32; query i sees keys 0 … i + 10
 /// \endcode
-template <typename DQ, typename K, typename V>
+template <typename DQ, typename K, typename V, typename M = Mask,
+          typename = std::enable_if_t<detail::is_mask_argument<M>>>
 Matrix<detail::result_t<DQ>> scaled_dot_product_attention(
-    const Eigen::MatrixBase<DQ>& q, const K& k, const V& v, const Mask& mask = Mask(),
+    const Eigen::MatrixBase<DQ>& q, const K& k, const V& v, const M& mask = M(),
     const AttentionOptions& options = {},
     const AttentionExtras<detail::result_t<DQ>>& extras = {}) {
   detail::check_storage<DQ, K, V>();

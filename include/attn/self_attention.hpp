@@ -80,9 +80,10 @@ class SelfAttention {
   ///                AttentionExtras).
   /// \throws ShapeError if x.cols() ≠ E, out is not L × E, the mask is not L × L, or the options'
   ///         scale or softcap are invalid; out is then untouched.
-  template <typename Derived>
-  void attend_into(const Eigen::MatrixBase<Derived>& x, MatrixRef<Scalar> out,
-                   const Mask& mask = Mask(), const MultiHeadOptions& options = {},
+  template <typename Derived, typename M = Mask,
+            typename = std::enable_if_t<detail::is_mask_argument<M>>>
+  void attend_into(const Eigen::MatrixBase<Derived>& x, MatrixRef<Scalar> out, const M& mask = M(),
+                   const MultiHeadOptions& options = {},
                    const AttentionExtras<Scalar>& extras = {}) const {
     check_input(x);
     attend_packed(x, detail::SequenceOffsets(x.rows()), out, mask, options, extras);
@@ -90,9 +91,10 @@ class SelfAttention {
 
   /// Self-attention over a batch of sequences packed row-wise, written into out (x.rows(), E);
   /// see operator()(x, lengths, mask, options).
-  template <typename Derived>
+  template <typename Derived, typename M = Mask,
+            typename = std::enable_if_t<detail::is_mask_argument<M>>>
   void attend_into(const Eigen::MatrixBase<Derived>& x, const std::vector<Index>& lengths,
-                   MatrixRef<Scalar> out, const Mask& mask = Mask(),
+                   MatrixRef<Scalar> out, const M& mask = M(),
                    const MultiHeadOptions& options = {}) const {
     check_input(x);
     const std::vector<Index> offsets = detail::sequence_offsets(who, "lengths", lengths, x.rows());
@@ -119,9 +121,10 @@ class SelfAttention {
   ///         range, the options' scale or softcap are invalid, or a new key or value does not fit
   ///         the cache's storage. Every check is made before the cache is appended to: on a throw,
   ///         the cache and out are unchanged.
-  template <typename Derived, typename Storage>
+  template <typename Derived, typename Storage, typename M = Mask,
+            typename = std::enable_if_t<detail::is_mask_argument<M>>>
   void attend_into(const Eigen::MatrixBase<Derived>& x, KVCache<Scalar, Storage>& cache,
-                   MatrixRef<Scalar> out, const Mask& mask = Mask::causal(),
+                   MatrixRef<Scalar> out, const M& mask = Mask::causal(),
                    const MultiHeadOptions& options = {},
                    const AttentionExtras<Scalar>& extras = {}) const {
     const MultiHeadConfig& cfg = m_core.config();
@@ -164,8 +167,9 @@ class SelfAttention {
   /// \param options scale, softcap, executor, workspace (see MultiHeadOptions).
   /// \return (L, E).
   /// \throws ShapeError if x.cols() ≠ E, the mask is not L × L, or the options are invalid.
-  template <typename Derived>
-  Matrix<Scalar> operator()(const Eigen::MatrixBase<Derived>& x, const Mask& mask = Mask(),
+  template <typename Derived, typename M = Mask,
+            typename = std::enable_if_t<detail::is_mask_argument<M>>>
+  Matrix<Scalar> operator()(const Eigen::MatrixBase<Derived>& x, const M& mask = M(),
                             const AttentionExtras<Scalar>& extras = {},
                             const MultiHeadOptions& options = {}) const {
     Matrix<Scalar> y(x.rows(), m_core.config().model_dim);
@@ -178,9 +182,10 @@ class SelfAttention {
   /// \param mask a structured mask, applied to every sequence (explicit matrices only with one
   ///             sequence).
   /// \throws ShapeError if the lengths are negative or do not sum to x.rows().
-  template <typename Derived>
+  template <typename Derived, typename M = Mask,
+            typename = std::enable_if_t<detail::is_mask_argument<M>>>
   Matrix<Scalar> operator()(const Eigen::MatrixBase<Derived>& x, const std::vector<Index>& lengths,
-                            const Mask& mask = Mask(), const MultiHeadOptions& options = {}) const {
+                            const M& mask = M(), const MultiHeadOptions& options = {}) const {
     Matrix<Scalar> y(x.rows(), m_core.config().model_dim);
     attend_into(x, lengths, y, mask, options);
     return y;
@@ -188,9 +193,10 @@ class SelfAttention {
 
   /// Incremental self-attention, returning the new rows' outputs (n, E); see
   /// attend_into(x, cache, out, mask, options, extras).
-  template <typename Derived, typename Storage>
+  template <typename Derived, typename Storage, typename M = Mask,
+            typename = std::enable_if_t<detail::is_mask_argument<M>>>
   Matrix<Scalar> operator()(const Eigen::MatrixBase<Derived>& x, KVCache<Scalar, Storage>& cache,
-                            const Mask& mask = Mask::causal(),
+                            const M& mask = Mask::causal(),
                             const AttentionExtras<Scalar>& extras = {},
                             const MultiHeadOptions& options = {}) const {
     Matrix<Scalar> y(x.rows(), m_core.config().model_dim);
@@ -239,9 +245,10 @@ class SelfAttention {
   }
 
   /// The sequences of x (already checked against E) attend within themselves, into out.
-  template <typename Derived>
+  template <typename Derived, typename M = Mask,
+            typename = std::enable_if_t<detail::is_mask_argument<M>>>
   void attend_packed(const Eigen::MatrixBase<Derived>& x, const detail::SequenceOffsets& offsets,
-                     MatrixRef<Scalar>& out, const Mask& mask, const MultiHeadOptions& options,
+                     MatrixRef<Scalar>& out, const M& mask, const MultiHeadOptions& options,
                      const AttentionExtras<Scalar>& extras) const {
     m_core.check_out(who, "x", out, x.rows());
     const AttentionOptions kernel = m_core.kernel_options(options);

@@ -13,7 +13,7 @@
 #include "../types.hpp"
 #include "convert.hpp"
 #include "float_bits.hpp"
-#include "tile_mask.hpp"
+#include "score_mask_parts.hpp"
 
 namespace attn::detail {
 
@@ -68,19 +68,23 @@ struct BlockOutput {
   Index lse_stride;
 };
 
-/// Soft-caps, biases and masks a tile of logits indexed (query, key), for queries from i0 and
-/// keys from j0; the masking loops run only on tiles the window cuts or with explicit matrices.
-/// Returns whether anything was masked.
-template <typename Problem, typename Tile>
-bool finish_logits(const Problem& p, const TileMask<typename Problem::Scalar>& mask, Tile&& s,
-                   Index i0, Index j0) {
+/// Soft-caps a tile of logits of head h (queries from row i0, keys from j0; element (r, c) at
+/// s[r·query_stride + c·key_stride], one of the strides 1), then applies the score function and,
+/// unless `visibility` is all, the masks (see TileMask::apply). Returns whether any logit may
+/// have become −∞.
+template <typename Problem, typename TM, typename Scalar = typename Problem::Scalar>
+bool finish_logits(const Problem& p, const TM& mask, Scalar* s, Index query_stride,
+                   Index key_stride, Index rows, Index cols, Index h, Index i0, Index j0,
+                   Visibility visibility) {
   if (p.softcap > 0) {
-    s = p.softcap * (s.array() / p.softcap).tanh();
+    // The tile as a matrix whose rows are contiguous: keys × queries or queries × keys.
+    const bool by_keys = query_stride == 1;
+    MatrixView<Scalar> tile(s, by_keys ? cols : rows, by_keys ? rows : cols,
+                            Eigen::OuterStride<>(by_keys ? key_stride : query_stride));
+    tile = p.softcap * (tile.array() / p.softcap).tanh();
   }
-  const bool window_cut = !mask.window_covers(i0, i0 + s.rows(), j0, j0 + s.cols());
-  const bool masked = window_cut || mask.has_explicit();
-  if (masked) mask.apply(s, i0, j0, window_cut);
-  return masked;
+  if (visibility == Visibility::all && !TM::has_score) return false;
+  return mask.apply(s, query_stride, key_stride, rows, cols, h, i0, j0, visibility);
 }
 
 /// Whether P·V over a masked tile must skip zero weights: only if value rows [first, first + keys)

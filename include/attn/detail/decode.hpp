@@ -10,6 +10,7 @@
 /// is reading each K and V row once, in order.
 
 #include <algorithm>
+#include <limits>
 #include <type_traits>
 
 #include "../types.hpp"
@@ -61,9 +62,15 @@ EIGEN_ALWAYS_INLINE void prefetch_scales(const View& view, Index first, Index co
 
 /// One tile of keys [j0, j0 + keys) for all the state's heads. K and V rows are read in their
 /// storage and converted in registers; a qint8 row's scale multiplies its logit and its weight.
-template <typename Problem, typename Scalar = typename Problem::Scalar>
-void decode_tile(const Problem& p, const TileMask<Scalar>& mask, const DecodeState<Scalar>& st,
-                 Index i0, Index j0, Index keys) {
+template <typename Problem, typename TM, typename Scalar = typename Problem::Scalar>
+void decode_tile(const Problem& p, const TM& mask, const DecodeState<Scalar>& st, Index i0,
+                 Index j0, Index keys) {
+  // Keys that no head's queries see are never read.
+  bool any_visible = false;
+  for (Index h = st.first_head; h < st.end_head() && !any_visible; ++h)
+    any_visible = mask.classify(h, i0, i0 + st.rows, j0, j0 + keys) != Visibility::none;
+  if (!any_visible) return;
+
   using KeyElement = std::remove_const_t<std::remove_pointer_t<decltype(p.k.data())>>;
   using ValueElement = std::remove_const_t<std::remove_pointer_t<decltype(p.v.data())>>;
   using KeyRow = Eigen::Matrix<KeyElement, 1, Eigen::Dynamic>;
@@ -137,7 +144,16 @@ void decode_tile(const Problem& p, const TileMask<Scalar>& mask, const DecodeSta
   }
   bool masked = false;
   for (Index h = st.first_head; h < st.end_head(); ++h) {
-    masked = finish_logits(p, mask, s.block(st.row(h, 0), 0, st.rows, keys), i0, j0);
+    const Visibility visibility = mask.classify(h, i0, i0 + st.rows, j0, j0 + keys);
+    Scalar* logits = s_row(st.row(h, 0));
+    if (visibility == Visibility::none) {
+      for (Index r = 0; r < st.rows; ++r)
+        std::fill_n(logits + r * s.outerStride(), keys, -std::numeric_limits<Scalar>::infinity());
+      masked = true;
+    } else {
+      masked |=
+          finish_logits(p, mask, logits, s.outerStride(), 1, st.rows, keys, h, i0, j0, visibility);
+    }
   }
 
   // 2. Online softmax along each state row.
@@ -197,9 +213,10 @@ void decode_tile(const Problem& p, const TileMask<Scalar>& mask, const DecodeSta
 /// The decode path over keys [keys_begin, keys_end) for the state's heads, query rows from i0;
 /// dst(h) is where head h's normalised rows (zero where no key was visible) and log-sum-exps
 /// (−∞ there) go.
-template <typename Problem, typename Destination, typename Scalar = typename Problem::Scalar>
-void attend_decode(const Problem& p, const TileMask<Scalar>& mask, const DecodeState<Scalar>& st,
-                   Index i0, Index keys_begin, Index keys_end, const Destination& dst) {
+template <typename Problem, typename TM, typename Destination,
+          typename Scalar = typename Problem::Scalar>
+void attend_decode(const Problem& p, const TM& mask, const DecodeState<Scalar>& st, Index i0,
+                   Index keys_begin, Index keys_end, const Destination& dst) {
   const Index tile = st.scratch.blocks.decode_keys;
   decode_begin(p, st, i0);
   for (Index j0 = keys_begin; j0 < keys_end; j0 += tile)

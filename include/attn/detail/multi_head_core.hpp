@@ -21,6 +21,7 @@
 #include "../scaled_dot_product.hpp"
 #include "../types.hpp"
 #include "../workspace.hpp"
+#include "packed_sequences.hpp"
 
 namespace attn::detail {
 
@@ -66,6 +67,10 @@ class SequenceOffsets {
   explicit SequenceOffsets(const std::vector<Index>& offsets) : m_many(&offsets) {}
 
   std::size_t count() const { return m_many != nullptr ? m_many->size() - 1 : 1; }
+  /// The first row of each sequence and the total, as sequence_offsets returns them.
+  std::vector<Index> offsets() const {
+    return m_many != nullptr ? *m_many : std::vector<Index>(m_single.begin(), m_single.end());
+  }
   Index begin(std::size_t b) const { return m_many != nullptr ? (*m_many)[b] : m_single[b]; }
   Index length(std::size_t b) const { return begin(b + 1) - begin(b); }
 
@@ -135,17 +140,21 @@ class MultiHeadCore {
   }
 
   /// Every check of a call that the kernel would otherwise make only when it runs, made before
-  /// anything is computed or changed (a KVCache appended to): extras and explicit or key-length
-  /// masks describe one sequence, and each sequence's mask, scale and softcap are valid.
-  /// Precondition: queries and keys hold as many sequences.
+  /// anything is computed or changed (a KVCache appended to): extras, explicit or key-length
+  /// masks and mask parts tied to one shape describe one sequence, and each sequence's mask,
+  /// scale and softcap are valid. Precondition: queries and keys hold as many sequences.
+  template <typename M>
   void check_call(const char* who, const SequenceOffsets& queries, const SequenceOffsets& keys,
-                  const Mask& mask, const AttentionOptions& kernel,
+                  const M& mask_argument, const AttentionOptions& kernel,
                   const AttentionExtras<Scalar>& extras) const {
     ATTN_ASSERT(queries.count() == keys.count());
+    const auto& mask = as_score_mask(mask_argument);
     const std::size_t count = queries.count();
-    if (count != 1 && (mask.has_explicit() || mask.has_key_length())) {
+    if (count != 1 && mask.one_sequence()) {
       throw_shape_error(who, ": ",
-                        mask.has_explicit() ? "an explicit keep/bias mask" : "a key-length mask",
+                        mask.base().has_explicit()     ? "an explicit keep/bias mask"
+                        : mask.base().has_key_length() ? "a key-length mask"
+                                                       : "a mask function tied to one shape",
                         " describes one sequence, but the batch has ", count,
                         " sequences; use one call per sequence");
     }
@@ -205,26 +214,27 @@ class MultiHeadCore {
   }
 
   /// Attention of every packed sequence b over per-head views q (n, E), k and v (m, kv_dim, in
-  /// their storage: views of Scalar, bfloat16 or half, or QuantizedView), each through
-  /// scaled_dot_product_attention_into (the entry point a user calls), then the output
-  /// projection into out (n, E).
+  /// their storage: views of Scalar, bfloat16 or half, or QuantizedView), in one call of
+  /// scaled_dot_product_attention_into (the entry point a user calls; a batch runs as one
+  /// problem whose sequences see only themselves), then the output projection into out (n, E).
   /// Precondition: check_call and check_out passed for these arguments.
-  template <typename KeyView, typename ValueView>
+  template <typename KeyView, typename ValueView, typename M>
   void attend_and_project(const ConstMatrixView<Scalar>& q, const KeyView& k, const ValueView& v,
                           const SequenceOffsets& queries, const SequenceOffsets& keys,
-                          const Mask& mask, const AttentionOptions& kernel,
+                          const M& mask, const AttentionOptions& kernel,
                           const AttentionExtras<Scalar>& extras, MatrixRef<Scalar> out) const {
     Matrix<Scalar> own;
     // The heads' results need storage of their own: the output projection reads all of them
     // while it writes out.
     MatrixView<Scalar> heads =
         scratch(kernel.workspace, Workspace::Buffer::heads, q.rows(), m_config.model_dim, own);
-    for (std::size_t b = 0; b < queries.count(); ++b) {
-      const Index q0 = queries.begin(b), rows = queries.length(b);
-      const Index k0 = keys.begin(b), count = keys.length(b);
-      scaled_dot_product_attention_into(q.middleRows(q0, rows), k.middleRows(k0, count),
-                                        v.middleRows(k0, count), heads.middleRows(q0, rows), mask,
-                                        kernel, extras);
+    if (queries.count() == 1) {
+      scaled_dot_product_attention_into(q, k, v, heads, mask, kernel, extras);
+    } else {
+      const auto& score_mask = as_score_mask(mask);
+      const PackedSequences<Scalar, std::decay_t<decltype(score_mask)>> packed(
+          score_mask, queries.offsets(), keys.offsets(), m_config.num_heads);
+      scaled_dot_product_attention_into(q, k, v, heads, packed.score_mask(), kernel);
     }
     linear(ConstMatrixRef<Scalar>(heads), m_out_weight, m_out_bias, out);
   }

@@ -33,8 +33,8 @@ namespace attn::detail {
 /// Opt-in: the attention weights exp(logit − lse) of a block, recomputed tile by tile through
 /// Eigen's products (the default path never pays for them). `softmax` holds the block's finished
 /// state, row r for query first_row + r.
-template <typename Problem, typename Scalar = typename Problem::Scalar>
-void write_weights(const Problem& p, const TileMask<Scalar>& mask, KernelScratch<Scalar>& scratch,
+template <typename Problem, typename TM, typename Scalar = typename Problem::Scalar>
+void write_weights(const Problem& p, const TM& mask, KernelScratch<Scalar>& scratch,
                    const QueryBlock& b, const OnlineSoftmax<Scalar>& softmax) {
   const Index d = p.head_dim;
   const Index key_rows = scratch.blocks.key_rows;
@@ -43,6 +43,9 @@ void write_weights(const Problem& p, const TileMask<Scalar>& mask, KernelScratch
       p.scale * p.q.block(b.first_row, b.head * d, b.rows, d).transpose().template cast<Scalar>();
   for (Index j0 = b.keys_begin; j0 < b.keys_end; j0 += key_rows) {
     const Index keys = std::min(key_rows, b.keys_end - j0);
+    const Visibility visibility =
+        mask.classify(b.head, b.first_row, b.first_row + b.rows, j0, j0 + keys);
+    if (visibility == Visibility::none) continue;  // (the weights are zero already)
     auto s_t = scratch.s_t.topLeftCorner(keys, b.rows);
     const Scalar* k = nullptr;
     Index k_stride = d;
@@ -55,7 +58,8 @@ void write_weights(const Problem& p, const TileMask<Scalar>& mask, KernelScratch
     }
     s_t.noalias() = ConstMatrixView<Scalar>(k, keys, d, Eigen::OuterStride<>(k_stride)) *
                     scratch.q_t.leftCols(b.rows);
-    finish_logits(p, mask, s_t.transpose(), b.first_row, j0);
+    finish_logits(p, mask, s_t.data(), 1, s_t.outerStride(), b.rows, keys, b.head, b.first_row, j0,
+                  visibility);
     for (Index r = 0; r < b.rows; ++r) {
       Scalar* w = p.weights + (b.head * p.q.rows() + b.first_row + r) * p.weights_stride + j0;
       const Scalar lse = softmax.log_sum_exp(r);
@@ -68,10 +72,10 @@ void write_weights(const Problem& p, const TileMask<Scalar>& mask, KernelScratch
 /// Attention for one query block over its key range; writes normalised rows (zero where no key
 /// was visible) and log-sum-exps (−∞ there) to `dst`.
 // q_t: (d, Bq), s_t: (Bk, Bq), out_t: (dv, Bq); K_b: (Bk, d), V_b: (Bk, dv) -> dst: (rows, dv)
-template <typename Problem, typename Scalar = typename Problem::Scalar>
-void attend_query_block(const Problem& p, const TileMask<Scalar>& mask,
-                        KernelScratch<Scalar>& scratch, const QueryBlock& b,
-                        const HeadKeyValues<Scalar>& kv, const BlockOutput<Scalar>& dst) {
+template <typename Problem, typename TM, typename Scalar = typename Problem::Scalar>
+void attend_query_block(const Problem& p, const TM& mask, KernelScratch<Scalar>& scratch,
+                        const QueryBlock& b, const HeadKeyValues<Scalar>& kv,
+                        const BlockOutput<Scalar>& dst) {
   constexpr Index size = PacketTraits<Scalar>::size;
   constexpr Index lanes = TileTraits<Scalar>::columns;
   constexpr Scalar minus_infinity = -std::numeric_limits<Scalar>::infinity();
@@ -125,6 +129,9 @@ void attend_query_block(const Problem& p, const TileMask<Scalar>& mask,
   // 2. Stream over the key blocks of the range.
   for (Index j0 = b.keys_begin; j0 < b.keys_end; j0 += key_rows) {
     const Index keys = std::min(key_rows, b.keys_end - j0);
+    const Visibility visibility =
+        mask.classify(b.head, b.first_row, b.first_row + rows, j0, j0 + keys);
+    if (visibility == Visibility::none) continue;  // never read
 
     // The next key block's K and V rows are asked for while this block computes, a share before
     // each register tile (of all column panels), when they are strided: each row of a head is
@@ -153,10 +160,9 @@ void attend_query_block(const Problem& p, const TileMask<Scalar>& mask,
                               prefetch_k(i / lanes * tiles + t, panels * tiles);
                             });
     }
-    const bool masked = finish_logits(
-        p, mask, MatrixView<Scalar>(s_t, keys, rows, Eigen::OuterStride<>(stride)).transpose(),
-        b.first_row, j0);
-    const bool max_holds = !masked && !(p.softcap > 0);
+    const bool masked =
+        finish_logits(p, mask, s_t, 1, stride, rows, keys, b.head, b.first_row, j0, visibility);
+    const bool max_holds = !masked && !(p.softcap > 0) && !TM::has_score;
 
     // 2b. Online softmax down the columns; Oᵀ rescaled only in the packets of queries whose max
     // rose (with random logits the max of some query still rises in most key blocks, that of a

@@ -48,22 +48,29 @@ inline Index balanced_block(Index t, Index count) {
 }
 
 /// One call of the kernel: the problem, its work items and the counters the workers share.
-template <typename Problem>
+template <typename Problem, typename SM>
 class AttentionSchedule {
   using Scalar = typename Problem::Scalar;
 
  public:
-  AttentionSchedule(const Problem& p, const Mask& mask, Workspace& workspace)
+  AttentionSchedule(const Problem& p, const SM& mask, Workspace& workspace)
       : m_p(p),
-        m_mask(mask, p.q.rows(), p.k.rows()),
+        m_mask(mask, p.q.rows(), p.k.rows(), p.num_heads),
         m_out(MatrixView<Scalar>(p.out).data()),
         m_workspace(workspace),
         m_blocks(BlockSizes::of<Scalar>(p.head_dim, p.value_dim)),
         m_decoding(p.q.rows() < PacketTraits<Scalar>::size && p.weights == nullptr) {
     const Index n = p.q.rows();
     if (m_decoding) {
-      m_keys_begin = m_mask.key_begin(0);
-      m_keys_end = std::max(m_keys_begin, m_mask.key_end(n - 1));
+      // The keys any head's queries see.
+      m_keys_begin = p.k.rows();
+      for (Index h = 0; h < p.num_heads; ++h) {
+        const auto [begin, end] = m_mask.key_range(h, 0, n);
+        if (begin == end) continue;
+        m_keys_begin = std::min(m_keys_begin, begin);
+        m_keys_end = std::max(m_keys_end, end);
+      }
+      m_keys_begin = std::min(m_keys_begin, m_keys_end);
       m_items = std::max<Index>(1, (m_keys_end - m_keys_begin) / decode_split_keys);
       if (m_items > 1) {
         const Index parts = m_items * p.num_heads * n;
@@ -170,8 +177,9 @@ class AttentionSchedule {
         for (Index item = first; item < last; ++item) {
           const Index i0 = balanced_block(item % m_query_blocks, m_query_blocks) * block_rows;
           const Index rows = std::min(block_rows, n - i0);
-          const QueryBlock b{item / m_query_blocks, i0, rows, m_mask.key_begin(i0),
-                             m_mask.key_end(i0 + rows - 1)};
+          const Index head = item / m_query_blocks;
+          const auto [keys_begin, keys_end] = m_mask.key_range(head, i0, i0 + rows);
+          const QueryBlock b{head, i0, rows, keys_begin, keys_end};
           attend_query_block(m_p, m_mask, scratch, b,
                              head_key_values(m_p, scratch, m_p.kv_head(b.head), pack),
                              output(b.head, i0));
@@ -181,7 +189,7 @@ class AttentionSchedule {
   }
 
   const Problem& m_p;
-  const TileMask<Scalar> m_mask;
+  const TileMask<Scalar, SM> m_mask;
   Scalar* m_out;  // the problem's output (p is const; the storage it points to is not)
   Workspace& m_workspace;
   const BlockSizes m_blocks;
@@ -197,15 +205,16 @@ class AttentionSchedule {
 
 /// Runs the whole problem over the executor's workers, with scratch from `workspace` (or a
 /// workspace of its own). Each call of the executor's work function is one worker.
-template <typename Problem>
-void run_attention(const Problem& p, const Mask& mask, const Executor& executor,
+template <typename Problem, typename SM>
+void run_attention(const Problem& p, const SM& mask, const Executor& executor,
                    Workspace* workspace = nullptr) {
   if (p.q.rows() == 0) return;
   Workspace own_workspace;
-  AttentionSchedule<Problem> schedule(p, mask, workspace != nullptr ? *workspace : own_workspace);
+  AttentionSchedule<Problem, SM> schedule(p, mask,
+                                          workspace != nullptr ? *workspace : own_workspace);
   // One pointer, so that the RangeFunction holding the lambda stays within std::function's small
   // buffer (no allocation per call).
-  AttentionSchedule<Problem>* const s = &schedule;
+  AttentionSchedule<Problem, SM>* const s = &schedule;
   parallel_for(
       schedule.items(), [s](Index, Index) { s->work(); }, executor);
   schedule.finish();

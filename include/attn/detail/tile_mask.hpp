@@ -3,36 +3,72 @@
 #pragma once
 
 /// \file detail/tile_mask.hpp
-/// A Mask resolved for one (n, m) problem and one precision: answers, per tile of the score
-/// matrix, which keys are visible, so the kernel skips hidden tiles and only masks the cut ones.
+/// A ScoreMask resolved for one (n, m) problem and one precision: answers, per block of the score
+/// matrix, whether it is hidden, cut or wholly visible, so the kernel never reads hidden blocks
+/// and masks only the cut ones; and applies the score function and the masks to a tile.
 
 #include <algorithm>
 #include <limits>
+#include <type_traits>
+#include <utility>
 
 #include "../mask.hpp"
+#include "../score_mask.hpp"
 #include "float_bits.hpp"
+#include "score_mask_bind.hpp"
 
 namespace attn::detail {
 
-template <typename Scalar>
+/// The structured part of a Mask (window and key length) as a rule on positions: the same
+/// mechanism as a ScoreMask's block predicate, answered from two numbers per query.
+struct WindowRule {
+  Index left = Mask::unbounded;
+  Index right = Mask::unbounded;
+  Index visible_keys;  // m, or the key length
+
+  /// Keys [begin, end) visible from every position of [q0, q1) together (q1 > q0).
+  KeyRange key_range(Index q0, Index q1) const {
+    const Index begin = left == Mask::unbounded ? Index(0) : q0 - left;
+    const Index end = right == Mask::unbounded ? visible_keys : q1 - 1 + right + 1;
+    return {std::max<Index>(begin, 0), std::min(end, visible_keys)};
+  }
+  /// First and one-past-last key position p sees.
+  Index first_key(Index p) const { return left == Mask::unbounded ? Index(0) : p - left; }
+  Index end_key(Index p) const {
+    return right == Mask::unbounded ? visible_keys : std::min(p + right + 1, visible_keys);
+  }
+  /// True if every position of [q0, q1) sees every key of [k0, k1).
+  bool covers(Index q0, Index q1, Index k0, Index k1) const {
+    return first_key(q1 - 1) <= k0 && end_key(q0) >= k1;
+  }
+};
+
+template <typename Scalar, typename SM = ScoreMask<>>
 class TileMask {
+  using Bound = BoundScoreMask<Scalar, SM>;
+
  public:
-  /// Resolves `mask` for n queries and m keys. A bias of the other precision is converted here,
-  /// once per call; matrices of the right precision are read in place.
-  TileMask(const Mask& mask, Index n, Index m)
+  static constexpr bool has_score = SM::has_score;
+  static constexpr bool has_mask_function = SM::has_mask_function;
+
+  /// Resolves `mask` for n queries and m keys of `heads` query heads. A bias of the other
+  /// precision is converted here, once per call; matrices of the right precision are read in
+  /// place. Precondition: check_score_mask passed for this shape.
+  TileMask(const SM& mask, Index n, Index m, Index heads)
       : m_keys(m),
-        m_visible_keys(mask.has_key_length() ? std::min(mask.visible_keys(), m) : m),
         m_position_offset(m - n),
-        m_left(clamp_reach(mask.left(), n, m)),
-        m_right(clamp_reach(mask.right(), n, m)) {
-    if (mask.has_keep()) {
-      m_keep = mask.keep_matrix().data();
-      m_keep_stride = mask.keep_matrix().cols();
+        m_window{clamp_reach(mask.base().left(), n, m), clamp_reach(mask.base().right(), n, m),
+                 mask.base().has_key_length() ? std::min(mask.base().visible_keys(), m) : m},
+        m_rule(mask, n, m, heads) {
+    const Mask& base = mask.base();
+    if (base.has_keep()) {
+      m_keep = base.keep_matrix().data();
+      m_keep_stride = base.keep_matrix().cols();
     }
-    if (mask.has_bias()) {
-      const Matrix<Scalar>* bias = mask.template bias_matrix<Scalar>();
+    if (base.has_bias()) {
+      const Matrix<Scalar>* bias = base.template bias_matrix<Scalar>();
       if (bias == nullptr) {
-        m_converted_bias = mask.template bias_as<Scalar>();
+        m_converted_bias = base.template bias_as<Scalar>();
         bias = &m_converted_bias;
       }
       m_bias = bias->data();
@@ -42,73 +78,108 @@ class TileMask {
   TileMask(const TileMask&) = delete;
   TileMask& operator=(const TileMask&) = delete;
 
-  /// First key that query i may see under the window (keys before it are hidden).
-  Index key_begin(Index i) const {
-    if (m_left == Mask::unbounded) return 0;
-    return std::clamp<Index>(i + m_position_offset - m_left, 0, m_keys);
-  }
-  /// One past the last key that query i may see under the window and the key length.
-  Index key_end(Index i) const {
-    if (m_right == Mask::unbounded) return m_visible_keys;
-    return std::clamp<Index>(i + m_position_offset + m_right + 1, 0, m_visible_keys);
+  /// Keys [begin, end) that query rows [i0, i1) of head h may see at most (begin ≤ end).
+  std::pair<Index, Index> key_range(Index h, Index i0, Index i1) const {
+    const Index q0 = i0 + m_position_offset, q1 = i1 + m_position_offset;
+    KeyRange range = m_window.key_range(q0, q1);
+    if constexpr (Bound::has_blocks) range = intersect(range, m_rule.key_range(h, q0, q1));
+    const Index begin = std::clamp<Index>(range.begin, 0, m_keys);
+    return {begin, std::clamp<Index>(range.end, begin, m_keys)};
   }
 
-  /// True if the window and the key length let every query of [i0, i1) see every key of [j0, j1)
-  /// (i1 > i0).
-  bool window_covers(Index i0, Index i1, Index j0, Index j1) const {
-    return key_begin(i1 - 1) <= j0 && key_end(i0) >= j1;
+  /// Whether query rows [i0, i1) of head h see none, some or all of keys [j0, j1).
+  Visibility classify(Index h, Index i0, Index i1, Index j0, Index j1) const {
+    const Index q0 = i0 + m_position_offset, q1 = i1 + m_position_offset;
+    const Visibility base =
+        m_window.covers(q0, q1, j0, j1) && !has_explicit() ? Visibility::all : Visibility::partial;
+    if constexpr (Bound::has_blocks) {
+      return both(base, m_rule.classify(h, q0, q1, j0, j1));
+    } else {
+      return base;
+    }
   }
 
   /// True if explicit matrices must be applied element by element.
   bool has_explicit() const { return m_keep != nullptr || m_bias != nullptr; }
 
-  /// Applies the mask to the tile s (rows: queries i0.., columns: keys j0..): adds the bias, and
-  /// sets hidden logits to −∞. `window_cut` says whether the window (or the key length) cuts
-  /// through this tile.
-  template <typename Tile>
-  void apply(Tile& s, Index i0, Index j0, bool window_cut) const {
+  /// Applies the score function and, unless `visibility` is all, the masks to the tile of
+  /// logits s of head h, queries from row i0 and keys from j0: element (r, c) at
+  /// s[r·query_stride + c·key_stride], one of the strides 1. Hidden logits become −∞. Returns
+  /// whether any logit may have become −∞ (then the softmax's max must be found again, and the
+  /// values of hidden keys must not reach the output through a zero weight).
+  bool apply(Scalar* s, Index query_stride, Index key_stride, Index rows, Index cols, Index h,
+             Index i0, Index j0, Visibility visibility) const {
     const Scalar hidden = -std::numeric_limits<Scalar>::infinity();
-    const Index rows = s.rows();
-    const Index cols = s.cols();
+    const Index q0 = i0 + m_position_offset;
+    bool masked = false;
+    if constexpr (has_score) {
+      Scalar lowest = std::numeric_limits<Scalar>::max();
+      for_each(s, query_stride, key_stride, rows, cols, [&](Scalar& x, Index r, Index c) {
+        x = m_rule.score(x, h, q0 + r, j0 + c);
+        lowest = std::min(lowest, x);
+      });
+      masked = is_minus_infinity(lowest);
+    }
+    if (visibility == Visibility::all) return masked;
     if (m_bias != nullptr) {
       // −∞ hides the key even when its logit is NaN (NaN + −∞ would be NaN), as keep = false does.
-      for (Index r = 0; r < rows; ++r) {
-        const Scalar* bias_row = m_bias + (i0 + r) * m_bias_stride + j0;
-        for (Index c = 0; c < cols; ++c)
-          s(r, c) = is_minus_infinity(bias_row[c]) ? hidden : s(r, c) + bias_row[c];
-      }
+      for_each(s, query_stride, key_stride, rows, cols, [&](Scalar& x, Index r, Index c) {
+        const Scalar b = m_bias[(i0 + r) * m_bias_stride + j0 + c];
+        x = is_minus_infinity(b) ? hidden : x + b;
+      });
     }
     if (m_keep != nullptr) {
+      for_each(s, query_stride, key_stride, rows, cols, [&](Scalar& x, Index r, Index c) {
+        if (!m_keep[(i0 + r) * m_keep_stride + j0 + c]) x = hidden;
+      });
+    }
+    if (!m_window.covers(q0, q0 + rows, j0, j0 + cols)) {
       for (Index r = 0; r < rows; ++r) {
-        const bool* keep_row = m_keep + (i0 + r) * m_keep_stride + j0;
-        for (Index c = 0; c < cols; ++c) {
-          if (!keep_row[c]) s(r, c) = hidden;
-        }
+        const Index begin = std::clamp<Index>(m_window.first_key(q0 + r) - j0, 0, cols);
+        const Index end = std::clamp<Index>(m_window.end_key(q0 + r) - j0, begin, cols);
+        for (Index c = 0; c < begin; ++c)
+          s[r * query_stride + c * key_stride] = hidden;
+        for (Index c = end; c < cols; ++c)
+          s[r * query_stride + c * key_stride] = hidden;
       }
     }
-    if (window_cut) {
+    if constexpr (has_mask_function) {
+      for_each(s, query_stride, key_stride, rows, cols, [&](Scalar& x, Index r, Index c) {
+        if (!m_rule.visible(h, q0 + r, j0 + c)) x = hidden;
+      });
+    }
+    return true;
+  }
+
+ private:
+  /// fn(element, r, c) over the tile, the unit stride innermost (so simple functions vectorise).
+  template <typename Fn>
+  static EIGEN_ALWAYS_INLINE void for_each(Scalar* s, Index query_stride, Index key_stride,
+                                           Index rows, Index cols, const Fn& fn) {
+    if (query_stride == 1) {
+      for (Index c = 0; c < cols; ++c) {
+        Scalar* column = s + c * key_stride;
+        for (Index r = 0; r < rows; ++r)
+          fn(column[r], r, c);
+      }
+    } else {
       for (Index r = 0; r < rows; ++r) {
-        const Index begin = std::clamp<Index>(key_begin(i0 + r) - j0, 0, cols);
-        const Index end = std::clamp<Index>(key_end(i0 + r) - j0, begin, cols);
-        for (Index c = 0; c < begin; ++c)
-          s(r, c) = hidden;
-        for (Index c = end; c < cols; ++c)
-          s(r, c) = hidden;
+        Scalar* row = s + r * query_stride;
+        for (Index c = 0; c < cols; ++c)
+          fn(row[c], r, c);
       }
     }
   }
 
- private:
   // A reach beyond n + m changes nothing; clamping it keeps i + offset ± reach from overflowing.
   static Index clamp_reach(Index reach, Index n, Index m) {
     return reach == Mask::unbounded ? reach : std::min(reach, n + m);
   }
 
   Index m_keys;
-  Index m_visible_keys;     // m, or the key length
-  Index m_position_offset;  // p(i) = i + m − n: bottom-right alignment
-  Index m_left;
-  Index m_right;
+  Index m_position_offset;  // q = i + m − n: bottom-right alignment
+  WindowRule m_window;
+  Bound m_rule;
   const bool* m_keep = nullptr;
   Index m_keep_stride = 0;
   const Scalar* m_bias = nullptr;

@@ -189,6 +189,67 @@ void BM_Kernel(benchmark::State& state) {
                                                 benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// ---- 3b. Score and mask functions (float, 1 thread): each against the plain kernel it extends,
+//          or, for the sparse patterns at L = 16 384, against the dense kernel's throughput at
+//          L = 4 096 (a dense run at 16 384 takes seconds). FLOPs count the visible pairs only.
+using Pairs = double (*)(Index l);
+
+double all_pairs(Index l) {
+  return double(l) * double(l);
+}
+double causal_pairs(Index l) {
+  return double(l) * double(l + 1) / 2;
+}
+constexpr Index window = 256;
+double window_pairs(Index l) {
+  double pairs = 0;
+  for (Index i = 0; i < l; ++i)
+    pairs += double(std::min<Index>(i + 1, window + 1));
+  return pairs;
+}
+constexpr Index document_length = 1024;
+double document_pairs(Index l) {
+  return double(l / document_length) * causal_pairs(document_length);
+}
+std::vector<Index> document_lengths(Index l) {
+  return std::vector<Index>(std::size_t(l / document_length), document_length);
+}
+
+// A documents mask as a user writes it without a block predicate: the BlockMap gives the
+// kernel its blocks.
+auto user_documents() {
+  return attn::mask_function(
+      [](Index q, Index k) { return q / document_length == k / document_length && k <= q; });
+}
+
+template <typename MakeMask>
+void BM_Masked(benchmark::State& state, MakeMask make_mask, Pairs pairs) {
+  const Index l = state.range(0);
+  Inputs in(l, l, heads, head_dim);
+  attn::AttentionOptions options;
+  options.num_heads = heads;
+  options.executor = attn::serial_executor;
+  const auto mask = make_mask(l);
+  for (auto _ : state) {
+    attn::scaled_dot_product_attention_into(in.q, in.k, in.v, in.out, mask, options);
+    benchmark::DoNotOptimize(in.out.data());
+  }
+  state.counters["FLOP/s"] = benchmark::Counter(4.0 * pairs(l) * double(head_dim * heads),
+                                                benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// Building a BlockMap for L × L and 8 heads: with the built-in's block predicate, and for the
+// user's lambda without one (every pair evaluated once).
+template <typename MakeMask>
+void BM_BlockMap(benchmark::State& state, MakeMask make_mask) {
+  const Index l = state.range(0);
+  const auto mask = make_mask(l);
+  for (auto _ : state) {
+    const attn::BlockMap map(mask, l, l, heads, attn::serial_executor);
+    benchmark::DoNotOptimize(&map);
+  }
+}
+
 // ---- 4. The functors: projections + kernel + output projection (model_dim 512, 8 heads).
 attn::MultiHeadWeights<float> random_weights(Index e, Index s) {
   attn::MultiHeadWeights<float> w;
@@ -285,6 +346,58 @@ void register_all() {
           ->UseRealTime();
     }
   }
+  // Score and mask functions.
+  const auto masked = [](const char* name, auto make_mask, Pairs pairs, Index l) {
+    benchmark::RegisterBenchmark(
+        name, [=](benchmark::State& state) { BM_Masked(state, make_mask, pairs); })
+        ->Arg(l)
+        ->ArgName("L")
+        ->Unit(benchmark::kMillisecond);
+  };
+  for (const Index l : {1024, 4096}) {
+    masked(
+        "Masked/identity",
+        [](Index) { return attn::score_function([](float s, Index, Index, Index) { return s; }); },
+        all_pairs, l);
+    masked(
+        "Masked/alibi", [](Index) { return attn::Mask::causal() & attn::alibi(heads); },
+        causal_pairs, l);
+  }
+  constexpr Index long_l = 16384;
+  masked(
+      "Masked/window256",
+      [](Index) { return attn::Mask::causal() & attn::Mask::window(window, 0); }, window_pairs,
+      long_l);
+  masked(
+      "Masked/sinks4_window256", [](Index) { return attn::sinks(4, window); }, window_pairs,
+      long_l);
+  masked(
+      "Masked/documents",
+      [](Index l) { return attn::Mask::causal() & attn::documents(document_lengths(l)); },
+      document_pairs, long_l);
+  masked(
+      "Masked/documents_blockmap",
+      [](Index l) {
+        const auto mask = user_documents();
+        return mask.with_blocks(attn::BlockMap(mask, l, l, heads));
+      },
+      document_pairs, long_l);
+  benchmark::RegisterBenchmark("BlockMap/documents",
+                               [](benchmark::State& state) {
+                                 BM_BlockMap(state, [](Index l) {
+                                   return attn::Mask::causal() &
+                                          attn::documents(document_lengths(l));
+                                 });
+                               })
+      ->Arg(long_l)
+      ->ArgName("L")
+      ->Unit(benchmark::kMillisecond);
+  benchmark::RegisterBenchmark(
+      "BlockMap/documents_lambda",
+      [](benchmark::State& state) { BM_BlockMap(state, [](Index) { return user_documents(); }); })
+      ->Arg(long_l)
+      ->ArgName("L")
+      ->Unit(benchmark::kMillisecond);
   // Cross-attention shape: a short target over a long source.
   benchmark::RegisterBenchmark("Naive", BM_Naive)
       ->Args({64, 4096, 0})
@@ -315,8 +428,16 @@ void register_all() {
 class SummaryReporter : public attn_bench::SummaryReporter {
  public:
   void keep(const Run& run) override {
+    const std::string name = run.run_name.str();
+    const double seconds =
+        run.GetAdjustedRealTime() / benchmark::GetTimeUnitMultiplier(run.time_unit);
+    if (name.rfind("Masked/", 0) == 0 || name.rfind("BlockMap/", 0) == 0) {
+      const auto it = run.counters.find("FLOP/s");
+      m_masks.push_back({name, it == run.counters.end() ? 0.0 : it->second.value, seconds});
+      return;
+    }
     const auto it = run.counters.find("FLOP/s");
-    if (it != run.counters.end()) m_rows.push_back({run.run_name.str(), it->second.value});
+    if (it != run.counters.end()) m_rows.push_back({name, it->second.value, seconds});
   }
   void Finalize() override {
     ConsoleReporter::Finalize();
@@ -371,12 +492,70 @@ class SummaryReporter : public attn_bench::SummaryReporter {
                   peak > 0 ? 100.0 * row.flops / peak : 0.0, to_naive.c_str(), to_gemm.c_str(),
                   to_dense.c_str(), scaling.c_str(), to_float.c_str());
     }
+    print_masks(kernel);
+  }
+
+  // Score and mask functions: GFLOP/s on visible pairs against the kernel they extend (identity:
+  // the plain kernel; ALiBi: the causal kernel; the sparse patterns at L = 16 384: the dense
+  // kernel at L = 4 096), the speed-up over computing all L² pairs at the dense kernel's rate,
+  // and each block map's build time as a share of the call it serves.
+  void print_masks(const std::map<std::string, double>& kernel) const {
+    if (m_masks.empty()) return;
+    std::map<std::string, double> seconds;
+    for (const auto& row : m_masks)
+      seconds[row.name] = row.seconds;
+    std::printf(
+        "\nScore and mask functions (float, d = 64, 8 heads, 1 thread; GFLOP/s on visible pairs; "
+        "x plain = ratio to the kernel it extends: identity to the unmasked kernel, ALiBi to the "
+        "causal kernel of the same L, the L = 16384 patterns to the unmasked kernel at L = 4096; "
+        "x dense time = the dense L^2 computation's time at that rate over this run's; map = "
+        "the block map's build time as a share of the call it serves)\n");
+    std::printf("%-40s %10s %9s %13s %10s\n", "run", "GFLOP/s", "x plain", "x dense time",
+                "% of call");
+    const auto find = [&](const std::string& key) {
+      const auto it = kernel.find(key);
+      return it == kernel.end() ? 0.0 : it->second;
+    };
+    const double dense_4096 = find("Kernel/n:4096/m:4096/causal:0/threads:1/real_time");
+    for (const auto& row : m_masks) {
+      const auto at = row.name.find("/L:");
+      const std::string l = at == std::string::npos ? "" : row.name.substr(at + 3);
+      const long length = l.empty() ? 0 : std::stol(l);
+      if (row.name.rfind("BlockMap/", 0) == 0) {
+        const std::string served = row.name.find("lambda") != std::string::npos
+                                       ? "Masked/documents_blockmap/L:" + l
+                                       : "Masked/documents/L:" + l;
+        const auto it = seconds.find(served);
+        const double share = it == seconds.end() ? 0.0 : 100.0 * row.seconds / it->second;
+        std::printf("%-40s %10s %9s %13s %9.2f%%  (%.2f ms)\n", row.name.c_str(), "", "", "", share,
+                    row.seconds * 1e3);
+        continue;
+      }
+      double plain = 0;
+      if (row.name.rfind("Masked/identity/", 0) == 0) {
+        plain = find("Kernel/n:" + l + "/m:" + l + "/causal:0/threads:1/real_time");
+      } else if (row.name.rfind("Masked/alibi/", 0) == 0) {
+        plain = find("Kernel/n:" + l + "/m:" + l + "/causal:1/threads:1/real_time");
+      } else {
+        plain = dense_4096;
+      }
+      std::string dense_time;
+      if (length > 4096 && plain > 0) {
+        const double dense_seconds =
+            4.0 * double(length) * double(length) * head_dim * heads / plain;
+        dense_time = std::to_string(dense_seconds / row.seconds).substr(0, 5);
+      }
+      std::printf("%-40s %10.1f %9s %13s\n", row.name.c_str(), row.flops * 1e-9,
+                  plain > 0 ? std::to_string(row.flops / plain).substr(0, 5).c_str() : "",
+                  dense_time.c_str());
+    }
   }
 
  private:
   struct Row {
     std::string name;
     double flops;
+    double seconds;  // per iteration
   };
 
   // Family as registered, then causal, shape and threads: Naive and Kernel of a shape side by side.
@@ -398,6 +577,7 @@ class SummaryReporter : public attn_bench::SummaryReporter {
     return {family, arg("causal"), n == 64 ? 1L : 0L, n, arg("threads"), kernel};
   }
   std::vector<Row> m_rows;
+  std::vector<Row> m_masks;
 };
 
 }  // namespace

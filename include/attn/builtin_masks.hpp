@@ -73,8 +73,8 @@ struct Alibi {
   std::shared_ptr<const std::vector<double>> slopes;
   template <typename Scalar>
   EIGEN_ALWAYS_INLINE Scalar operator()(Scalar s, Index h, Index q, Index k) const {
-    // Through int32: distances fit it, and int32 → float vectorises on every x86 level.
-    return s + Scalar((*slopes)[std::size_t(h)]) * Scalar(std::int32_t(k - q));
+    // In int32: distances fit it, and int32 → float vectorises on every x86 level.
+    return s + Scalar((*slopes)[std::size_t(h)]) * Scalar(std::int32_t(k) - std::int32_t(q));
   }
   void check(const char* who, Index, Index, Index heads) const {
     if (Index(slopes->size()) != heads) {

@@ -134,8 +134,9 @@ auto operator&(const ScoreMask<S1, M1, B1>& a, const ScoreMask<S2, M2, B2>& b) {
 /// A score function `(score, head, q, k) → score` on the scaled logits (see ScoreMask).
 template <typename Fn>
 ScoreMask<Fn> score_function(Fn fn) {
-  static_assert(std::is_invocable_r_v<float, const Fn&, float, Index, Index, Index> ||
-                    std::is_invocable_r_v<double, const Fn&, double, Index, Index, Index>,
+  using Bound = detail::bound_part_t<Fn>;
+  static_assert(std::is_invocable_r_v<float, const Bound&, float, Index, Index, Index> ||
+                    std::is_invocable_r_v<double, const Bound&, double, Index, Index, Index>,
                 "attn::score_function: the function must be callable as "
                 "score(float or double score, Index head, Index query, Index key) and return the "
                 "new score");

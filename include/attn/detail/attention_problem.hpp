@@ -56,6 +56,10 @@ struct QueryBlock {
   Index rows;
   Index keys_begin;  // the window's and the key split's range, intersected
   Index keys_end;
+  // The block the worker computes next (head −1: none), whose queries are asked for early.
+  Index next_head = -1;
+  Index next_first_row = 0;
+  Index next_rows = 0;
 };
 
 /// Where a block's normalised rows and log-sum-exps go: the problem's output, or one key split's
@@ -69,13 +73,13 @@ struct BlockOutput {
 };
 
 /// Soft-caps a tile of logits of head h (queries from row i0, keys from j0; element (r, c) at
-/// s[r·query_stride + c·key_stride], one of the strides 1), then applies the score function and,
-/// unless `visibility` is all, the masks (see TileMask::apply). Returns whether any logit may
-/// have become −∞.
-template <typename Problem, typename TM, typename Scalar = typename Problem::Scalar>
+/// s[r·query_stride + c·key_stride], one of the strides 1), then applies the score function and
+/// the masks that cut the block (see TileMask::apply). Returns whether any logit may have become
+/// −∞.
+template <typename Problem, typename TM, typename Block, typename Scalar = typename Problem::Scalar>
 bool finish_logits(const Problem& p, const TM& mask, Scalar* s, Index query_stride,
                    Index key_stride, Index rows, Index cols, Index h, Index i0, Index j0,
-                   Visibility visibility) {
+                   const Block& block) {
   if (p.softcap > 0) {
     // The tile as a matrix whose rows are contiguous: keys × queries or queries × keys.
     const bool by_keys = query_stride == 1;
@@ -83,8 +87,8 @@ bool finish_logits(const Problem& p, const TM& mask, Scalar* s, Index query_stri
                             Eigen::OuterStride<>(by_keys ? key_stride : query_stride));
     tile = p.softcap * (tile.array() / p.softcap).tanh();
   }
-  if (visibility == Visibility::all && !TM::has_score) return false;
-  return mask.apply(s, query_stride, key_stride, rows, cols, h, i0, j0, visibility);
+  if (block.combined() == Visibility::all && !TM::has_score) return false;
+  return mask.apply(s, query_stride, key_stride, rows, cols, h, i0, j0, block);
 }
 
 /// Whether P·V over a masked tile must skip zero weights: only if value rows [first, first + keys)

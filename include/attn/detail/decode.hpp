@@ -68,7 +68,7 @@ void decode_tile(const Problem& p, const TM& mask, const DecodeState<Scalar>& st
   // Keys that no head's queries see are never read.
   bool any_visible = false;
   for (Index h = st.first_head; h < st.end_head() && !any_visible; ++h)
-    any_visible = mask.classify(h, i0, i0 + st.rows, j0, j0 + keys) != Visibility::none;
+    any_visible = mask.classify(h, i0, i0 + st.rows, j0, j0 + keys).combined() != Visibility::none;
   if (!any_visible) return;
 
   using KeyElement = std::remove_const_t<std::remove_pointer_t<decltype(p.k.data())>>;
@@ -144,15 +144,15 @@ void decode_tile(const Problem& p, const TM& mask, const DecodeState<Scalar>& st
   }
   bool masked = false;
   for (Index h = st.first_head; h < st.end_head(); ++h) {
-    const Visibility visibility = mask.classify(h, i0, i0 + st.rows, j0, j0 + keys);
+    const BlockClass block_class = mask.classify(h, i0, i0 + st.rows, j0, j0 + keys);
     Scalar* logits = s_row(st.row(h, 0));
-    if (visibility == Visibility::none) {
+    if (block_class.combined() == Visibility::none) {
       for (Index r = 0; r < st.rows; ++r)
         std::fill_n(logits + r * s.outerStride(), keys, -std::numeric_limits<Scalar>::infinity());
       masked = true;
     } else {
       masked |=
-          finish_logits(p, mask, logits, s.outerStride(), 1, st.rows, keys, h, i0, j0, visibility);
+          finish_logits(p, mask, logits, s.outerStride(), 1, st.rows, keys, h, i0, j0, block_class);
     }
   }
 

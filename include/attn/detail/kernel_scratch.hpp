@@ -33,13 +33,17 @@ namespace attn::detail {
 /// `max_packed_bytes` per worker the kernel reads (and converts) block by block.
 inline constexpr std::size_t max_packed_bytes = std::size_t(64) << 20;
 
+/// `keys_read` is how many key rows all query blocks of one head read together (under the mask's
+/// ranges): a head whose key rows are read about once each is not packed, since the copy would
+/// be one more pass over all of them. (Strided rows read a few times, as under a sliding window
+/// or documents, still gain from the copy: a block of them spans as many pages as rows.)
 template <typename Problem>
-bool should_pack_heads(const Problem& p, const BlockSizes& blocks) {
+bool should_pack_heads(const Problem& p, const BlockSizes& blocks, double keys_read) {
   using Scalar = typename Problem::Scalar;
   const Index m = p.k.rows();
   const bool strided =
       !Problem::kv_in_scalar || p.k.outerStride() != p.head_dim || p.v.outerStride() != p.value_dim;
-  const bool reused = p.q.rows() > blocks.query_rows;
+  const bool reused = p.q.rows() > blocks.query_rows && keys_read >= 2.0 * double(m);
   return strided && reused && m > 0 &&
          sizeof(Scalar) * std::size_t(m * (p.head_dim + p.value_dim)) <= max_packed_bytes;
 }

@@ -103,9 +103,20 @@ class OnlineSoftmax {
       if (tile_max != nullptr) {
         block_max = simd::load<Packet>(tile_max + i);
       } else {
-        block_max = simd::broadcast<Packet>(minus_infinity);
-        for (Index j = 0; j < keys; ++j)
-          block_max = simd::max_nan(block_max, simd::load<Packet>(s_t + j * stride + i));
+        // Four chains: one would wait on each max's latency, key after key. A plain max, as the
+        // register tiles': it may miss a NaN, which still makes its row NaN through its own
+        // exponential whatever the shift.
+        Packet chains[4];
+        for (Packet& chain : chains)
+          chain = simd::broadcast<Packet>(minus_infinity);
+        Index j = 0;
+        for (; j + 4 <= keys; j += 4) {
+          for (Index c = 0; c < 4; ++c)
+            chains[c] = simd::max(chains[c], simd::load<Packet>(s_t + (j + c) * stride + i));
+        }
+        for (; j < keys; ++j)
+          chains[0] = simd::max(chains[0], simd::load<Packet>(s_t + j * stride + i));
+        block_max = simd::max(simd::max(chains[0], chains[1]), simd::max(chains[2], chains[3]));
       }
       Packet c;
       const Packet shift = fold_max(i, block_max, c);

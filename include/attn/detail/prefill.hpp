@@ -43,9 +43,9 @@ void write_weights(const Problem& p, const TM& mask, KernelScratch<Scalar>& scra
       p.scale * p.q.block(b.first_row, b.head * d, b.rows, d).transpose().template cast<Scalar>();
   for (Index j0 = b.keys_begin; j0 < b.keys_end; j0 += key_rows) {
     const Index keys = std::min(key_rows, b.keys_end - j0);
-    const Visibility visibility =
+    const BlockClass block_class =
         mask.classify(b.head, b.first_row, b.first_row + b.rows, j0, j0 + keys);
-    if (visibility == Visibility::none) continue;  // (the weights are zero already)
+    if (block_class.combined() == Visibility::none) continue;  // (the weights are zero already)
     auto s_t = scratch.s_t.topLeftCorner(keys, b.rows);
     const Scalar* k = nullptr;
     Index k_stride = d;
@@ -59,7 +59,7 @@ void write_weights(const Problem& p, const TM& mask, KernelScratch<Scalar>& scra
     s_t.noalias() = ConstMatrixView<Scalar>(k, keys, d, Eigen::OuterStride<>(k_stride)) *
                     scratch.q_t.leftCols(b.rows);
     finish_logits(p, mask, s_t.data(), 1, s_t.outerStride(), b.rows, keys, b.head, b.first_row, j0,
-                  visibility);
+                  block_class);
     for (Index r = 0; r < b.rows; ++r) {
       Scalar* w = p.weights + (b.head * p.q.rows() + b.first_row + r) * p.weights_stride + j0;
       const Scalar lse = softmax.log_sum_exp(r);
@@ -125,20 +125,48 @@ void attend_query_block(const Problem& p, const TM& mask, KernelScratch<Scalar>&
                    rows, d, p.scale, q_t, stride);
   scratch.out_t.leftCols(width).setZero();
   softmax.reset(width);
+  // The next block's query rows and this block's output rows are each a few cache lines a whole
+  // row apart, which the hardware prefetchers do not follow: with few key blocks per query block
+  // (a window, documents), waiting for them would be a large share of the block.
 
-  // 2. Stream over the key blocks of the range.
-  for (Index j0 = b.keys_begin; j0 < b.keys_end; j0 += key_rows) {
-    const Index keys = std::min(key_rows, b.keys_end - j0);
-    const Visibility visibility =
+  // The next block's query rows and this block's output rows are each a few cache lines a whole
+  // row apart, which the hardware prefetchers do not follow: with few key blocks per query block
+  // (a window, documents) waiting for them would be a large share of the block. They are asked
+  // for a share before each register tile of the logits, over all key blocks.
+  const auto prefetch_rows = [&](Index kb, Index t, Index tiles) {
+    const Index blocks_left =
+        std::max<Index>(1, (b.keys_end - b.keys_begin + key_rows - 1) / key_rows);
+    const Index part = kb * tiles + t, parts = blocks_left * tiles;
+    const Index first = part * rows / parts, last = (part + 1) * rows / parts;
+    prefetch_block<1>(dst.out + first * dst.out_stride, dst.out_stride, last - first, dv);
+    if (b.next_head >= 0) {
+      const Index next_first = part * b.next_rows / parts,
+                  next_last = (part + 1) * b.next_rows / parts;
+      prefetch_block(
+          p.q.data() + (b.next_first_row + next_first) * p.q.outerStride() + b.next_head * d,
+          p.q.outerStride(), next_last - next_first, d);
+    }
+  };
+
+  // 2. Stream over the key blocks of the range: whole blocks from its first key and up to its
+  // last, the remainder second to last. A window's edges (a causal diagonal, the far side of a
+  // sliding window) then lie within one block each, not across two.
+  const Index blocks = (b.keys_end - b.keys_begin + key_rows - 1) / key_rows;
+  const Index remainder = b.keys_end - b.keys_begin - (blocks - 1) * key_rows;
+  const auto block_keys = [&](Index kb) { return kb == blocks - 2 ? remainder : key_rows; };
+  Index j0 = b.keys_begin;
+  for (Index kb = 0; kb < blocks; j0 += block_keys(kb), ++kb) {
+    const Index keys = blocks == 1 ? remainder : block_keys(kb);
+    const BlockClass block_class =
         mask.classify(b.head, b.first_row, b.first_row + rows, j0, j0 + keys);
-    if (visibility == Visibility::none) continue;  // never read
+    if (block_class.combined() == Visibility::none) continue;  // never read
 
     // The next key block's K and V rows are asked for while this block computes, a share before
     // each register tile (of all column panels), when they are strided: each row of a head is
     // then a few cache lines a whole row stride apart, which the hardware prefetchers do not
     // follow, so without this every block starts with a wait on L3 or memory. (Contiguous rows
     // they do follow.)
-    const Index next_keys = std::min(key_rows, b.keys_end - j0 - keys);
+    const Index next_keys = kb + 1 < blocks ? block_keys(kb + 1) : 0;
     const Index panels = width / lanes;
     const auto prefetch_share = [&](const auto* head, Index head_stride, Index cols) {
       return [=](Index t, Index tiles) {
@@ -158,10 +186,11 @@ void attend_query_block(const Problem& p, const TM& mask, KernelScratch<Scalar>&
       register_block<false>(keys, d, block.k, block.k_stride, Index(1), q_t + i, stride, s_t + i,
                             stride, column_max + i, [&](Index t, Index tiles) {
                               prefetch_k(i / lanes * tiles + t, panels * tiles);
+                              prefetch_rows(kb, (i / lanes * tiles + t), panels * tiles);
                             });
     }
     const bool masked =
-        finish_logits(p, mask, s_t, 1, stride, rows, keys, b.head, b.first_row, j0, visibility);
+        finish_logits(p, mask, s_t, 1, stride, rows, keys, b.head, b.first_row, j0, block_class);
     const bool max_holds = !masked && !(p.softcap > 0) && !TM::has_score;
 
     // 2b. Online softmax down the columns; Oᵀ rescaled only in the packets of queries whose max
@@ -173,7 +202,8 @@ void attend_query_block(const Problem& p, const TM& mask, KernelScratch<Scalar>&
                                            rescaled);
 
     // 2c. Oᵀ += V_bᵀ·Pᵀ.
-    if (values_need_care(masked, p.v, j0, keys, g * dv, dv)) {
+    // (Checked on the rows as the tiles read them: packed or staged, they are in cache.)
+    if (masked && !all_finite(block.v, block.v_stride, keys, dv)) {
       for (Index j = 0; j < keys; ++j) {
         const Eigen::Map<const Vector<Scalar>> v_row(block.v + j * block.v_stride, dv);
         for (Index r = 0; r < rows; ++r) {

@@ -132,6 +132,17 @@ class AttentionSchedule {
     return true;
   }
 
+  /// Key rows all query blocks of head h read together (their key ranges' lengths).
+  double keys_read_by_head(Index h) const {
+    double keys = 0;
+    const Index n = m_p.q.rows(), block_rows = m_blocks.query_rows;
+    for (Index i0 = 0; i0 < n; i0 += block_rows) {
+      const auto [begin, end] = m_mask.key_range(h, i0, std::min(n, i0 + block_rows));
+      keys += double(end - begin);
+    }
+    return keys;
+  }
+
   Index split_begin(Index s) const {
     return m_keys_begin + (m_keys_end - m_keys_begin) * s / m_items;
   }
@@ -163,7 +174,7 @@ class AttentionSchedule {
     constexpr Index items_per_take = 4;
     Index first = 0, last = 0;
     if (!take(items_per_take, first, last)) return;
-    const bool pack = should_pack_heads(m_p, m_blocks);
+    const bool pack = should_pack_heads(m_p, m_blocks, keys_read_by_head(0));
     const ScratchShape shape{m_blocks,
                              m_p.head_dim,
                              m_p.value_dim,
@@ -174,12 +185,20 @@ class AttentionSchedule {
       const Index n = m_p.q.rows();
       const Index block_rows = m_blocks.query_rows;
       do {
+        const auto first_row = [&](Index item) {
+          return balanced_block(item % m_query_blocks, m_query_blocks) * block_rows;
+        };
         for (Index item = first; item < last; ++item) {
-          const Index i0 = balanced_block(item % m_query_blocks, m_query_blocks) * block_rows;
+          const Index i0 = first_row(item);
           const Index rows = std::min(block_rows, n - i0);
           const Index head = item / m_query_blocks;
           const auto [keys_begin, keys_end] = m_mask.key_range(head, i0, i0 + rows);
-          const QueryBlock b{head, i0, rows, keys_begin, keys_end};
+          QueryBlock b{head, i0, rows, keys_begin, keys_end};
+          if (item + 1 < last) {
+            b.next_head = (item + 1) / m_query_blocks;
+            b.next_first_row = first_row(item + 1);
+            b.next_rows = std::min(block_rows, n - b.next_first_row);
+          }
           attend_query_block(m_p, m_mask, scratch, b,
                              head_key_values(m_p, scratch, m_p.kv_head(b.head), pack),
                              output(b.head, i0));

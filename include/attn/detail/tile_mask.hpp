@@ -37,10 +37,26 @@ struct WindowRule {
   Index end_key(Index p) const {
     return right == Mask::unbounded ? visible_keys : std::min(p + right + 1, visible_keys);
   }
+  /// Positions [begin, end) that see key k.
+  std::pair<Index, Index> query_range(Index k) const {
+    if (k >= visible_keys) return {0, 0};
+    const Index begin =
+        right == Mask::unbounded ? std::numeric_limits<Index>::min() / 4 : k - right;
+    const Index end =
+        left == Mask::unbounded ? std::numeric_limits<Index>::max() / 4 : k + left + 1;
+    return {begin, end};
+  }
   /// True if every position of [q0, q1) sees every key of [k0, k1).
   bool covers(Index q0, Index q1, Index k0, Index k1) const {
     return first_key(q1 - 1) <= k0 && end_key(q0) >= k1;
   }
+};
+
+/// How a block of queries × keys is seen under the base mask and under the functions.
+struct BlockClass {
+  Visibility base = Visibility::all;
+  Visibility rule = Visibility::all;
+  Visibility combined() const { return both(base, rule); }
 };
 
 template <typename Scalar, typename SM = ScoreMask<>>
@@ -87,40 +103,42 @@ class TileMask {
     return {begin, std::clamp<Index>(range.end, begin, m_keys)};
   }
 
-  /// Whether query rows [i0, i1) of head h see none, some or all of keys [j0, j1).
-  Visibility classify(Index h, Index i0, Index i1, Index j0, Index j1) const {
+  /// Whether query rows [i0, i1) of head h see none, some or all of keys [j0, j1): under the
+  /// base mask and under the functions, apart (each masks only the blocks it cuts).
+  BlockClass classify(Index h, Index i0, Index i1, Index j0, Index j1) const {
     const Index q0 = i0 + m_position_offset, q1 = i1 + m_position_offset;
-    const Visibility base =
+    BlockClass c;
+    c.base =
         m_window.covers(q0, q1, j0, j1) && !has_explicit() ? Visibility::all : Visibility::partial;
-    if constexpr (Bound::has_blocks) {
-      return both(base, m_rule.classify(h, q0, q1, j0, j1));
-    } else {
-      return base;
-    }
+    if (m_window.key_range(q0, q1).end <= j0) c.base = Visibility::none;
+    if constexpr (Bound::has_blocks) c.rule = m_rule.classify(h, q0, q1, j0, j1);
+    return c;
   }
 
   /// True if explicit matrices must be applied element by element.
   bool has_explicit() const { return m_keep != nullptr || m_bias != nullptr; }
 
-  /// Applies the score function and, unless `visibility` is all, the masks to the tile of
-  /// logits s of head h, queries from row i0 and keys from j0: element (r, c) at
+  /// Applies the score function and the masks that cut this block (`block`, from classify) to
+  /// the tile of logits s of head h, queries from row i0 and keys from j0: element (r, c) at
   /// s[r·query_stride + c·key_stride], one of the strides 1. Hidden logits become −∞. Returns
   /// whether any logit may have become −∞ (then the softmax's max must be found again, and the
   /// values of hidden keys must not reach the output through a zero weight).
   bool apply(Scalar* s, Index query_stride, Index key_stride, Index rows, Index cols, Index h,
-             Index i0, Index j0, Visibility visibility) const {
+             Index i0, Index j0, const BlockClass& block) const {
     const Scalar hidden = -std::numeric_limits<Scalar>::infinity();
     const Index q0 = i0 + m_position_offset;
     bool masked = false;
-    if constexpr (has_score) {
-      Scalar lowest = std::numeric_limits<Scalar>::max();
-      for_each(s, query_stride, key_stride, rows, cols, [&](Scalar& x, Index r, Index c) {
-        x = m_rule.score(x, h, q0 + r, j0 + c);
-        lowest = std::min(lowest, x);
-      });
-      masked = is_minus_infinity(lowest);
+    if constexpr (has_score)
+      masked = apply_score(s, query_stride, key_stride, rows, cols, h, q0, j0);
+    if constexpr (has_mask_function) {
+      if (block.rule != Visibility::all) {
+        for_each(s, query_stride, key_stride, rows, cols, [&](Scalar& x, Index r, Index c) {
+          if (!m_rule.visible(h, q0 + r, j0 + c)) x = hidden;
+        });
+        masked = true;
+      }
     }
-    if (visibility == Visibility::all) return masked;
+    if (block.base == Visibility::all) return masked;
     if (m_bias != nullptr) {
       // −∞ hides the key even when its logit is NaN (NaN + −∞ would be NaN), as keep = false does.
       for_each(s, query_stride, key_stride, rows, cols, [&](Scalar& x, Index r, Index c) {
@@ -134,24 +152,70 @@ class TileMask {
       });
     }
     if (!m_window.covers(q0, q0 + rows, j0, j0 + cols)) {
-      for (Index r = 0; r < rows; ++r) {
-        const Index begin = std::clamp<Index>(m_window.first_key(q0 + r) - j0, 0, cols);
-        const Index end = std::clamp<Index>(m_window.end_key(q0 + r) - j0, begin, cols);
-        for (Index c = 0; c < begin; ++c)
-          s[r * query_stride + c * key_stride] = hidden;
-        for (Index c = end; c < cols; ++c)
-          s[r * query_stride + c * key_stride] = hidden;
+      if (query_stride == 1) {
+        // Per key, the queries that see it are one range: contiguous stores around it.
+        for (Index c = 0; c < cols; ++c) {
+          const auto [first, end] = m_window.query_range(j0 + c);
+          const Index begin = std::clamp<Index>(first - q0, 0, rows);
+          const Index stop = std::clamp<Index>(end - q0, begin, rows);
+          Scalar* column = s + c * key_stride;
+          std::fill(column, column + begin, hidden);
+          std::fill(column + stop, column + rows, hidden);
+        }
+      } else {
+        for (Index r = 0; r < rows; ++r) {
+          const Index begin = std::clamp<Index>(m_window.first_key(q0 + r) - j0, 0, cols);
+          const Index end = std::clamp<Index>(m_window.end_key(q0 + r) - j0, begin, cols);
+          Scalar* row = s + r * query_stride;
+          std::fill(row, row + begin, hidden);
+          std::fill(row + end, row + cols, hidden);
+        }
       }
-    }
-    if constexpr (has_mask_function) {
-      for_each(s, query_stride, key_stride, rows, cols, [&](Scalar& x, Index r, Index c) {
-        if (!m_rule.visible(h, q0 + r, j0 + c)) x = hidden;
-      });
     }
     return true;
   }
 
  private:
+  /// The score function over the tile, the unit stride innermost, so that simple functions
+  /// vectorise: positions advance in a 32-bit counter (a function that works in int32, as the
+  /// built-ins do, then needs no 64-bit lanes), and whether a result is −∞ is kept over its bits
+  /// in one flag per line of the unit stride (a float min would be a reduction, which does not
+  /// vectorise, and -ffinite-math-only may fold x == −∞). Returns whether a result is −∞.
+  bool apply_score(Scalar* s, Index query_stride, Index key_stride, Index rows, Index cols, Index h,
+                   Index q0, Index j0) const {
+    using Bits = FloatBits<Scalar>;
+    using Unsigned = typename Bits::Unsigned;
+    constexpr Unsigned minus_infinity = Bits::sign | Bits::exponent;
+    constexpr int chunk = 64;
+    const bool by_keys = query_stride == 1;
+    const Index lines = by_keys ? cols : rows, length = by_keys ? rows : cols;
+    const Index line_stride = by_keys ? key_stride : query_stride;
+    Unsigned any_hidden = 0;
+    for (Index first = 0; first < length; first += chunk) {
+      const int count = int(std::min<Index>(chunk, length - first));
+      Unsigned hidden[chunk] = {};
+      for (Index line = 0; line < lines; ++line) {
+        Scalar* x = s + line * line_stride + first;
+        if (by_keys) {
+          const Index k = j0 + line, q = q0 + first;
+          for (int r = 0; r < count; ++r) {
+            x[r] = m_rule.score(x[r], h, q + r, k);
+            hidden[r] |= Bits::of(x[r]) == minus_infinity;
+          }
+        } else {
+          const Index q = q0 + line, k = j0 + first;
+          for (int c = 0; c < count; ++c) {
+            x[c] = m_rule.score(x[c], h, q, k + c);
+            hidden[c] |= Bits::of(x[c]) == minus_infinity;
+          }
+        }
+      }
+      for (int i = 0; i < count; ++i)
+        any_hidden |= hidden[i];
+    }
+    return any_hidden != 0;
+  }
+
   /// fn(element, r, c) over the tile, the unit stride innermost (so simple functions vectorise).
   template <typename Fn>
   static EIGEN_ALWAYS_INLINE void for_each(Scalar* s, Index query_stride, Index key_stride,

@@ -463,6 +463,236 @@ def module_cases():
     return files
 
 
+# ---------------------------------------------------------------------------------------------
+# Built-in masks and score functions (include/attn/builtin_masks.hpp), each written the way its
+# original project writes it, on positions that start at 0 for the first key.
+
+
+def t5_relative_position_bucket(relative_position, bidirectional=True, num_buckets=32,
+                                max_distance=128):
+    """Hugging Face transformers, T5Attention._relative_position_bucket, as written there.
+
+    relative_position = memory_position - query_position (k - q), a long tensor. Note the float32
+    arithmetic (.float(), then Python floats): attn's relative_position_bucket computes in float
+    too, so that both truncate the same value.
+    """
+    relative_buckets = 0
+    if bidirectional:
+        num_buckets //= 2
+        relative_buckets += (relative_position > 0).to(torch.long) * num_buckets
+        relative_position = torch.abs(relative_position)
+    else:
+        relative_position = -torch.min(relative_position, torch.zeros_like(relative_position))
+    # now relative_position is in the range [0, inf)
+
+    # half of the buckets are for exact increments in positions
+    max_exact = num_buckets // 2
+    is_small = relative_position < max_exact
+
+    # The other half of the buckets are for logarithmically bigger bins in positions up to
+    # max_distance
+    relative_position_if_large = max_exact + (
+        torch.log(relative_position.float() / max_exact)
+        / math.log(max_distance / max_exact)
+        * (num_buckets - max_exact)
+    ).to(torch.long)
+    relative_position_if_large = torch.min(
+        relative_position_if_large, torch.full_like(relative_position_if_large, num_buckets - 1)
+    )
+
+    relative_buckets += torch.where(is_small, relative_position, relative_position_if_large)
+    return relative_buckets
+
+
+def t5_compute_bias(table, query_length, key_length, bidirectional, max_distance):
+    """T5Attention.compute_bias: (H, query_length, key_length) from the table (num_buckets, H),
+    which is relative_attention_bias.weight (nn.Embedding's weight)."""
+    context_position = torch.arange(query_length, dtype=torch.long)[:, None]
+    memory_position = torch.arange(key_length, dtype=torch.long)[None, :]
+    relative_position = memory_position - context_position  # shape (query_length, key_length)
+    relative_position_bucket = t5_relative_position_bucket(
+        relative_position,
+        bidirectional=bidirectional,
+        num_buckets=table.shape[0],
+        max_distance=max_distance,
+    )
+    values = F.embedding(relative_position_bucket, table)  # (query_length, key_length, H)
+    return values.permute([2, 0, 1])
+
+
+def t5_attention(q, k, v, heads, table, bidirectional, max_distance):
+    """T5Attention.forward for n queries that continue m - n cached keys (heads as column blocks).
+
+    T5 computes the bias for all m positions and keeps its last n rows (position_bias[:, :, -n:, :]
+    in transformers before cache_position; the same rows as with it), does not scale the logits,
+    and adds a causal mask in the decoder (bidirectional=False), here as -inf.
+    """
+    n, m = q.shape[0], k.shape[0]
+    d, dv = q.shape[1] // heads, v.shape[1] // heads
+    qh = q.reshape(n, heads, d).transpose(0, 1)  # (H, n, d)
+    kh = k.reshape(m, heads, d).transpose(0, 1)
+    vh = v.reshape(m, heads, dv).transpose(0, 1)
+    position_bias = t5_compute_bias(table, m, m, bidirectional, max_distance)[:, -n:, :]
+    if not bidirectional:
+        position_bias = position_bias.masked_fill(~causal_keep(n, m), NEG_INF)
+    scores = torch.matmul(qh, kh.transpose(2, 1))
+    scores += position_bias
+    attn_weights = F.softmax(scores, dim=-1)
+    out = torch.matmul(attn_weights, vh)  # (H, n, dv)
+    return out.transpose(0, 1).reshape(n, heads * dv)
+
+
+def alibi_get_slopes(n):
+    """ALiBi's get_slopes (Press et al., attention_with_linear_biases), as written there."""
+
+    def get_slopes_power_of_2(n):
+        start = 2 ** (-2 ** -(math.log2(n) - 3))
+        ratio = start
+        return [start * ratio**i for i in range(n)]
+
+    if math.log2(n).is_integer():
+        return get_slopes_power_of_2(n)
+    # Not a power of two: the slopes of the closest lower power of two, then every other slope
+    # of twice as many heads.
+    closest_power_of_2 = 2 ** math.floor(math.log2(n))
+    return (get_slopes_power_of_2(closest_power_of_2)
+            + alibi_get_slopes(2 * closest_power_of_2)[0::2][:n - closest_power_of_2])
+
+
+def alibi_future_mask(slopes, maxpos):
+    """The ALiBi reference's decoder mask (fairseq TransformerDecoder): (H, maxpos, maxpos).
+
+    It adds slope_h * j to key j on every row rather than slope_h * (j - i): the softmax does not
+    see the missing -slope_h * i of row i. Future keys get -inf (fill_with_neg_inf, triu).
+    """
+    attn_heads = slopes.shape[0]
+    alibi = slopes.unsqueeze(1).unsqueeze(1) * torch.arange(maxpos, dtype=DTYPE).unsqueeze(
+        0).unsqueeze(0).expand(attn_heads, -1, -1)
+    alibi = alibi.view(attn_heads, 1, maxpos)
+    future_mask = torch.triu(torch.zeros([maxpos, maxpos], dtype=DTYPE).fill_(NEG_INF), 1)
+    return future_mask.unsqueeze(0) + alibi
+
+
+def torch_sdpa(q, k, v, keep):
+    """torch's scaled_dot_product_attention with a boolean mask (True = attend), heads in the
+    leading dimension. torch 1.13 has it as the private F._scaled_dot_product_attention."""
+    if hasattr(F, "scaled_dot_product_attention"):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+    out, _ = F._scaled_dot_product_attention(q, k, v, keep, 0.0, False, False)
+    return out
+
+
+def sdpa_heads(q, k, v, heads, keep):
+    """torch_sdpa on heads as column blocks: q (n, H*d), k (m, H*d), v (m, H*dv) -> (n, H*dv)."""
+    n, m = q.shape[0], k.shape[0]
+    d, dv = q.shape[1] // heads, v.shape[1] // heads
+    out = torch_sdpa(q.reshape(n, heads, d).transpose(0, 1), k.reshape(m, heads, d).transpose(0, 1),
+                     v.reshape(m, heads, dv).transpose(0, 1), keep)
+    return out.transpose(0, 1).reshape(n, heads * dv)
+
+
+def mask_cases():
+    files = []
+
+    # T5's buckets, every relative position in [-200, 200], for several bucket counts and
+    # distances (half the buckets per direction when bidirectional).
+    relative_position = torch.arange(-200, 201, dtype=torch.long)
+    configs = [(1, 32, 128), (0, 32, 128), (1, 32, 20), (0, 32, 20), (1, 16, 50), (0, 8, 12),
+               (1, 10, 9)]
+    g = GoldenFile("mask_t5_buckets",
+                   "T5Attention._relative_position_bucket (Hugging Face) of k - q in [-200, 200]")
+    g.comment("configs: one row per case: bidirectional (1/0), num_buckets, max_distance; "
+              "buckets: one row per case, one column per relative_position")
+    g.matrix("configs", torch.tensor(configs))
+    g.matrix("relative_position", relative_position)
+    g.matrix("buckets", torch.stack([
+        t5_relative_position_bucket(relative_position, bool(b), buckets, distance)
+        for b, buckets, distance in configs]))
+    files.append(g)
+
+    # T5 attention: n = 9 queries continuing 31 cached keys, so that distances pass max_exact
+    # (8 bidirectional, 16 unidirectional) and max_distance 20.
+    torch.manual_seed(301)
+    n, m, heads, d, dv, num_buckets, max_distance = 9, 40, 2, 4, 4, 32, 20
+    q, k, v = grid((n, heads * d)), grid((m, heads * d)), grid((m, heads * dv))
+    table = grid((num_buckets, heads), bound=2.0, step=16)
+    g = GoldenFile("mask_t5_bias", f"T5 relative position bias, n = {n}, m = {m}, H = {heads}, "
+                   f"{num_buckets} buckets, max_distance {max_distance}, scale 1")
+    g.comment("table: num_buckets x H, as relative_attention_bias.weight")
+    for name, value in (("num_heads", heads), ("scale", 1.0), ("max_distance", max_distance),
+                        ("q", q), ("k", k), ("v", v), ("table", table)):
+        g.matrix(name, value)
+    for name, bidirectional in (("out_bidirectional", True), ("out_causal", False)):
+        out = t5_attention(q, k, v, heads, table, bidirectional, max_distance)
+        bias = t5_compute_bias(table, m, m, bidirectional, max_distance)[:, -n:, :]
+        check_close(out, multi_head_attention(
+            q, k, v, heads, heads, scale=1.0, bias=bias,
+            keep=None if bidirectional else causal_keep(n, m)), f"mask_t5_bias {name}")
+        if not bidirectional:
+            g.comment("out_causal: the decoder's bias (bidirectional=False) and a causal mask")
+        g.matrix(name, out)
+    files.append(g)
+
+    # ALiBi slopes for head counts powers of two and not.
+    g = GoldenFile("mask_alibi_slopes", "ALiBi's get_slopes(H) from the reference implementation")
+    for h in (1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 20, 24, 32, 48, 64):
+        g.matrix(f"slopes_{h}", torch.tensor(alibi_get_slopes(h), dtype=DTYPE))
+    files.append(g)
+
+    # ALiBi attention, H = 6 (not a power of two), causal.
+    torch.manual_seed(302)
+    n, heads, d = 12, 6, 4
+    q, k, v = grid((n, heads * d)), grid((n, heads * d)), grid((n, heads * d))
+    slopes = torch.tensor(alibi_get_slopes(heads), dtype=DTYPE)
+    g = GoldenFile("mask_alibi", f"causal attention with ALiBi, n = m = {n}, H = {heads}, d = {d}")
+    for name, value in (("num_heads", heads), ("slopes", slopes), ("q", q), ("k", k), ("v", v)):
+        g.matrix(name, value)
+    qh, kh, vh = (t.reshape(n, heads, d).transpose(0, 1) for t in (q, k, v))
+    scaling = d ** -0.5  # fairseq's MultiheadAttention scales q
+    attn_weights = torch.bmm(qh * scaling, kh.transpose(1, 2)) + alibi_future_mask(slopes, n)
+    out = torch.bmm(F.softmax(attn_weights, dim=-1), vh).transpose(0, 1).reshape(n, heads * d)
+    distance = torch.arange(n)[None, :] - torch.arange(n)[:, None]  # k - q
+    check_close(out, multi_head_attention(q, k, v, heads, heads, bias=slopes[:, None, None] *
+                                          distance, keep=causal_keep(n, n)), "mask_alibi")
+    g.comment("out: softmax(q k^T / sqrt(d) + slope_h * (k - q), causal) v per head")
+    g.matrix("out", out)
+    files.append(g)
+
+    # Documents packed along the positions, causal within each; the mask built in torch.
+    torch.manual_seed(303)
+    lengths = [5, 1, 7, 3]
+    n, heads, d = sum(lengths), 2, 4
+    q, k, v = grid((n, heads * d)), grid((n, heads * d)), grid((n, heads * d))
+    doc = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
+    keep = (doc[:, None] == doc[None, :]) & causal_keep(n, n)
+    g = GoldenFile("mask_documents", f"documents {lengths} packed, causal within each, H = {heads}")
+    for name, value in (("num_heads", heads), ("lengths", torch.tensor(lengths)),
+                        ("document_ids", doc), ("q", q), ("k", k), ("v", v), ("keep", keep)):
+        g.matrix(name, value)
+    out = sdpa_heads(q, k, v, heads, keep)
+    check_close(out, multi_head_attention(q, k, v, heads, heads, keep=keep), "mask_documents")
+    g.comment("out: torch's scaled_dot_product_attention with attn_mask = keep")
+    g.matrix("out", out)
+    files.append(g)
+
+    # Prefix-LM: the prefix seen by every query, causal after it.
+    torch.manual_seed(304)
+    n, prefix, d = 12, 5, 8
+    q, k, v = grid((n, d)), grid((n, d)), grid((n, d))
+    j = torch.arange(n)[None, :]
+    keep = (j < prefix) | causal_keep(n, n)
+    g = GoldenFile("mask_prefix_lm", f"prefix-LM, prefix {prefix} of n = m = {n}, one head")
+    for name, value in (("prefix", prefix), ("q", q), ("k", k), ("v", v), ("keep", keep)):
+        g.matrix(name, value)
+    out = sdpa_heads(q, k, v, 1, keep)
+    check_close(out, attention(q, k, v, keep=keep), "mask_prefix_lm")
+    g.comment("out: torch's scaled_dot_product_attention with attn_mask = keep")
+    g.matrix("out", out)
+    files.append(g)
+
+    return files
+
+
 def main():
     torch.set_num_threads(1)
     os.makedirs(GOLDEN_DIR, exist_ok=True)
@@ -470,7 +700,7 @@ def main():
         if stale.endswith(".txt"):
             os.remove(os.path.join(GOLDEN_DIR, stale))
     total = 0
-    for g in kernel_cases() + module_cases():
+    for g in kernel_cases() + module_cases() + mask_cases():
         path = g.write()
         size = os.path.getsize(path)
         total += size

@@ -352,30 +352,15 @@ void expect_visible_where_kept(const Golden& g, const M& mask) {
   }
 }
 
-/// attn::relative_position_bias(table, bidirectional, max_distance), assembled from its parts.
-/// The call itself does not compile yet: score_function's static_assert asks the functor to be
-/// callable as score(s, head, q, k), but RelativePositionBias (like HeadBias) is only callable
-/// after bind(n, m, heads), which the kernel does. Replace t5_bias by attn::relative_position_bias
-/// once score_function checks detail::bound_part_t<Fn> as mask_function does.
-template <typename T>
-attn::ScoreMask<attn::detail::RelativePositionBias<T>> t5_bias(const Matrix<T>& table,
-                                                               bool bidirectional,
-                                                               Index max_distance) {
-  return {Mask(),
-          attn::detail::RelativePositionBias<T>{std::make_shared<const Matrix<T>>(table),
-                                                bidirectional, max_distance},
-          {},
-          {}};
-}
-
 TYPED_TEST(GoldenTest, RelativePositionBiasMatchesT5) {
   // 9 queries continuing 31 cached keys, unscaled logits (the file's scale is 1, as T5's).
   using T = TypeParam;
   const Golden g = load_golden("mask_t5_bias");
   const Matrix<T> table = g.matrix<T>("table");
   const Index max_distance = g.index("max_distance");
-  const auto encoder = t5_bias(table, /*bidirectional*/ true, max_distance);
-  const auto decoder = Mask::causal() & t5_bias(table, /*bidirectional*/ false, max_distance);
+  const auto encoder = attn::relative_position_bias(table, /*bidirectional*/ true, max_distance);
+  const auto decoder =
+      Mask::causal() & attn::relative_position_bias(table, /*bidirectional*/ false, max_distance);
   expect_kernel_matches<T>(g, "out_bidirectional", encoder);
   expect_kernel_matches<T>(g, "out_causal", decoder);
   // A decoding step (the last query alone) takes the decode path; the same bias must reach it.

@@ -133,6 +133,51 @@ TYPED_TEST(SimdPaths, KernelMatchesTheReferenceForEveryMaskKind) {
   }
 }
 
+// A score function and a mask function compiled into the tiles (the score loop is vectorised
+// and tests −∞ on the bits, so it must hold under every flag), against the reference given the
+// same functions as an n×m bias and keep matrix.
+TYPED_TEST(SimdPaths, ScoreAndMaskFunctionsMatchTheReference) {
+  using Scalar = TypeParam;
+  Random rng(1213);
+  for (const Shape& s : shapes) {
+    const auto q = rng.uniform_matrix<Scalar>(s.n, s.heads * s.d);
+    const auto k = rng.uniform_matrix<Scalar>(s.m, s.kv_heads * s.d);
+    const auto v = rng.uniform_matrix<Scalar>(s.m, s.kv_heads * s.d);
+    const auto slope = [](Index qp, Index kp) { return -0.05 * double(qp - kp); };
+    const auto visible = [](Index qp, Index kp) { return (qp + 2 * kp) % 5 != 0 || kp < 3; };
+    const Index first = s.m - s.n;  // query row i stands at position i + m − n
+    attn_test::MatrixD bias(s.n, s.m);
+    attn::Matrix<bool> keep(s.n, s.m);
+    const Index document = std::max<Index>(s.m / 3, 1);
+    for (Index i = 0; i < s.n; ++i) {
+      for (Index j = 0; j < s.m; ++j) {
+        bias(i, j) = slope(i + first, j);
+        keep(i, j) = visible(i + first, j) && (i + first) / document == j / document;
+      }
+    }
+    std::vector<Index> documents;
+    for (Index p = 0; p < s.m; p += document)
+      documents.push_back(std::min(document, s.m - p));
+    const auto mask = attn::Mask::causal() &
+                      attn::score_function([&](Scalar x, Index, Index qp, Index kp) {
+                        return x + Scalar(slope(qp, kp));
+                      }) &
+                      attn::mask_function(visible) & attn::documents(documents);
+    attn::AttentionOptions options;
+    options.num_heads = s.heads;
+    options.num_kv_heads = s.kv_heads;
+    options.executor = attn::thread_executor(2);
+    const attn_test::MatrixD expected = attn_test::reference_multi_head(
+        q, k, v, s.heads, s.kv_heads,
+        ReferenceMask::causal() & ReferenceMask::bias(bias) & ReferenceMask::keep(keep));
+    const attn::Matrix<Scalar> got = attn::scaled_dot_product_attention(q, k, v, mask, options);
+    const double logit_bound = std::sqrt(double(s.d)) + 0.05 * double(s.m + s.n);
+    EXPECT_TRUE(attn_test::matrix_near(got, expected,
+                                       attn_test::attention_tolerance<Scalar>(logit_bound, s.m)))
+        << "n " << s.n << ", m " << s.m << ", d " << s.d;
+  }
+}
+
 // Log-sum-exps and weights (a second pass), and attention over two parts of the keys merged.
 TYPED_TEST(SimdPaths, ExtrasAndPartialMergeMatchTheReference) {
   using Scalar = TypeParam;

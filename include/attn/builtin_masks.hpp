@@ -156,12 +156,14 @@ struct Documents {
     return q >= 0 && q < runs->rows() && runs->run(q) == runs->run(k);
   }
   Visibility operator()(Index q0, Index q1, Index k0, Index k1) const {
+    if (q1 <= 0) return Visibility::none;
+    const bool negative = q0 < 0;  // queries before position 0 see nothing: not all visible
     q0 = std::max<Index>(q0, 0);
-    if (q1 <= q0) return Visibility::none;
     const Index first = runs->run(q0), last = runs->run(q1 - 1);
     const Index first_key = runs->run(k0), last_key = runs->run(k1 - 1);
     if (last < first_key || first > last_key) return Visibility::none;
-    return first == last && first_key == last_key ? Visibility::all : Visibility::partial;
+    return first == last && first_key == last_key && !negative ? Visibility::all
+                                                               : Visibility::partial;
   }
   KeyRange key_range(Index, Index q0, Index q1) const {
     q0 = std::max<Index>(q0, 0);

@@ -41,6 +41,10 @@ namespace attn {
 /// Explicit matrices are copied (or moved) into the mask, which shares them cheaply on copy, so a
 /// Mask may outlive the matrix it was built from.
 ///
+/// Anything else (ALiBi, relative positions, documents, prefix-LM, trees, sinks, a pattern of
+/// your own) is a score or mask function compiled into the kernel: see ScoreMask
+/// (score_mask.hpp) and the built-ins (builtin_masks.hpp). A Mask combines with them by `&`.
+///
 /// \code
 /// attn::Mask causal = attn::Mask::causal();
 /// attn::Mask local = attn::Mask::causal() & attn::Mask::window(128, 0);   // sliding window

@@ -84,6 +84,36 @@ bool exercise() {
   cross.attend_into(x, std::vector<attn::Index>{6}, source, std::vector<attn::Index>{9}, into_y,
                     attn::Mask(), call);
   ok = ok && into_y.isApprox(cross(x, source, attn::Mask(), {}, call));
+
+  // Score and mask functions, the built-ins and a block map, through the kernel and the functors.
+  const auto user_score =
+      attn::score_function([](Scalar s, attn::Index h, attn::Index qp, attn::Index kp) {
+        return s - Scalar(0.125) * Scalar(h + 1) * Scalar(qp - kp);
+      });
+  const auto user_mask =
+      attn::mask_function([](attn::Index qp, attn::Index kp) { return kp <= qp; },
+                          [](attn::Index q0, attn::Index q1, attn::Index k0, attn::Index k1) {
+                            if (k0 > q1 - 1) return attn::Visibility::none;
+                            return k1 - 1 <= q0 ? attn::Visibility::all : attn::Visibility::partial;
+                          });
+  const auto built_ins = attn::Mask::causal() & attn::alibi(2) & attn::documents({3, 4}) &
+                         attn::prefix_lm(1) & attn::sinks(1, 5) &
+                         attn::relative_position_bias(M::Random(8, 2), true, 8) &
+                         attn::head_bias(M::Zero(10, 7));
+  const attn::BlockMap map(user_mask, 5, 7, 2);
+  const M scored = attn::scaled_dot_product_attention(q, k, v, user_score & user_mask, options);
+  const M mapped = attn::scaled_dot_product_attention(q, k, v, user_mask.with_blocks(map), options);
+  const M tree_out = attn::scaled_dot_product_attention(q, k, v, attn::tree({-1, 0, 0}), options);
+  attn::scaled_dot_product_attention_into(q, k, v, into, built_ins, options, extras);
+  ok = ok && scored.allFinite() &&
+       mapped.isApprox(attn::scaled_dot_product_attention(q, k, v, attn::Mask::causal(), options),
+                       Scalar(1e-4)) &&
+       tree_out.allFinite() && into.allFinite() && attn::document_ids({7, 7, 9}).has_mask_function;
+  ok = ok &&
+       self_attn(x, std::vector<attn::Index>{2, 4}, attn::Mask::causal() & user_score).allFinite();
+  attn::KVCache<Scalar> sink_cache = self_attn.make_cache(6);
+  ok = ok && self_attn(x, sink_cache, attn::sinks(1, 2) & user_score).allFinite();
+  ok = ok && cross(x, memory, user_mask & attn::alibi(2)).allFinite();
   return ok;
 }
 

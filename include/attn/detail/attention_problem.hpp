@@ -56,10 +56,6 @@ struct QueryBlock {
   Index rows;
   Index keys_begin;  // the window's and the key split's range, intersected
   Index keys_end;
-  // The block the worker computes next (head −1: none), whose queries are asked for early.
-  Index next_head = -1;
-  Index next_first_row = 0;
-  Index next_rows = 0;
 };
 
 /// Where a block's normalised rows and log-sum-exps go: the problem's output, or one key split's

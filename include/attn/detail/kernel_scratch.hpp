@@ -70,7 +70,14 @@ struct KernelScratch {
     const Index state = std::max(s.blocks.query_rows, s.decode_rows);
     return (s.head_dim + s.blocks.key_rows + s.value_dim) * stride +
            s.decode_rows * (s.head_dim + s.blocks.decode_keys + s.value_dim) + 3 * state +
-           s.blocks.query_rows + (s.packed_keys + s.staged_keys) * (s.head_dim + s.value_dim);
+           s.blocks.query_rows + (s.packed_keys + s.staged_keys) * (s.head_dim + s.value_dim) +
+           packed_chunks(s.packed_keys);
+  }
+
+  /// Rows packed at a time: the head's rows are packed as key blocks first need them.
+  static constexpr Index pack_chunk = 16;
+  static Index packed_chunks(Index packed_keys) {
+    return (packed_keys + pack_chunk - 1) / pack_chunk;
   }
 
   /// `memory` holds scalars(shape) values, zeroed when new, so the padding lanes of a block never
@@ -90,7 +97,8 @@ struct KernelScratch {
         packed_k(take(memory, s.packed_keys, s.head_dim)),
         packed_v(take(memory, s.packed_keys, s.value_dim)),
         staged_k(take(memory, s.staged_keys, s.head_dim)),
-        staged_v(take(memory, s.staged_keys, s.value_dim)) {}
+        staged_v(take(memory, s.staged_keys, s.value_dim)),
+        packed(take(memory, packed_chunks(s.packed_keys))) {}
 
   BlockSizes blocks;
   // Prefill blocks: queries along the vector lanes, row stride blocks.block_stride.
@@ -114,6 +122,8 @@ struct KernelScratch {
   // V are stored as Scalar): the register tiles read it from L1.
   MatrixMap staged_k;
   MatrixMap staged_v;
+  // Per chunk of pack_chunk rows of packed_k and packed_v, nonzero once they hold packed_head's.
+  VectorMap packed;
 
  private:
   static MatrixMap take(Scalar*& memory, Index rows, Index cols) {
@@ -169,9 +179,10 @@ struct HeadKeyValues {
   Index v_stride;
 };
 
-/// K and V of kv head `kv_head` for the prefill path: packed into the scratch (once per head in
-/// a row of work items, converted from their storage) when `pack`; else read in place, or null
-/// when their storage is converted block by block (key_block). Null-safe when there are no keys.
+/// K and V of kv head `kv_head` for the prefill path: in the scratch's packed buffers when
+/// `pack` (filled as key_block first asks for their rows, converted from their storage), read in
+/// place, or null when their storage is converted block by block (key_block). Null-safe when
+/// there are no keys.
 template <typename Problem, typename Scalar = typename Problem::Scalar>
 HeadKeyValues<Scalar> head_key_values(const Problem& p, KernelScratch<Scalar>& scratch,
                                       Index kv_head, bool pack) {
@@ -184,24 +195,52 @@ HeadKeyValues<Scalar> head_key_values(const Problem& p, KernelScratch<Scalar>& s
     }
   }
   if (scratch.packed_head != kv_head) {
-    if constexpr (Problem::kv_in_scalar) {
-      pack_rows(p.k.data() + kv_head * d, p.k.outerStride(), m, d, scratch.packed_k.data());
-      pack_rows(p.v.data() + kv_head * dv, p.v.outerStride(), m, dv, scratch.packed_v.data());
-    } else {
-      convert_rows(p.k, 0, m, kv_head * d, d, scratch.packed_k.data(), d);
-      convert_rows(p.v, 0, m, kv_head * dv, dv, scratch.packed_v.data(), dv);
-    }
+    scratch.packed.setZero();
     scratch.packed_head = kv_head;
   }
   return {scratch.packed_k.data(), d, scratch.packed_v.data(), dv};
 }
 
+/// Packs rows [j0, j0 + keys) of the scratch's kv head into its packed buffers, the chunks of
+/// them not packed yet. Packing as blocks first need them (rather than the whole head at once)
+/// keeps the copy next to its first use, in cache, and copies only rows some block reads (a
+/// window or documents read a few rows each).
+template <typename Problem, typename Scalar = typename Problem::Scalar>
+void pack_block(const Problem& p, KernelScratch<Scalar>& scratch, Index j0, Index keys) {
+  constexpr Index chunk = KernelScratch<Scalar>::pack_chunk;
+  const Index d = p.head_dim, dv = p.value_dim, g = scratch.packed_head;
+  const Index end_chunk = (j0 + keys + chunk - 1) / chunk;
+  for (Index c = j0 / chunk; c < end_chunk;) {
+    if (scratch.packed[c] != 0) {
+      ++c;
+      continue;
+    }
+    // A run of chunks not packed yet, in one copy (its prefetches run ahead across chunks).
+    Index run = c;
+    while (run < end_chunk && scratch.packed[run] == 0)
+      scratch.packed[run++] = 1;
+    const Index first = c * chunk, rows = std::min(run * chunk, p.k.rows()) - first;
+    if constexpr (Problem::kv_in_scalar) {
+      pack_rows(p.k.data() + first * p.k.outerStride() + g * d, p.k.outerStride(), rows, d,
+                scratch.packed_k.data() + first * d);
+      pack_rows(p.v.data() + first * p.v.outerStride() + g * dv, p.v.outerStride(), rows, dv,
+                scratch.packed_v.data() + first * dv);
+    } else {
+      convert_rows(p.k, first, rows, g * d, d, scratch.packed_k.data() + first * d, d);
+      convert_rows(p.v, first, rows, g * dv, dv, scratch.packed_v.data() + first * dv, dv);
+    }
+    c = run;
+  }
+}
+
 /// Rows [j0, j0 + keys) of kv head `kv_head`'s K and V as the register tiles read them: where
-/// `kv` has them, or converted from their storage into the scratch.
+/// `kv` has them (packing them first if they are the scratch's packed buffers), or converted
+/// from their storage into the scratch.
 template <typename Problem, typename Scalar = typename Problem::Scalar>
 HeadKeyValues<Scalar> key_block(const Problem& p, KernelScratch<Scalar>& scratch,
                                 const HeadKeyValues<Scalar>& kv, Index kv_head, Index j0,
                                 Index keys) {
+  if (kv.k != nullptr && kv.k == scratch.packed_k.data()) pack_block(p, scratch, j0, keys);
   if (Problem::kv_in_scalar || kv.k != nullptr) {
     return {kv.k + j0 * kv.k_stride, kv.k_stride, kv.v + j0 * kv.v_stride, kv.v_stride};
   }

@@ -132,7 +132,7 @@ class PackedSequences {
   /// reference (it must outlive the call).
   auto score_mask() const {
     struct Score {
-      const PackedSequences* p;
+      const PackedSequences* p = nullptr;
       Scalar operator()(Scalar s, Index h, Index q, Index k) const { return p->score(s, h, q, k); }
     };
     struct Visible {
@@ -146,14 +146,9 @@ class PackedSequences {
       }
       KeyRange key_range(Index h, Index q0, Index q1) const { return p->key_range(h, q0, q1); }
     };
-    const auto score = [this] {
-      if constexpr (SM::has_score) {
-        return Score{this};
-      } else {
-        return NoScore{};
-      }
-    }();
-    return ScoreMask<std::remove_const_t<decltype(score)>, Visible, BlockPredicate<Blocks>>(
+    std::conditional_t<SM::has_score, Score, NoScore> score{};
+    if constexpr (SM::has_score) score.p = this;
+    return ScoreMask<decltype(score), Visible, BlockPredicate<Blocks>>(
         Mask(), score, Visible{this}, BlockPredicate<Blocks>{Blocks{this}});
   }
 

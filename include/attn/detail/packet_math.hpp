@@ -182,10 +182,9 @@ EIGEN_ALWAYS_INLINE Packet exp(const Packet& x) {
 }  // namespace simd
 
 /// Hints that the `rows` × `cols` row-major block at `data` (row stride `stride`) will be read
-/// (or, with Write = 1, written) soon, so that its cache lines start coming from L3 or memory
-/// while the caller computes. Every line the block touches is asked for once; it changes no
-/// result.
-template <int Write = 0, typename Scalar>
+/// soon, so that its cache lines start coming from L3 or memory while the caller computes. Every
+/// line the block touches is asked for once; it changes no result.
+template <typename Scalar>
 EIGEN_ALWAYS_INLINE void prefetch_block(const Scalar* data, Index stride, Index rows, Index cols) {
 #if defined(__GNUC__)
   constexpr std::uintptr_t line = 64;
@@ -194,7 +193,7 @@ EIGEN_ALWAYS_INLINE void prefetch_block(const Scalar* data, Index stride, Index 
     const auto first = reinterpret_cast<std::uintptr_t>(data + r * stride) & ~(line - 1);
     const auto last = reinterpret_cast<std::uintptr_t>(data + r * stride + cols - 1);
     for (std::uintptr_t address = first; address <= last; address += line)
-      __builtin_prefetch(reinterpret_cast<const void*>(address), Write, 3);
+      __builtin_prefetch(reinterpret_cast<const void*>(address), 0, 3);
   }
 #else
   (void)data, (void)stride, (void)rows, (void)cols;

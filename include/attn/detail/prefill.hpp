@@ -125,29 +125,6 @@ void attend_query_block(const Problem& p, const TM& mask, KernelScratch<Scalar>&
                    rows, d, p.scale, q_t, stride);
   scratch.out_t.leftCols(width).setZero();
   softmax.reset(width);
-  // The next block's query rows and this block's output rows are each a few cache lines a whole
-  // row apart, which the hardware prefetchers do not follow: with few key blocks per query block
-  // (a window, documents), waiting for them would be a large share of the block.
-
-  // The next block's query rows and this block's output rows are each a few cache lines a whole
-  // row apart, which the hardware prefetchers do not follow: with few key blocks per query block
-  // (a window, documents) waiting for them would be a large share of the block. They are asked
-  // for a share before each register tile of the logits, over all key blocks.
-  const auto prefetch_rows = [&](Index kb, Index t, Index tiles) {
-    const Index blocks_left =
-        std::max<Index>(1, (b.keys_end - b.keys_begin + key_rows - 1) / key_rows);
-    const Index part = kb * tiles + t, parts = blocks_left * tiles;
-    const Index first = part * rows / parts, last = (part + 1) * rows / parts;
-    prefetch_block<1>(dst.out + first * dst.out_stride, dst.out_stride, last - first, dv);
-    if (b.next_head >= 0) {
-      const Index next_first = part * b.next_rows / parts,
-                  next_last = (part + 1) * b.next_rows / parts;
-      prefetch_block(
-          p.q.data() + (b.next_first_row + next_first) * p.q.outerStride() + b.next_head * d,
-          p.q.outerStride(), next_last - next_first, d);
-    }
-  };
-
   // 2. Stream over the key blocks of the range: whole blocks from its first key and up to its
   // last, the remainder second to last. A window's edges (a causal diagonal, the far side of a
   // sliding window) then lie within one block each, not across two.
@@ -186,7 +163,6 @@ void attend_query_block(const Problem& p, const TM& mask, KernelScratch<Scalar>&
       register_block<false>(keys, d, block.k, block.k_stride, Index(1), q_t + i, stride, s_t + i,
                             stride, column_max + i, [&](Index t, Index tiles) {
                               prefetch_k(i / lanes * tiles + t, panels * tiles);
-                              prefetch_rows(kb, (i / lanes * tiles + t), panels * tiles);
                             });
     }
     const bool masked =

@@ -185,20 +185,12 @@ class AttentionSchedule {
       const Index n = m_p.q.rows();
       const Index block_rows = m_blocks.query_rows;
       do {
-        const auto first_row = [&](Index item) {
-          return balanced_block(item % m_query_blocks, m_query_blocks) * block_rows;
-        };
         for (Index item = first; item < last; ++item) {
-          const Index i0 = first_row(item);
+          const Index i0 = balanced_block(item % m_query_blocks, m_query_blocks) * block_rows;
           const Index rows = std::min(block_rows, n - i0);
           const Index head = item / m_query_blocks;
           const auto [keys_begin, keys_end] = m_mask.key_range(head, i0, i0 + rows);
-          QueryBlock b{head, i0, rows, keys_begin, keys_end};
-          if (item + 1 < last) {
-            b.next_head = (item + 1) / m_query_blocks;
-            b.next_first_row = first_row(item + 1);
-            b.next_rows = std::min(block_rows, n - b.next_first_row);
-          }
+          const QueryBlock b{head, i0, rows, keys_begin, keys_end};
           attend_query_block(m_p, m_mask, scratch, b,
                              head_key_values(m_p, scratch, m_p.kv_head(b.head), pack),
                              output(b.head, i0));

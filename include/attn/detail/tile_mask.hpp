@@ -140,10 +140,11 @@ class TileMask {
     }
     if (block.base == Visibility::all) return masked;
     if (m_bias != nullptr) {
-      // −∞ hides the key even when its logit is NaN (NaN + −∞ would be NaN), as keep = false does.
+      // −∞ (of the bias, or of the score function) hides the key even when the other is NaN
+      // (NaN + −∞ would be NaN), as keep = false does.
       for_each(s, query_stride, key_stride, rows, cols, [&](Scalar& x, Index r, Index c) {
         const Scalar b = m_bias[(i0 + r) * m_bias_stride + j0 + c];
-        x = is_minus_infinity(b) ? hidden : x + b;
+        x = is_minus_infinity(b) || is_minus_infinity(x) ? hidden : x + b;
       });
     }
     if (m_keep != nullptr) {

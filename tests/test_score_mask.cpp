@@ -1227,8 +1227,8 @@ TYPED_TEST(ScoreMaskTest, BlockMapSkipsHiddenBlocks) {
   ATTN_TEST_SKIP_UNDER_FINITE_MATH();
   using Scalar = TypeParam;
   constexpr Index margin = 128 + 16;
-  const Index a = 101, b = 499;
-  const auto mask = attn::mask_function([a, b](Index, Index k) { return k < a || k >= b; });
+  constexpr Index a = 101, b = 499;
+  const auto mask = attn::mask_function([](Index, Index k) { return k < a || k >= b; });
   for (const Shape& c : {Shape{600, 600, 4, 2}, Shape{1, 600, 4, 1}}) {
     const attn::BlockMap map(mask, c.n, c.m, c.heads);
     expect_nan_rows_hidden<Scalar>(mask.with_blocks(map), outside(a, b), c, a + margin, b - margin,

@@ -12,6 +12,7 @@
 
 #include <cmath>
 #include <cstddef>
+#include <functional>
 #include <limits>
 #include <optional>
 #include <stdexcept>
@@ -327,6 +328,192 @@ MatrixD reference_mha_packed(const Eigen::MatrixBase<DT>& target,
         "reference_mha_packed: lengths do not cover the rows (a bug in the test)");
   }
   return y;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Programmable masks (attn::ScoreMask): a score and a visibility per head and pair of positions,
+// and the built-ins, each written from its definition as a rule on one pair of positions.
+// ---------------------------------------------------------------------------------------------
+
+/// The new logit of query position q and key position k in query head h, given the scaled (and
+/// soft-capped) logit; −∞ hides the key. An empty function leaves the logit unchanged.
+using ReferenceScore = std::function<double(Index head, Index q, Index k, double logit)>;
+/// Whether query position q may see key position k in query head h. An empty function lets every
+/// key through.
+using ReferenceVisible = std::function<bool(Index head, Index q, Index k)>;
+
+/// Multi-head attention under a score function and a visibility rule, in double, one element at a
+/// time. For n queries and m keys, query row i stands at position q = i + m − n and key row j at
+/// k = j. Query head h reads kv head h / (H / Hkv); for each (h, i, j):
+///   hidden                                    if !visible(h, q, k)
+///   s = scale · Σ_l q(i, h·d + l)·k(j, g·d + l)
+///   s = softcap · tanh(s / softcap)           if softcap > 0
+///   s = score(h, q, k, s)                     (−∞: hidden)
+///   out(i, h·dv + c) = Σ_j softmax_j(s) · v(j, g·dv + c)   (max subtracted first)
+/// A row in which no key is visible is zero, with a log-sum-exp of −∞ and zero weights.
+/// q (n, H·d), k (m, Hkv·d), v (m, Hkv·dv) -> (n, H·dv); scale defaults to 1/√d. Optionally also
+/// the log-sum-exps (n, H) and the weights ((H·n), m), head h in rows [h·n, (h + 1)·n).
+template <typename DQ, typename DK, typename DV>
+MatrixD reference_score_mask(const Eigen::MatrixBase<DQ>& q, const Eigen::MatrixBase<DK>& k,
+                             const Eigen::MatrixBase<DV>& v, Index num_heads, Index num_kv_heads,
+                             const ReferenceScore& score, const ReferenceVisible& visible,
+                             std::optional<double> scale = std::nullopt, double softcap = 0,
+                             MatrixD* log_sum_exp = nullptr, MatrixD* weights = nullptr) {
+  if (num_heads < 1 || num_kv_heads < 1 || num_heads % num_kv_heads != 0 ||
+      q.cols() % num_heads != 0 || v.cols() % num_kv_heads != 0 ||
+      k.cols() != num_kv_heads * (q.cols() / num_heads) || v.rows() != k.rows()) {
+    throw std::logic_error("reference_score_mask: inconsistent shapes (a bug in the test)");
+  }
+  constexpr double minus_infinity = -std::numeric_limits<double>::infinity();
+  const Index n = q.rows(), m = k.rows();
+  const Index d = q.cols() / num_heads;
+  const Index dv = v.cols() / num_kv_heads;
+  const Index group = num_heads / num_kv_heads;
+  const double head_scale =
+      scale ? *scale : (d > 0 ? 1.0 / std::sqrt(static_cast<double>(d)) : 1.0);
+  MatrixD out = MatrixD::Zero(n, num_heads * dv);
+  if (log_sum_exp != nullptr) *log_sum_exp = MatrixD::Constant(n, num_heads, minus_infinity);
+  if (weights != nullptr) *weights = MatrixD::Zero(num_heads * n, m);
+  std::vector<double> s(static_cast<std::size_t>(m));
+  for (Index h = 0; h < num_heads; ++h) {
+    const Index g = h / group;
+    for (Index i = 0; i < n; ++i) {
+      const Index position = i + m - n;
+      // 1. The row's logits: scaled, soft-capped, scored; hidden keys −∞.
+      double row_max = minus_infinity;
+      for (Index j = 0; j < m; ++j) {
+        double& logit = s[static_cast<std::size_t>(j)];
+        if (visible && !visible(h, position, j)) {
+          logit = minus_infinity;
+          continue;
+        }
+        double dot = 0;
+        for (Index l = 0; l < d; ++l)
+          dot += static_cast<double>(q(i, h * d + l)) * static_cast<double>(k(j, g * d + l));
+        logit = head_scale * dot;
+        if (softcap > 0) logit = softcap * std::tanh(logit / softcap);
+        if (score) logit = score(h, position, j, logit);
+        row_max = std::max(row_max, logit);
+      }
+      if (row_max == minus_infinity) continue;  // nothing visible: zeros, lse −∞
+      // 2. Softmax with the max subtracted, and the weighted sum of the values.
+      double sum = 0;
+      for (Index j = 0; j < m; ++j)
+        sum += std::exp(s[static_cast<std::size_t>(j)] - row_max);
+      if (log_sum_exp != nullptr) (*log_sum_exp)(i, h) = row_max + std::log(sum);
+      for (Index j = 0; j < m; ++j) {
+        const double weight = std::exp(s[static_cast<std::size_t>(j)] - row_max) / sum;
+        if (weights != nullptr) (*weights)(h * n + i, j) = weight;
+        if (weight == 0) continue;
+        for (Index c = 0; c < dv; ++c)
+          out(i, h * dv + c) += weight * static_cast<double>(v(j, g * dv + c));
+      }
+    }
+  }
+  return out;
+}
+
+/// ALiBi's slopes (Press et al., "Train Short, Test Long", get_slopes): for H a power of two,
+/// start = 2^(−2^−(log2 H − 3)) = 2^(−8/H) and slope h = start^(h+1) = 2^(−8(h+1)/H); otherwise the
+/// slopes of the closest lower power of two P, then every other slope of 2P heads (its slopes 0,
+/// 2, 4, ...) until there are H. Computed here as exact powers of two, 2^(−8(h+1)/P).
+inline std::vector<double> reference_alibi_slopes(Index num_heads) {
+  Index closest = 1;
+  while (closest * 2 <= num_heads)
+    closest *= 2;
+  std::vector<double> slopes;
+  for (Index h = 0; h < closest; ++h)
+    slopes.push_back(std::exp2(-8.0 * static_cast<double>(h + 1) / static_cast<double>(closest)));
+  // Slope 2j of 2P heads: 2^(−8(2j+1)/(2P)).
+  for (Index j = 0; static_cast<Index>(slopes.size()) < num_heads; ++j) {
+    slopes.push_back(
+        std::exp2(-8.0 * static_cast<double>(2 * j + 1) / static_cast<double>(2 * closest)));
+  }
+  return slopes;
+}
+
+/// ALiBi's bias of query position q and key position k: slope·(k − q) (≤ 0 for the keys a causal
+/// query sees).
+inline double reference_alibi_bias(double slope, Index q, Index k) {
+  return slope * static_cast<double>(k - q);
+}
+
+/// T5's bucket of the relative position k − q, as Hugging Face's
+/// T5Attention._relative_position_bucket computes it in PyTorch:
+///   bidirectional: num_buckets //= 2; bucket = num_buckets if rp > 0 else 0; rp = |rp|
+///   else:          bucket = 0; rp = −min(rp, 0)
+///   max_exact = num_buckets // 2
+///   if rp < max_exact: bucket += rp
+///   else: bucket += min(max_exact + long(log(float(rp) / max_exact) / math.log(max_distance /
+///                       max_exact) * (num_buckets − max_exact)), num_buckets − 1)
+/// The tensor arithmetic is float32 (rp.float(), torch.log, the division by the Python float
+/// math.log(...), itself computed in double, and the product), and .to(torch.long) truncates.
+inline Index reference_t5_bucket(Index relative_position, bool bidirectional, Index num_buckets,
+                                 Index max_distance) {
+  Index bucket = 0;
+  Index rp = relative_position;
+  if (bidirectional) {
+    num_buckets = num_buckets / 2;
+    if (rp > 0) bucket = num_buckets;
+    rp = rp < 0 ? -rp : rp;
+  } else {
+    rp = -std::min<Index>(rp, 0);
+  }
+  const Index max_exact = num_buckets / 2;
+  if (rp < max_exact) return bucket + rp;
+  const float ratio = static_cast<float>(rp) / static_cast<float>(max_exact);
+  const float log_ratio = std::log(ratio);  // float32, as torch.log of a float tensor
+  const double log_range =
+      std::log(static_cast<double>(max_distance) / static_cast<double>(max_exact));
+  const float divided = log_ratio / static_cast<float>(log_range);
+  const float product = divided * static_cast<float>(num_buckets - max_exact);
+  const Index large = max_exact + static_cast<Index>(product);  // truncation, as .to(torch.long)
+  return bucket + std::min<Index>(large, num_buckets - 1);
+}
+
+/// Documents packed along the positions, lengths[b] each, in order: q sees k iff both positions
+/// lie in the same document (a position outside every document sees nothing).
+inline bool reference_same_document(const std::vector<Index>& lengths, Index q, Index k) {
+  Index start = 0;
+  for (const Index length : lengths) {
+    const bool has_q = q >= start && q < start + length;
+    const bool has_k = k >= start && k < start + length;
+    if (has_q || has_k) return has_q && has_k;
+    start += length;
+  }
+  return false;
+}
+
+/// Prefix-LM: keys before `prefix` are seen by every query, later keys causally.
+inline bool reference_prefix_lm(Index prefix, Index q, Index k) {
+  return k < prefix || k <= q;
+}
+
+/// A tree of draft tokens in the last parents.size() of m positions: node t stands at position
+/// m − T + t and has parent parents[t] (−1: a root). A key before the tree is seen causally (so by
+/// every node); a node's query sees, among the nodes, itself and its ancestors, found by walking
+/// the parents; a query before the tree sees no node.
+inline bool reference_tree(const std::vector<Index>& parents, Index m, Index q, Index k) {
+  const Index first = m - static_cast<Index>(parents.size());
+  if (k < first) return k <= q;
+  if (q < first) return false;
+  for (Index node = q - first; node >= 0; node = parents[static_cast<std::size_t>(node)]) {
+    if (node == k - first) return true;
+  }
+  return false;
+}
+
+/// Attention sinks with a causal sliding window (StreamingLLM): q sees k iff k ≤ q and either k
+/// is one of the first `count` positions or k ≥ q − window.
+inline bool reference_sinks(Index count, Index window, Index q, Index k) {
+  return k <= q && (k < count || k >= q - window);
+}
+
+/// A bias per head for n queries and m keys: (H·n) × m, head h's query row i in row h·n + i, and
+/// query position q is row q − (m − n).
+inline double reference_head_bias(const MatrixD& bias, Index n, Index m, Index h, Index q,
+                                  Index k) {
+  return bias(h * n + q - (m - n), k);
 }
 
 }  // namespace attn_test

@@ -213,14 +213,24 @@ TYPED_TEST(ScoreMaskLayersTest, OneSequenceMatchesTheReference) {
                 tolerance<Scalar>(cfg, length, shift)))
                 << describe(cfg) << " L=" << length << " " << name << " seed=" << seed;
           });
-      // A BlockMap in place of the block predicate.
+      // A BlockMap in place of the block predicate: one plane for a mask function of positions,
+      // one per head for a mask function of the head.
       const auto chunked = attn::mask_function(chunked_causal);
       const attn::BlockMap map(chunked, length, length, cfg.num_heads);
+      EXPECT_EQ(map.planes(), 1);
       EXPECT_TRUE(attn_test::matrix_near(
           layer(x, chunked.with_blocks(map)),
           attn_test::layer_mha(x, x, w, cfg.num_heads, cfg.kv_heads(), chunked_causal_rule()),
           tolerance<Scalar>(cfg, length, 0)))
           << describe(cfg) << " L=" << length << " BlockMap";
+      const auto strided = attn::mask_function(strided_causal);
+      const attn::BlockMap per_head(strided, length, length, cfg.num_heads);
+      EXPECT_EQ(per_head.planes(), cfg.num_heads);
+      EXPECT_TRUE(attn_test::matrix_near(
+          layer(x, strided.with_blocks(per_head)),
+          attn_test::layer_mha(x, x, w, cfg.num_heads, cfg.kv_heads(), strided_causal_rule()),
+          tolerance<Scalar>(cfg, length, 0)))
+          << describe(cfg) << " L=" << length << " BlockMap per head";
     }
   }
 }
@@ -231,8 +241,10 @@ TYPED_TEST(ScoreMaskLayersTest, PackedBatchSeesEachSequenceFromItsStart) {
   using Scalar = TypeParam;
   std::uint32_t seed = 200;
   for (const MultiHeadConfig& cfg : configs) {
+    // (Fewer rows in all than a packet: the decoding path, over every sequence at once.)
     for (const std::vector<Index>& lengths :
-         {std::vector<Index>{5, 17, 64, 1, 40}, std::vector<Index>{0, 3, 0, 70}}) {
+         {std::vector<Index>{5, 17, 64, 1, 40}, std::vector<Index>{0, 3, 0, 70},
+          std::vector<Index>{1, 2}}) {
       Random rng(++seed);
       const auto w = attn_test::random_weights<Scalar>(cfg, rng);
       const attn::SelfAttention<Scalar> layer(cfg, w);

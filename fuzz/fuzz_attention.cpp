@@ -12,6 +12,21 @@
 // serial or two threads; then the SelfAttention and CrossAttention functors (and a KV-cache
 // decode) on the same shapes and mask.
 //
+// Score and mask functions (attn::ScoreMask): a score function (none, ALiBi with the standard
+// slopes, the user's wave s + 0.1·(h+1)·sin(q − k), which also hides some keys from head 1 with
+// −∞, or both) and a mask function (none, documents with lengths from the input, prefix-LM,
+// sinks, a tree of draft tokens over the last keys, the user's mask function of the head without
+// a block predicate, the user's chunked causal function with an exact or a coarse block
+// predicate) join the mask. They run through four ScoreMask types that forward to the built-ins
+// at run time (each type is a kernel instantiation; see FunctionChoice), with q, k and v in
+// Scalar. The reference applies them at the documented positions (query row i at i + m − n) with
+// the rules of tests/support/reference_functions.hpp, which know nothing of attn: the score
+// function after soft-capping and before the bias, each head's visibility and-ed with the
+// mask's. A spoiled function (ALiBi with a slope too many, documents that do not cover the keys,
+// a tree of more nodes than keys) must make the call throw ShapeError. The functors take the
+// same functions, and a KV-cache decode with them (and causal) is checked step by step against
+// the reference over the positions cached so far.
+//
 // Storage (float problems): k and v are each passed as float, attn::bfloat16, attn::half or
 // attn::qint8 with q in float, or all three in bfloat16 or in half (each combination is a kernel
 // instantiation, which the fuzzer's build time pays for). The 16-bit types are made with Eigen's
@@ -68,19 +83,40 @@
 //          These bits were unused before storage types existed: seeds written then have zeros
 //          there and keep their all-float meaning.
 //   9      q/k magnitude code, 10 v magnitude code
-//   11     mask: number of parts (b % 4), then per part a kind byte, its parameters and, for a
-//          bias, its values (fuzz/make_corpus.py writes seeds in this layout)
+//   11     mask: number of parts (bits 0–1), then per part a kind byte, its parameters and, for a
+//          bias, its values (fuzz/make_corpus.py writes seeds in this layout). Bits 2–7: the
+//          functions (decode_functions): bits 2–3 the score function {none, alibi, wave, both},
+//          bits 4–6 the mask function (MaskFunction), bit 7 spoils them; their parameters follow
+//          the mask's parts: documents a count byte, one length byte per document and (unless
+//          spoiled) a byte of slack; prefix_lm one byte; sinks two (count, window); tree a size
+//          byte (unless spoiled) and one parent byte per node; chunked and chunked_coarse the
+//          chunk byte. These bits were zero in seeds written before functions existed, which so
+//          keep their meaning.
 //   ...    then the values of q, k, v, one byte each (int8 × step; −128 is special)
 
+// library bug workaround: detail/packed_sequences.hpp's PackedSequences::score_mask captures
+// `this` in a lambda that uses it only when the ScoreMask has a score function, which clang's
+// -Wunused-lambda-capture turns into an error (-Werror) for every other mask (a plain Mask
+// included) as soon as a functor is called. Remove this once the library is fixed.
+#if defined(__clang__)
+#pragma clang diagnostic push
+#pragma clang diagnostic ignored "-Wunused-lambda-capture"
+#endif
 #include <attn/attn.hpp>
+#if defined(__clang__)
+#pragma clang diagnostic pop
+#endif
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <functional>
 #include <limits>
+#include <memory>
 #include <optional>
 #include <string>
 #include <type_traits>
@@ -88,6 +124,7 @@
 
 #include "support/random.hpp"
 #include "support/reference.hpp"
+#include "support/reference_functions.hpp"
 #include "support/tolerance.hpp"
 
 namespace {
@@ -366,6 +403,7 @@ struct MaskSpec {
   std::vector<std::pair<Index, Index>> keep_shapes, bias_shapes;
   Index key_length = Mask::unbounded;  // the smallest key_length part, which must not exceed m
   double bias_bound = 0;               // max |finite bias entry|
+  std::uint8_t function_bits = 0;      // bits 2–7 of byte 11: the score and mask functions
 };
 
 template <typename Scalar>
@@ -377,7 +415,9 @@ void add_part(MaskSpec& spec, const Mask& part, const ReferenceMask& reference) 
 /// Decodes the mask; returns false if building it threw, as it had to.
 template <typename Scalar>
 bool decode_mask(Input& in, const Problem& p, MaskSpec& spec) {
-  const int parts = in.byte() % 4;
+  const std::uint8_t parts_byte = in.byte();
+  const int parts = parts_byte % 4;
+  spec.function_bits = static_cast<std::uint8_t>(parts_byte >> 2);
   for (int part = 0; part < parts; ++part) {
     const std::uint8_t kind = in.byte();
     const std::uint8_t parameter = in.byte();
@@ -518,29 +558,430 @@ bool decode_mask(Input& in, const Problem& p, MaskSpec& spec) {
   return true;
 }
 
-/// reference_multi_head, except that empty q or k give the answer directly: Eigen's middleCols
-/// on an empty matrix offsets its null data pointer, which UBSan reports (in the reference, not in
+// ---------------------------------------------------------------------------------------------
+// Score and mask functions (attn::ScoreMask)
+// ---------------------------------------------------------------------------------------------
+
+/// The user's score function: a wave of the distance, stronger in later heads, computed in double
+/// and rounded once to the kernel's Scalar (|wave(s) − s| ≤ 0.1·heads); and in head 1, −∞ (the
+/// key hidden) at distances q − k of 2 modulo 5, whatever s is (NaN included).
+template <typename S>
+S wave(S s, Index h, Index q, Index k) {
+  if (h == 1 && (q - k) % 5 == 2) return -std::numeric_limits<S>::infinity();
+  return s +
+         static_cast<S>(0.1 * static_cast<double>(h + 1) * std::sin(static_cast<double>(q - k)));
+}
+
+/// The user's mask function of the head, given without a block predicate.
+bool scattered(Index h, Index q, Index k) {
+  return (q * 7 + k * 3 + h) % 5 != 0;
+}
+
+/// The user's mask function of positions: causal within chunks of `chunk` positions (a query at
+/// a negative position sees nothing).
+bool chunked(Index chunk, Index q, Index k) {
+  return q >= 0 && k <= q && q / chunk == k / chunk;
+}
+
+/// chunked's block predicate for queries [q0, q1) × keys [k0, k1): exact, or coarse (never all,
+/// which is always allowed).
+attn::Visibility chunked_blocks(Index chunk, bool exact, Index q0, Index q1, Index k0, Index k1) {
+  const Index first = std::max<Index>(q0, 0), last = q1 - 1;
+  if (last < first || k0 > last || last / chunk < k0 / chunk || first / chunk > (k1 - 1) / chunk)
+    return attn::Visibility::none;
+  const bool all =
+      q0 >= 0 && first / chunk == (k1 - 1) / chunk && k0 / chunk == last / chunk && k1 - 1 <= first;
+  return exact && all ? attn::Visibility::all : attn::Visibility::partial;
+}
+
+/// The mask functions, by their code (bits 4–6 of byte 11).
+enum class MaskFunction {
+  none,
+  documents,
+  prefix_lm,
+  sinks,
+  tree,
+  scattered,
+  chunked,
+  chunked_coarse
+};
+
+using AlibiMask = decltype(attn::alibi(Index(1)));
+using DocumentsMask = decltype(attn::documents(std::vector<Index>()));
+using PrefixMask = decltype(attn::prefix_lm(0));
+using SinksMask = decltype(attn::sinks(0, 0));
+using TreeMask = decltype(attn::tree(std::vector<Index>()));
+using TreeBound = decltype(std::declval<const TreeMask&>().mask().bind(0, 0, 0));
+
+/// What one input asks for, shared by the score function, the mask function and the block
+/// predicate below. They forward to the built-ins' own parts (attn::alibi, attn::documents, …,
+/// whose checks and binding to the call's shape they pass on), so that every choice runs through
+/// four ScoreMask types only: each type is a kernel instantiation, which the build pays for.
+struct FunctionChoice {
+  bool alibi = false, wave = false;
+  MaskFunction kind = MaskFunction::none;
+  Index chunk = 1;
+  AlibiMask alibi_mask = attn::alibi(Index(1));
+  DocumentsMask documents = attn::documents({});
+  PrefixMask prefix = attn::prefix_lm(0);
+  SinksMask sinks = attn::sinks(0, 0);
+  TreeMask tree = attn::tree({});
+};
+
+struct FuzzScore {
+  std::shared_ptr<const FunctionChoice> c;
+  template <typename S>
+  S operator()(S s, Index h, Index q, Index k) const {
+    if (c->alibi) s = c->alibi_mask.score()(s, h, q, k);
+    if (c->wave) s = wave(s, h, q, k);
+    return s;
+  }
+  void check(const char* who, Index n, Index m, Index heads) const {
+    if (c->alibi) c->alibi_mask.score().check(who, n, m, heads);
+  }
+};
+
+struct FuzzMask {
+  std::shared_ptr<const FunctionChoice> c;
+  struct Bound {
+    const FunctionChoice* c;
+    TreeBound tree;
+    bool operator()(Index h, Index q, Index k) const {
+      switch (c->kind) {
+        case MaskFunction::none:
+          return true;
+        case MaskFunction::documents:
+          return c->documents.mask()(q, k);
+        case MaskFunction::prefix_lm:
+          return c->prefix.mask()(q, k);
+        case MaskFunction::sinks:
+          return c->sinks.mask()(q, k);
+        case MaskFunction::tree:
+          return tree(q, k);
+        case MaskFunction::scattered:
+          return scattered(h, q, k);
+        default:
+          return chunked(c->chunk, q, k);
+      }
+    }
+  };
+  void check(const char* who, Index n, Index m, Index heads) const {
+    if (c->kind == MaskFunction::documents) c->documents.mask().check(who, n, m, heads);
+    if (c->kind == MaskFunction::tree) c->tree.mask().check(who, n, m, heads);
+  }
+  Bound bind(Index n, Index m, Index heads) const {
+    return {c.get(),
+            c->kind == MaskFunction::tree ? c->tree.mask().bind(n, m, heads) : TreeBound{}};
+  }
+};
+
+struct FuzzBlocks {
+  std::shared_ptr<const FunctionChoice> c;
+  struct Bound {
+    const FunctionChoice* c;
+    TreeBound tree;
+    attn::Visibility operator()(Index h, Index q0, Index q1, Index k0, Index k1) const {
+      switch (c->kind) {
+        case MaskFunction::none:
+          return attn::Visibility::all;
+        case MaskFunction::documents:
+          return c->documents.blocks()(h, q0, q1, k0, k1);
+        case MaskFunction::prefix_lm:
+          return c->prefix.blocks()(h, q0, q1, k0, k1);
+        case MaskFunction::sinks:
+          return c->sinks.blocks()(h, q0, q1, k0, k1);
+        case MaskFunction::tree:
+          return tree(q0, q1, k0, k1);
+        case MaskFunction::scattered:
+          return attn::Visibility::partial;  // (no predicate of its own)
+        default:
+          return chunked_blocks(c->chunk, c->kind == MaskFunction::chunked, q0, q1, k0, k1);
+      }
+    }
+    attn::detail::KeyRange key_range(Index h, Index q0, Index q1) const {
+      switch (c->kind) {
+        case MaskFunction::documents:
+          return c->documents.blocks().key_range(h, q0, q1);
+        case MaskFunction::prefix_lm:
+          return c->prefix.blocks().key_range(h, q0, q1);
+        case MaskFunction::sinks:
+          return c->sinks.blocks().key_range(h, q0, q1);
+        case MaskFunction::tree:
+          return tree.key_range(h, q0, q1);
+        case MaskFunction::chunked: {  // keys from the first query's chunk to the last query
+          const Index first = std::max<Index>(q0, 0);
+          if (q1 <= first) return {0, 0};
+          return {first / c->chunk * c->chunk, q1};
+        }
+        default:
+          return {};
+      }
+    }
+  };
+  Bound bind(Index n, Index m, Index heads) const {
+    return {c.get(),
+            c->kind == MaskFunction::tree ? c->tree.mask().bind(n, m, heads) : TreeBound{}};
+  }
+};
+
+/// The score and mask functions of one input, the ScoreMask they make, and the fuzzer's own
+/// description of them for the reference (attn_test::LayerRule: support/reference_functions.hpp,
+/// which knows nothing of attn).
+struct FunctionSpec {
+  std::shared_ptr<FunctionChoice> choice = std::make_shared<FunctionChoice>();
+  bool valid = true;     // false: a call with them must throw ShapeError
+  double shift = 0;      // bound on |score(s) − s| for this problem's positions and heads
+  Index tree_nodes = 0;  // (a call needs at least as many keys)
+  std::vector<double> slopes;
+  std::vector<Index> document_lengths, parents;
+  Index prefix = 0, sink_count = 0, sink_window = 0;
+  std::string description;
+
+  bool any() const { return choice->alibi || choice->wave || choice->kind != MaskFunction::none; }
+
+  /// base and the functions in the most general type (what the functors are called with).
+  auto general(const Mask& base) const {
+    return base & (attn::score_function(FuzzScore{choice}) &
+                   attn::mask_function(FuzzMask{choice}, FuzzBlocks{choice}));
+  }
+
+  /// Calls f with `base` and the functions as a ScoreMask: one of four types (score function
+  /// only; mask function only, without or with its block predicate; everything), or base alone.
+  template <typename F>
+  void with_mask(const Mask& base, const F& f) const {
+    const bool score = choice->alibi || choice->wave;
+    const FuzzScore s{choice};
+    const FuzzMask m{choice};
+    const FuzzBlocks b{choice};
+    if (choice->kind == MaskFunction::none) {
+      if (score) return f(base & attn::score_function(s));
+      return f(base);
+    }
+    if (score) return f(general(base));
+    if (choice->kind == MaskFunction::scattered) return f(base & attn::mask_function(m));
+    f(base & attn::mask_function(m, b));
+  }
+
+  /// The rule for a call with m keys (a tree's nodes are the last keys of the call).
+  attn_test::LayerRule rule(Index m) const {
+    attn_test::LayerRule r;
+    if (choice->alibi) r = r & attn_test::layer_alibi(slopes);
+    if (choice->wave) {
+      r = r & attn_test::LayerRule{
+                  [](double x, Index h, Index q, Index k) { return wave(x, h, q, k); }, {}};
+    }
+    switch (choice->kind) {
+      case MaskFunction::documents:
+        return r & attn_test::layer_documents(document_lengths);
+      case MaskFunction::prefix_lm:
+        return r & attn_test::layer_prefix_lm(prefix);
+      case MaskFunction::sinks:
+        return r & attn_test::layer_sinks(sink_count, sink_window);
+      case MaskFunction::tree:
+        return r & attn_test::layer_tree(parents, m);
+      case MaskFunction::scattered:
+        return r & attn_test::LayerRule{
+                       {}, [](Index h, Index q, Index k) { return scattered(h, q, k); }};
+      case MaskFunction::chunked:
+      case MaskFunction::chunked_coarse: {
+        const Index size = choice->chunk;
+        return r &
+               attn_test::layer_visible([size](Index q, Index k) { return chunked(size, q, k); });
+      }
+      default:
+        return r;
+    }
+  }
+};
+
+/// Decodes the functions (function bits: 0–1 the score function {none, alibi, wave, alibi and
+/// wave}, 2–4 the mask function (MaskFunction), 5 spoil: alibi with one slope too many,
+/// documents that do not cover the keys, a tree of more nodes than keys), reading their
+/// parameters after the mask's parts. Returns false if building one threw, as it had to.
+bool decode_functions(Input& in, const Problem& p, std::uint8_t bits, FunctionSpec& f) {
+  FunctionChoice& c = *f.choice;
+  const Index n = p.n, m = p.m;
+  const bool spoil = bits & 32;
+  c.alibi = bits & 1;
+  c.wave = bits & 2;
+  c.kind = static_cast<MaskFunction>((bits >> 2) & 7);
+  const Index heads = std::max<Index>(p.heads, 1);
+  const double distance = static_cast<double>(std::max(n, m));
+  if (c.wave) {
+    f.shift += 0.1 * static_cast<double>(heads);
+    f.description += " & wave";
+  }
+  if (c.alibi) {
+    if (p.heads < 1) {  // attn::alibi must refuse the head count
+      try {
+        (void)attn::alibi(p.heads);
+      } catch (const attn::ShapeError&) {
+        return false;
+      }
+      fail("attn::alibi(" + std::to_string(p.heads) + ") accepted a head count below 1");
+    }
+    f.slopes = attn_test::layer_alibi_slopes(heads);
+    const std::vector<double> library = attn::alibi_slopes(heads);
+    for (std::size_t h = 0; h < f.slopes.size(); ++h) {
+      if (!(std::abs(library[h] - f.slopes[h]) <= 1e-15 * f.slopes[h]))
+        fail("attn::alibi_slopes(" + std::to_string(heads) + ")[" + std::to_string(h) + "] is " +
+             std::to_string(library[h]) + ", expected " + std::to_string(f.slopes[h]));
+    }
+    if (spoil) {
+      c.alibi_mask = attn::alibi(std::vector<double>(std::size_t(heads + 1), 0.5));
+      f.valid = false;
+      f.description += " & alibi(" + std::to_string(heads + 1) + " slopes)";
+    } else {
+      c.alibi_mask = attn::alibi(heads);
+      f.description += " & alibi";
+    }
+    f.shift += *std::max_element(f.slopes.begin(), f.slopes.end()) * distance;
+  }
+  switch (c.kind) {
+    case MaskFunction::documents: {
+      const int count = 1 + in.byte() % 4;
+      Index total = 0;
+      for (int b = 0; b < count; ++b) {
+        f.document_lengths.push_back(in.byte() % 24);
+        total += f.document_lengths.back();
+      }
+      // The last document reaches past the keys unless spoiled (the call must then throw).
+      if (!spoil) f.document_lengths.back() += std::max<Index>(m - total, 0) + in.byte() % 3;
+      total = 0;
+      for (const Index length : f.document_lengths)
+        total += length;
+      f.valid = f.valid && total >= m;
+      c.documents = attn::documents(f.document_lengths);
+      f.description += " & documents(" + std::to_string(count) + ", " + std::to_string(total) + ")";
+      break;
+    }
+    case MaskFunction::prefix_lm:
+      f.prefix = in.byte() % (m + 3);
+      c.prefix = attn::prefix_lm(f.prefix);
+      f.description += " & prefix_lm(" + std::to_string(f.prefix) + ")";
+      break;
+    case MaskFunction::sinks:
+      f.sink_count = in.byte() % 8;
+      f.sink_window = in.byte() % 64;
+      c.sinks = attn::sinks(f.sink_count, f.sink_window);
+      f.description +=
+          " & sinks(" + std::to_string(f.sink_count) + ", " + std::to_string(f.sink_window) + ")";
+      break;
+    case MaskFunction::tree: {
+      f.tree_nodes = spoil ? m + 1 : std::min<Index>(m, in.byte() % 9);
+      for (Index t = 0; t < f.tree_nodes; ++t)
+        f.parents.push_back(Index(in.byte() % (t + 1)) - 1);
+      f.valid = f.valid && f.tree_nodes <= m;
+      c.tree = attn::tree(f.parents);
+      f.description += " & tree(" + std::to_string(f.tree_nodes) + " nodes)";
+      break;
+    }
+    case MaskFunction::scattered:
+      f.description += " & mask lambda (no block predicate)";
+      break;
+    case MaskFunction::chunked:
+    case MaskFunction::chunked_coarse:
+      c.chunk = 1 + in.byte() % 20;
+      f.description += std::string(" & chunked(") + std::to_string(c.chunk) + ") with " +
+                       (c.kind == MaskFunction::chunked ? "an exact" : "a coarse") +
+                       " block predicate";
+      break;
+    default:
+      break;
+  }
+  return true;
+}
+
+/// One head as attn_test::reference_attention computes it, with the functions of `rule` at
+/// positions (query row i at i + m − n): the score function between soft-capping and the bias
+/// (ScoreMask's order), and visibility and-ed with `allowed`. An empty rule is
+/// reference_attention itself.
+MatrixD reference_head(const MatrixD& q, const MatrixD& k, const MatrixD& v, const MatrixB& allowed,
+                       const MatrixD& bias, double scale, double softcap, Index head,
+                       const attn_test::LayerRule& rule) {
+  const Index n = q.rows(), m = k.rows();
+  if (!rule.score && !rule.visible)
+    return attn_test::reference_attention(q, k, v, allowed, bias, scale, softcap);
+  MatrixB visible = allowed;
+  for (Index i = 0; i < n && rule.visible; ++i) {
+    for (Index j = 0; j < m; ++j)
+      visible(i, j) = visible(i, j) && rule.visible(head, i + m - n, j);
+  }
+  if (!rule.score) return attn_test::reference_attention(q, k, v, visible, bias, scale, softcap);
+  // The score function is not additive in general: the logits are computed here, as
+  // reference_attention does, with it in its place.
+  constexpr double minus_infinity = -std::numeric_limits<double>::infinity();
+  MatrixD out = MatrixD::Zero(n, v.cols());
+  std::vector<double> s(static_cast<std::size_t>(m));
+  for (Index i = 0; i < n; ++i) {
+    double row_max = minus_infinity;
+    for (Index j = 0; j < m; ++j) {
+      double logit = minus_infinity;
+      if (visible(i, j) && !(bias.size() != 0 && bias(i, j) == minus_infinity)) {
+        double dot = 0;
+        for (Index l = 0; l < q.cols(); ++l)
+          dot += q(i, l) * k(j, l);
+        logit = scale * dot;
+        if (softcap > 0) logit = softcap * std::tanh(logit / softcap);
+        logit = rule.score(logit, head, i + m - n, j);
+        if (bias.size() != 0) logit += bias(i, j);
+      }
+      s[std::size_t(j)] = logit;
+      row_max = std::max(row_max, logit);
+    }
+    if (row_max == minus_infinity) continue;
+    double sum = 0;
+    for (Index j = 0; j < m; ++j)
+      sum += std::exp(s[std::size_t(j)] - row_max);
+    for (Index j = 0; j < m; ++j) {
+      const double weight = std::exp(s[std::size_t(j)] - row_max) / sum;
+      if (weight == 0) continue;
+      for (Index c = 0; c < v.cols(); ++c)
+        out(i, c) += weight * v(j, c);
+    }
+  }
+  return out;
+}
+
+/// reference_multi_head (scale 1/√d, no soft-cap: the functors'), with the functions of `rule`
+/// (reference_head), except that empty q or k give the answer directly: Eigen's middleCols on an
+/// empty matrix offsets its null data pointer, which UBSan reports (in the reference, not in
 /// attn).
 template <typename DQ, typename DK, typename DV>
 MatrixD reference_heads(const Eigen::MatrixBase<DQ>& q, const Eigen::MatrixBase<DK>& k,
                         const Eigen::MatrixBase<DV>& v, Index heads, Index kv_heads,
-                        const ReferenceMask& mask, std::optional<double> scale = std::nullopt,
-                        double softcap = 0) {
+                        const ReferenceMask& mask, const attn_test::LayerRule& rule = {}) {
   if (q.rows() == 0 || k.rows() == 0) return MatrixD::Zero(q.rows(), heads * (v.cols() / kv_heads));
-  return attn_test::reference_multi_head(q, k, v, heads, kv_heads, mask, scale, softcap);
+  if (!rule.score && !rule.visible)
+    return attn_test::reference_multi_head(q, k, v, heads, kv_heads, mask);
+  const Index n = q.rows(), m = k.rows();
+  const Index d = q.cols() / heads, dv = v.cols() / kv_heads, group = heads / kv_heads;
+  const MatrixB allowed = mask.allowed(n, m);
+  MatrixD bias = mask.bias(n, m);
+  if (bias.size() == 0) bias = MatrixD::Zero(n, m);
+  const double scale = d > 0 ? 1.0 / std::sqrt(static_cast<double>(d)) : 1.0;
+  MatrixD out(n, heads * dv);
+  for (Index h = 0; h < heads; ++h) {
+    const Index g = h / group;
+    out.middleCols(h * dv, dv) = reference_head(q.middleCols(h * d, d).template cast<double>(),
+                                                k.middleCols(g * d, d).template cast<double>(),
+                                                v.middleCols(g * dv, dv).template cast<double>(),
+                                                allowed, bias, scale, 0, h, rule);
+  }
+  return out;
 }
 
 /// reference_mha (projections, attention, output projection) through reference_heads.
 template <typename Scalar>
 MatrixD reference_layer(const attn::Matrix<Scalar>& target, const attn::Matrix<Scalar>& source,
                         const attn::MultiHeadWeights<Scalar>& weights, Index heads, Index kv_heads,
-                        const ReferenceMask& mask) {
+                        const ReferenceMask& mask, const attn_test::LayerRule& rule = {}) {
   const attn_test::ReferenceWeights w = attn_test::reference_weights(weights);
   const MatrixD q = attn_test::reference_linear(target, w.q_weight, w.q_bias);
   const MatrixD k = attn_test::reference_linear(source, w.k_weight, w.k_bias);
   const MatrixD v = attn_test::reference_linear(source, w.v_weight, w.v_bias);
-  return attn_test::reference_linear(reference_heads(q, k, v, heads, kv_heads, mask), w.out_weight,
-                                     w.out_bias);
+  return attn_test::reference_linear(reference_heads(q, k, v, heads, kv_heads, mask, rule),
+                                     w.out_weight, w.out_bias);
 }
 
 /// Compares a functor's result with the reference: no NaN or ∞ where the reference is finite, and
@@ -637,6 +1078,10 @@ void run(Input& in, Problem& p, std::uint8_t spoiler, std::uint8_t qk_code, std:
   // The mask first (with any bias values), then q, k, v: the layout documented at the top.
   MaskSpec spec;
   if (!decode_mask<Scalar>(in, p, spec)) return;  // construction threw, as it had to
+  FunctionSpec functions;
+  if (!decode_functions(in, p, spec.function_bits, functions)) return;  // (as it had to)
+  // With score or mask functions, q, k and v stay in Scalar (see the top).
+  if (functions.any()) p.q_storage = p.k_storage = p.v_storage = Storage::scalar;
 
   const double qk = qk_step<Scalar>(qk_code, p.d);
   const Scalar special =
@@ -675,7 +1120,7 @@ void run(Input& in, Problem& p, std::uint8_t spoiler, std::uint8_t qk_code, std:
     valid = valid && shape == std::make_pair(n, m);
   for (const auto& shape : spec.bias_shapes)
     valid = valid && shape == std::make_pair(n, m);
-  valid = valid && spec.key_length <= m;
+  valid = valid && spec.key_length <= m && functions.valid;
   const double scale = p.scale ? *p.scale : (d > 0 ? 1.0 / std::sqrt(static_cast<double>(d)) : 1.0);
   valid = valid && std::isfinite(scale) && std::isfinite(p.softcap) && p.softcap >= 0;
   // A qint8 operand must be in groups of one head's row.
@@ -686,7 +1131,7 @@ void run(Input& in, Problem& p, std::uint8_t spoiler, std::uint8_t qk_code, std:
   const std::string context =
       "\n  " + p.description + ", q " + attn::detail::shape_string(q) + ", k " +
       attn::detail::shape_string(k) + ", v " + attn::detail::shape_string(v) + ", mask" +
-      (spec.description.empty() ? std::string(" none") : spec.description) +
+      (spec.description.empty() ? std::string(" none") : spec.description) + functions.description +
       (p.into ? ", _into a strided block" : "") + (p.strided ? ", strided inputs" : "") +
       (p.threads ? ", thread_executor(2)" : "") + (p.workspace ? ", a reused Workspace" : "") +
       (p.nan ? ", NaN mode" : "") +
@@ -732,16 +1177,26 @@ void run(Input& in, Problem& p, std::uint8_t spoiler, std::uint8_t qk_code, std:
     if constexpr (is_qint8<KS>) check_quantized("k", k, ke, p.d, context);
     if constexpr (is_qint8<VS>) check_quantized("v", v, ve, p.dv, context);
     const auto invoke = [&](const auto& q_arg, const auto& k_arg, const auto& v_arg) {
-      if (p.into) {
-        returned = expect_shape_error_iff(
-            !valid || !valid_out, "scaled_dot_product_attention_into", context, [&] {
-              attn::scaled_dot_product_attention_into(
-                  q_arg, k_arg, v_arg, storage.block(1, 1, out_rows, out_cols), spec.mask, options);
-            });
+      const auto attend = [&](const auto& mask) {
+        if (p.into) {
+          returned = expect_shape_error_iff(
+              !valid || !valid_out, "scaled_dot_product_attention_into", context, [&] {
+                attn::scaled_dot_product_attention_into(
+                    q_arg, k_arg, v_arg, storage.block(1, 1, out_rows, out_cols), mask, options);
+              });
+        } else {
+          returned = expect_shape_error_iff(!valid, "scaled_dot_product_attention", context, [&] {
+            out = attn::scaled_dot_product_attention(q_arg, k_arg, v_arg, mask, options);
+          });
+        }
+      };
+      // Functions only with every operand in Scalar (they set the storage so): four more kernel
+      // instantiations per Scalar, not four per storage combination.
+      if constexpr (std::is_same_v<QS, Scalar> && std::is_same_v<KS, Scalar> &&
+                    std::is_same_v<VS, Scalar>) {
+        functions.with_mask(spec.mask, attend);
       } else {
-        returned = expect_shape_error_iff(!valid, "scaled_dot_product_attention", context, [&] {
-          out = attn::scaled_dot_product_attention(q_arg, k_arg, v_arg, spec.mask, options);
-        });
+        attend(spec.mask);
       }
     };
     if (!p.strided) return invoke(qs, ks, vs);
@@ -822,13 +1277,30 @@ void run(Input& in, Problem& p, std::uint8_t spoiler, std::uint8_t qk_code, std:
   if (bias.size() == 0) bias = MatrixD::Zero(n, m);
   const MatrixD bias0 = without_nan(bias);
   const Index group = heads / kv_heads;
+  // Each head's visibility: the mask's, and the mask function's at the positions of its rows.
+  const attn_test::LayerRule rule = functions.rule(m);
+  // (A score function hides a key by −∞, here wave's, which depends on positions only.)
+  std::vector<MatrixB> allowed_by_head(static_cast<std::size_t>(heads), allowed);
+  for (Index h = 0; h < heads && (rule.visible || rule.score); ++h) {
+    for (Index i = 0; i < n; ++i) {
+      for (Index j = 0; j < m; ++j) {
+        const Index position = i + m - n;
+        allowed_by_head[static_cast<std::size_t>(h)](i, j) =
+            allowed(i, j) && (!rule.visible || rule.visible(h, position, j)) &&
+            (!rule.score ||
+             rule.score(0.0, h, position, j) != -std::numeric_limits<double>::infinity());
+      }
+    }
+  }
   MatrixD expected = MatrixD::Zero(n, heads * dv);
   if (n > 0 && m > 0) {  // (Eigen blocks of empty matrices offset a null pointer)
     for (Index h = 0; h < heads; ++h) {
       const Index g = h / group;
-      expected.middleCols(h * dv, dv) = attn_test::reference_attention(
-          q0.middleCols(h * d, d), k0.middleCols(g * d, d), v0.middleCols(g * dv, dv), allowed,
-          bias0, scale, p.softcap);
+      expected.middleCols(h * dv, dv) =
+          reference_head(q0.middleCols(h * d, d).template cast<double>(),
+                         k0.middleCols(g * d, d).template cast<double>(),
+                         v0.middleCols(g * dv, dv).template cast<double>(), allowed, bias0, scale,
+                         p.softcap, h, rule);
     }
   }
   double logit_bound = 0;
@@ -840,20 +1312,21 @@ void run(Input& in, Problem& p, std::uint8_t spoiler, std::uint8_t qk_code, std:
   }
   const double value_bound = v0.size() > 0 ? v0.template cast<double>().cwiseAbs().maxCoeff() : 0.0;
   const double tolerance = attn_test::attention_tolerance<Scalar>(
-      logit_bound + p.softcap + spec.bias_bound, m, value_bound);
+      logit_bound + p.softcap + spec.bias_bound + functions.shift, m, value_bound);
   // Whether a visible key's weight may underflow to exactly 0 (its logit more than ~87 (float)
   // or ~708 (double) below the row's max): then a NaN in its value may or may not show.
-  const double spread =
-      2 * (p.softcap > 0 ? std::min(logit_bound, p.softcap) : logit_bound) + 2 * spec.bias_bound;
+  const double spread = 2 * (p.softcap > 0 ? std::min(logit_bound, p.softcap) : logit_bound) +
+                        2 * spec.bias_bound + 2 * functions.shift;
   const bool may_underflow = spread > (std::is_same_v<Scalar, float> ? 80.0 : 700.0);
 
   for (Index i = 0; i < n; ++i) {
     for (Index h = 0; h < heads; ++h) {
       const Index g = h / group;
+      const MatrixB& visible = allowed_by_head[static_cast<std::size_t>(h)];
       bool sees_a_key = false, row_nan = false;
       std::vector<bool> column_nan(static_cast<std::size_t>(dv), false);
       for (Index j = 0; j < m; ++j) {
-        if (!allowed(i, j) || bias(i, j) == -std::numeric_limits<double>::infinity()) continue;
+        if (!visible(i, j) || bias(i, j) == -std::numeric_limits<double>::infinity()) continue;
         sees_a_key = true;
         if (std::isnan(bias(i, j)) || k.row(j).segment(g * d, d).hasNaN()) row_nan = true;
         for (Index c = 0; c < dv; ++c) {
@@ -905,7 +1378,7 @@ void run(Input& in, Problem& p, std::uint8_t spoiler, std::uint8_t qk_code, std:
   const double functor_tolerance =
       2 * attn_test::layer_tolerance<Scalar>(std::max<Index>(model_dim, 1),
                                              std::max<Index>(model_dim, 1), d, m) +
-      8 * Eigen::NumTraits<Scalar>::epsilon() * spec.bias_bound;
+      8 * Eigen::NumTraits<Scalar>::epsilon() * (spec.bias_bound + functions.shift);
   attn::Executor executor;
   if (p.threads) executor = attn::thread_executor(2);
   if (model_dim < 1) {
@@ -922,13 +1395,25 @@ void run(Input& in, Problem& p, std::uint8_t spoiler, std::uint8_t qk_code, std:
   const attn::Matrix<Scalar> target = rng.uniform_matrix<Scalar>(n, model_dim);
   const attn::Matrix<Scalar> source = rng.uniform_matrix<Scalar>(m, model_dim);
   const attn::CrossAttention<Scalar> cross(cfg, weights, executor);
+  // The functors take functions in their most general ScoreMask type only: a functor call
+  // instantiates the kernel for it and for packed batches of it.
+  const auto with_functor_mask = [&](const Mask& base, const auto& body) {
+    if (functions.any()) {
+      body(functions.general(base));
+    } else {
+      body(base);
+    }
+  };
   attn::Matrix<Scalar> y;
-  expect_shape_error_iff(false, "CrossAttention", context,
-                         [&] { y = cross(target, source, spec.mask); });
+  with_functor_mask(spec.mask, [&](const auto& mask) {
+    expect_shape_error_iff(false, "CrossAttention", context,
+                           [&] { y = cross(target, source, mask); });
+  });
   // (A row that sees no key is the output projection's bias, not zero: no exact-zero check.)
-  compare("CrossAttention", y,
-          reference_layer(target, source, weights, heads, kv_heads, spec.reference),
-          functor_tolerance, context);
+  compare(
+      "CrossAttention", y,
+      reference_layer(target, source, weights, heads, kv_heads, spec.reference, functions.rule(m)),
+      functor_tolerance, context);
 
   // With reduced k storage, the functors also keep keys and values in it (a remembered memory, a
   // KV cache); the reference then attends over what they store, converted to double.
@@ -960,11 +1445,13 @@ void run(Input& in, Problem& p, std::uint8_t spoiler, std::uint8_t qk_code, std:
   // Self-attention over the target with the same (square) mask, and a KV-cache decode of it
   // under causal: a prefill chunk, then one row at a time, must equal the full causal pass.
   const attn::SelfAttention<Scalar> self_attn(cfg, weights, executor);
-  expect_shape_error_iff(false, "SelfAttention", context,
-                         [&] { y = self_attn(target, spec.mask); });
-  compare("SelfAttention", y,
-          reference_layer(target, target, weights, heads, kv_heads, spec.reference),
-          functor_tolerance, context);
+  with_functor_mask(spec.mask, [&](const auto& mask) {
+    expect_shape_error_iff(false, "SelfAttention", context, [&] { y = self_attn(target, mask); });
+  });
+  compare(
+      "SelfAttention", y,
+      reference_layer(target, target, weights, heads, kv_heads, spec.reference, functions.rule(n)),
+      functor_tolerance, context);
 
   attn::KVCache<Scalar> cache = self_attn.make_cache(n);
   attn::Matrix<Scalar> decoded(n, model_dim);
@@ -980,6 +1467,30 @@ void run(Input& in, Problem& p, std::uint8_t spoiler, std::uint8_t qk_code, std:
   if (n > 0) {
     expect_shape_error_iff(true, "SelfAttention with a full KV cache", context,
                            [&] { (void)self_attn(target.topRows(1), cache); });
+  }
+  if (functions.any() && n > 0) {
+    // The functions over a KV cache with causal: a prefill (holding at least the tree's nodes),
+    // then one row at a time, each call against the reference over the positions cached so far
+    // (the functions see positions counted from the start of the cache).
+    attn::KVCache<Scalar> functions_cache = self_attn.make_cache(n);
+    const MatrixD keys = attn_test::reference_linear(target, w.k_weight, w.k_bias);
+    const MatrixD values = attn_test::reference_linear(target, w.v_weight, w.v_bias);
+    const auto mask = functions.general(Mask::causal());
+    for (Index first = 0; first < n;) {
+      const Index rows = first == 0 ? std::max<Index>({prefill, functions.tree_nodes, 1}) : 1;
+      const Index keys_so_far = first + rows;
+      expect_shape_error_iff(false, "SelfAttention with functions over a KV cache", context, [&] {
+        y = self_attn(target.middleRows(first, rows), functions_cache, mask);
+      });
+      compare("SelfAttention with functions over a KV cache", y,
+              attn_test::reference_linear(
+                  reference_heads(target_queries.middleRows(first, rows), keys.topRows(keys_so_far),
+                                  values.topRows(keys_so_far), heads, kv_heads,
+                                  ReferenceMask::causal(), functions.rule(keys_so_far)),
+                  w.out_weight, w.out_bias),
+              functor_tolerance, context + ", keys 0 to " + std::to_string(keys_so_far - 1));
+      first = keys_so_far;
+    }
   }
   if (!reduced) return;
 

@@ -7,7 +7,9 @@ files. Usage: python3 fuzz/make_corpus.py [output directory]
 
 Byte 8 gained the storage bits (see storage()) after the first seeds were written: those have
 zeros there, so they keep their meaning, and the storage seeds are made last, so that rerunning
-the script leaves the earlier seeds' bytes as they were."""
+the script leaves the earlier seeds' bytes as they were. Byte 11 gained the score and mask
+function bits (see functions()) in the same way: the function seeds come after the storage
+seeds."""
 
 import os
 import random
@@ -50,6 +52,36 @@ STORAGES = ["float", "bfloat16", "half", "qint8"]
 
 def storage(k="float", v="float", all_three=False):
     return (STORAGES.index(k) << 2) | (STORAGES.index(v) << 4) | (64 if all_three else 0)
+
+
+# Score and mask functions (byte 11, bits 2-7, above the number of mask parts): the score function
+# in bits 2-3 (SCORE_FUNCTIONS; "wave" also hides some keys from head 1), the mask function in bits
+# 4-6 (MASK_FUNCTIONS), bit 7 spoils them. Their parameter bytes follow the mask's parts (see
+# decode_functions()): documents() and tree() write theirs; prefix_lm takes one byte (the
+# prefix), sinks two (count, window), chunked and chunked_coarse one (the chunk, minus one).
+SCORE_FUNCTIONS = [None, "alibi", "wave", "alibi+wave"]
+MASK_FUNCTIONS = [None, "documents", "prefix_lm", "sinks", "tree", "scattered", "chunked",
+                  "chunked_coarse"]
+
+
+def functions(score=None, mask=None, spoil=False):
+    """The function bits of byte 11 (bits 2-7)."""
+    return (SCORE_FUNCTIONS.index(score) << 2) | (MASK_FUNCTIONS.index(mask) << 4) | \
+        (128 if spoil else 0)
+
+
+def documents(lengths, slack=0):
+    """Parameters of the documents mask function: lengths of 1 to 4 documents (each < 24), the
+    last extended to cover the keys plus `slack` (< 3) unless spoiled (then pass slack=None)."""
+    assert 1 <= len(lengths) <= 4 and all(0 <= x < 24 for x in lengths)
+    return [len(lengths) - 1] + list(lengths) + ([] if slack is None else [slack])
+
+
+def tree(parents, spoiled=False):
+    """Parameters of the tree mask function: a size byte (none when spoiled: the tree then has
+    m + 1 nodes, whose parents are read all the same) and parents[t] + 1 per node."""
+    assert all(-1 <= p < t for t, p in enumerate(parents))
+    return ([] if spoiled else [len(parents)]) + [p + 1 for p in parents]
 
 
 def reach(r):
@@ -129,15 +161,17 @@ def shapes(flags, n, m, d, dv, head_code, spoiler):
 
 
 def seed(flags=0, n=4, m=6, d=8, dv=8, head_code=0, spoiler=0, scale=0, softcap=0, qk=0, v=0,
-         mask=(), rng=None, nan_q=(), nan_k=(), nan_v=(), stored=0):
-    """One input: the header, the mask, then every q, k and v value (random bytes). nan_q, nan_k,
-    nan_v: (row, column) entries set to −128, NaN in NaN mode. stored: storage(...) bits."""
-    assert 0 <= softcap < 4 and stored & 3 == 0
+         mask=(), rng=None, nan_q=(), nan_k=(), nan_v=(), stored=0, fns=0, fn_params=()):
+    """One input: the header, the mask, the functions' parameters, then every q, k and v value
+    (random bytes). nan_q, nan_k, nan_v: (row, column) entries set to −128, NaN in NaN mode.
+    stored: storage(...) bits. fns: functions(...) bits; fn_params: their parameter bytes."""
+    assert 0 <= softcap < 4 and stored & 3 == 0 and fns & 3 == 0 and len(mask) < 4
     data = [flags, length(n), length(m), dim(d), dim(dv), head_code, spoiler, scale,
-            softcap | stored, qk, v, len(mask)]
+            softcap | stored, qk, v, len(mask) | fns]
     n_used, q_cols, k_cols, v_rows, v_cols = shapes(flags, n, m, d, dv, head_code, spoiler)
     for part in mask:
         data += part(n_used, m, rng)
+    data += list(fn_params)
     q_values = [rng.randrange(256) for _ in range(n_used * q_cols)]
     k_values = [rng.randrange(256) for _ in range(m * k_cols)]
     v_values = [rng.randrange(256) for _ in range(v_rows * v_cols)]
@@ -286,6 +320,66 @@ def main():
     seeds["storage_functors_cross_qint8"] = seed(flags=FUNCTORS, n=3, m=7, d=4, dv=4,
                                                  head_code=heads(4), mask=[bias(0)],
                                                  stored=storage("qint8"), rng=rng)
+    # Score and mask functions (byte 11's upper bits); added after the storage seeds, so that the
+    # seeds above keep their bytes. Each built-in and user function in prefill (several query and
+    # key blocks) and decode shapes, composed with the mask's parts, in float and double, with the
+    # functors (and their KV-cache decode with the functions), and spoiled (the call must throw).
+    seeds["fn_alibi_causal"] = seed(n=70, m=70, d=8, dv=8, head_code=heads(4, 2), mask=[CAUSAL],
+                                    fns=functions("alibi"), rng=rng)
+    seeds["fn_alibi_three_heads_decode"] = seed(n=1, m=190, d=4, dv=4, head_code=heads(3),
+                                                mask=[CAUSAL], fns=functions("alibi"), rng=rng)
+    seeds["fn_wave_softcap"] = seed(flags=SOFTCAP, n=5, m=9, d=16, dv=4, qk=2, softcap=1,
+                                    head_code=heads(2), fns=functions("wave"), rng=rng)
+    seeds["fn_alibi_wave_double"] = seed(flags=DOUBLE, n=66, m=70, d=8, dv=8,
+                                         head_code=heads(8, 2), mask=[CAUSAL],
+                                         fns=functions("alibi+wave"), rng=rng)
+    seeds["fn_alibi_wrong_slopes"] = seed(n=4, m=6, head_code=heads(4),
+                                          fns=functions("alibi", spoil=True), rng=rng)
+    seeds["fn_documents"] = seed(n=70, m=70, d=8, dv=4, head_code=heads(2), mask=[CAUSAL],
+                                 fns=functions(mask="documents"),
+                                 fn_params=documents([20, 5, 0, 17], slack=2), rng=rng)
+    seeds["fn_documents_not_covering"] = seed(n=6, m=40, fns=functions(mask="documents", spoil=True),
+                                              fn_params=documents([10, 7], slack=None), rng=rng)
+    seeds["fn_prefix_lm_functors"] = seed(flags=FUNCTORS, n=12, m=12, d=4, dv=4,
+                                          head_code=heads(2, 1), fns=functions(mask="prefix_lm"),
+                                          fn_params=[5], rng=rng)
+    seeds["fn_sinks_decode"] = seed(flags=THREADS, n=1, m=190, d=8, dv=8, head_code=heads(4, 1),
+                                    fns=functions(mask="sinks"), fn_params=[4, 16], rng=rng)
+    seeds["fn_sinks_prefill_wave"] = seed(n=130, m=130, d=4, dv=4, head_code=heads(2),
+                                          mask=[window(None, 1)], fns=functions("wave", "sinks"),
+                                          fn_params=[2, 40], rng=rng)
+    seeds["fn_tree"] = seed(n=7, m=27, d=8, dv=8, head_code=heads(2, 1),
+                            fns=functions(mask="tree"), fn_params=tree([-1, 0, 0, 1, 1, 2, -1]),
+                            rng=rng)
+    seeds["fn_tree_functors"] = seed(flags=FUNCTORS, n=9, m=9, d=4, dv=4, head_code=heads(2),
+                                     fns=functions("alibi", "tree"),
+                                     fn_params=tree([-1, 0, 1, 0]), rng=rng)
+    seeds["fn_tree_too_large"] = seed(n=3, m=4, fns=functions(mask="tree", spoil=True),
+                                      fn_params=tree([-1, 0, 1, 2, 3], spoiled=True), rng=rng)
+    seeds["fn_scattered_functors"] = seed(flags=FUNCTORS | THREADS, n=20, m=20, d=4, dv=4,
+                                          head_code=heads(4, 2), fns=functions(mask="scattered"),
+                                          rng=rng)
+    seeds["fn_chunked"] = seed(flags=STRIDED, n=70, m=130, d=8, dv=4, head_code=heads(2),
+                               mask=[window(5, 2)], fns=functions(mask="chunked"), fn_params=[15],
+                               rng=rng)
+    seeds["fn_chunked_coarse_bias"] = seed(flags=INTO, n=66, m=66, d=4, dv=4, mask=[bias(0)],
+                                           fns=functions(mask="chunked_coarse"), fn_params=[6],
+                                           rng=rng)
+    seeds["fn_everything_functors"] = seed(flags=FUNCTORS | THREADS, n=8, m=8, d=8, dv=8,
+                                           head_code=heads(4, 2), mask=[CAUSAL],
+                                           fns=functions("alibi+wave", "chunked"), fn_params=[2],
+                                           rng=rng)
+    seeds["fn_nan_sinks"] = seed(n=70, m=70, d=8, dv=4, head_code=heads(2, nan=True),
+                                 fns=functions(mask="sinks"), fn_params=[1, 3], nan_k=[(20, 0)],
+                                 nan_v=[(30, 1)], rng=rng)
+    # Regressions, failing until the library is fixed (see tests/test_score_mask_layers.cpp):
+    # queries at negative positions (n > m) under documents of one document must see nothing; a
+    # key the score function hides (wave, head 1, q − k = 2) takes no NaN from the bias.
+    seeds["regression_documents_negative_positions"] = seed(
+        n=6, m=4, fns=functions(mask="documents"), fn_params=documents([4]), rng=rng)
+    seeds["regression_nan_bias_on_a_key_the_score_hides"] = seed(
+        n=6, m=6, head_code=heads(2, nan=True), mask=[bias(0, nan_at=[(3, 1)])],
+        fns=functions("wave"), rng=rng)
     for name, data in sorted(seeds.items()):
         with open(os.path.join(out, name), "wb") as f:
             f.write(data)

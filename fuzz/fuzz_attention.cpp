@@ -94,18 +94,7 @@
 //          keep their meaning.
 //   ...    then the values of q, k, v, one byte each (int8 × step; −128 is special)
 
-// library bug workaround: detail/packed_sequences.hpp's PackedSequences::score_mask captures
-// `this` in a lambda that uses it only when the ScoreMask has a score function, which clang's
-// -Wunused-lambda-capture turns into an error (-Werror) for every other mask (a plain Mask
-// included) as soon as a functor is called. Remove this once the library is fixed.
-#if defined(__clang__)
-#pragma clang diagnostic push
-#pragma clang diagnostic ignored "-Wunused-lambda-capture"
-#endif
 #include <attn/attn.hpp>
-#if defined(__clang__)
-#pragma clang diagnostic pop
-#endif
 
 #include <algorithm>
 #include <cmath>

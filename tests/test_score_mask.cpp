@@ -122,44 +122,17 @@ std::vector<Index> random_lengths(Index total, Random& rng) {
   return lengths;
 }
 
-// ---------------------------------------------------------------------------------------------
-// library bug: attn::relative_position_bias and attn::head_bias do not compile. Both hand
-// attn::score_function a part that is callable only once bound to a call (RelativePositionBias
-// and HeadBias have bind(n, m, heads), whose result is the callable), but score_function's
-// static_assert (include/attn/score_mask.hpp:137) asks the part itself to be callable, where
-// is_mask_function and is_block_predicate ask detail::bound_part_t<Fn>. Until that is fixed the
-// tests build the same ScoreMask from the same part, as the factories would, and skip the
-// factories' own argument checks; define ATTN_TEST_BOUND_FACTORIES_COMPILE to 1 to use the
-// factories (the build then fails while the bug is there).
-// ---------------------------------------------------------------------------------------------
-
-#ifndef ATTN_TEST_BOUND_FACTORIES_COMPILE
-#define ATTN_TEST_BOUND_FACTORIES_COMPILE 0
-#endif
+// The factories under test, by the names the tests use.
 
 template <typename Derived>
 auto relative_position_bias(const Eigen::MatrixBase<Derived>& table, bool bidirectional = true,
                             Index max_distance = 128) {
-#if ATTN_TEST_BOUND_FACTORIES_COMPILE
   return attn::relative_position_bias(table, bidirectional, max_distance);
-#else
-  using T = typename Derived::Scalar;
-  using Part = attn::detail::RelativePositionBias<T>;
-  return attn::ScoreMask<Part>(
-      attn::Mask(), Part{std::make_shared<const Matrix<T>>(table), bidirectional, max_distance}, {},
-      {});
-#endif
 }
 
 template <typename Derived>
 auto head_bias(const Eigen::MatrixBase<Derived>& bias) {
-#if ATTN_TEST_BOUND_FACTORIES_COMPILE
   return attn::head_bias(bias);
-#else
-  using T = typename Derived::Scalar;
-  using Part = attn::detail::HeadBias<T>;
-  return attn::ScoreMask<Part>(attn::Mask(), Part{std::make_shared<const Matrix<T>>(bias)}, {}, {});
-#endif
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1109,7 +1082,7 @@ template <typename Blocks>
 // there only where an edge happens to line up. Random parameters, with reaches near the block
 // sizes, and chunks of queries at the end of the keys (n ≤ m) or before them (n > m). The tree's
 // predicate is bound to the call's shape first, as the kernel binds it. Documents with queries at
-// negative positions: ScoreMaskTest.DocumentsHideQueriesAtNegativePositions (a library bug).
+// negative positions: ScoreMaskTest.DocumentsHideQueriesAtNegativePositions.
 TEST(BlockPredicates, AreSoundOnAnyBlock) {
   Random rng(1250);
   for (int config = 0; config < 40; ++config) {
@@ -1157,13 +1130,9 @@ TEST(BlockPredicates, AreSoundOnAnyBlock) {
   }
 }
 
-// library bug: with n > m the first n − m queries stand at negative positions, where the mask
-// function of documents() lets nothing through (q >= 0 is part of it), but its block predicate,
-// detail::Documents::operator()(q0, q1, k0, k1) in include/attn/builtin_masks.hpp, clamps q0 to 0
-// and then answers all when the remaining queries and the keys lie in one document. The kernel
-// then skips the per-pair mask, and the queries at negative positions see that document (and a
-// BlockMap, which keeps the predicate's all, marks the cell all). Sound would be partial (none if
-// q1 <= 0) whenever q0 < 0.
+// With n > m the first n − m queries stand at negative positions, where documents() lets
+// nothing through: a block that holds any of them is never all visible, for the predicate
+// and for a BlockMap, and those rows are zero.
 TYPED_TEST(ScoreMaskTest, DocumentsHideQueriesAtNegativePositions) {
   using Scalar = TypeParam;
   const Shape c{70, 33, 1, 1, 4, 4};  // positions −37 … 32; one document over all keys
@@ -1382,9 +1351,8 @@ TEST(ScoreMaskErrors, BadParametersOfTheBuiltIns) {
   EXPECT_NO_THROW(attn::prefix_lm(0));
 }
 
-// The factories' own checks of their arguments (see ATTN_TEST_BOUND_FACTORIES_COMPILE).
+// The factories' own checks of their arguments.
 TEST(ScoreMaskErrors, BadTablesAndBiases) {
-#if ATTN_TEST_BOUND_FACTORIES_COMPILE
   // T5: at least 2 buckets per direction, max_distance beyond the exact buckets.
   EXPECT_SHAPE_ERROR(attn::relative_position_bias(Matrix<float>::Zero(3, 4), true),
                      "relative_position_bias", "table is 3x4");
@@ -1402,11 +1370,6 @@ TEST(ScoreMaskErrors, BadTablesAndBiases) {
   Matrix<double> large = Matrix<double>::Zero(2, 2);
   large(0, 1) = 1e300;
   EXPECT_SHAPE_ERROR(attn::head_bias(large), "head_bias", "bias(0, 1)");
-#else
-  GTEST_SKIP() << "library bug: attn::relative_position_bias and attn::head_bias do not compile "
-                  "(score_function's static_assert, include/attn/score_mask.hpp:137, tests the "
-                  "unbound part); see ATTN_TEST_BOUND_FACTORIES_COMPILE";
-#endif
 }
 
 }  // namespace

@@ -594,10 +594,6 @@ TYPED_TEST(ScoreMaskLayersTest, CrossAttentionMatchesTheReference) {
 // With more queries than keys the first n − m queries stand at negative positions, where
 // attn::documents hides every key: those rows see nothing (zero rows of the kernel, the output
 // projection's bias of a layer), in one document as in several.
-// library bug (fails until fixed): detail::Documents' block predicate (builtin_masks.hpp) clamps
-// the query range to position 0 and then answers Visibility::all when the rest of it and the keys
-// lie in one document, so a block holding negative positions is never masked and those rows
-// attend to the first document.
 TYPED_TEST(ScoreMaskLayersTest, DocumentsHideEveryKeyFromQueriesAtNegativePositions) {
   using Scalar = TypeParam;
   Random rng(650);
@@ -625,8 +621,6 @@ TYPED_TEST(ScoreMaskLayersTest, DocumentsHideEveryKeyFromQueriesAtNegativePositi
 
 // A key the score function hides with −∞ is hidden as one the mask hides: a NaN in the bias at
 // that key reaches no row, as with keep = false or a mask function that hides it.
-// library bug (fails until fixed): TileMask::apply (detail/tile_mask.hpp) adds the bias after the
-// score function as `x = is_minus_infinity(b) ? hidden : x + b`, and −∞ + NaN is NaN.
 TYPED_TEST(ScoreMaskLayersTest, AKeyTheScoreFunctionHidesTakesNoNaNFromTheBias) {
   using Scalar = TypeParam;
   Random rng(660);
@@ -804,20 +798,10 @@ TYPED_TEST(ScoreMaskLayersTest, AStepThatThrowsChangesNeitherTheCacheNorOut) {
       tolerance<Scalar>(cfg, 11, 0)));
 }
 
-// library bug: attn::head_bias (and attn::relative_position_bias) do not compile.
-// score_function's static_assert asks the part itself, detail::HeadBias<T>, to be callable as
-// score(s, head, q, k), but only what its bind(n, m, heads) returns is (builtin_masks.hpp), so
-// attn::head_bias(bias) fails the static_assert of score_mask.hpp. Set this to 1 once it compiles
-// (or define it so on the command line): the checks of a per-head bias below then run.
-#ifndef ATTN_TEST_HEAD_BIAS_COMPILES
-#define ATTN_TEST_HEAD_BIAS_COMPILES 0
-#endif
-
 // A per-head bias, head h's n × m block in rows [h·n, (h+1)·n) added to its logits: against the
 // reference; one sequence only (a batch of two refuses it, a batch of one takes it); and a step
 // over a KVCache with a bias of the wrong shape throws and changes nothing.
 TYPED_TEST(ScoreMaskLayersTest, HeadBiasIsTiedToOneSequence) {
-#if ATTN_TEST_HEAD_BIAS_COMPILES
   using Scalar = TypeParam;
   Random rng(1000);
   const MultiHeadConfig cfg = config(16, 2, 1);
@@ -851,12 +835,6 @@ TYPED_TEST(ScoreMaskLayersTest, HeadBiasIsTiedToOneSequence) {
       "SelfAttention", "head_bias is 2x10", "expected 2x11");
   EXPECT_TRUE(before.unchanged(cache));
   EXPECT_TRUE((step.array() == Scalar(-7)).all());
-#else
-  GTEST_SKIP() << "library bug: attn::head_bias(bias) fails score_function's static_assert "
-                  "(score_mask.hpp), which asks detail::HeadBias itself to be callable as a "
-                  "score function where only its bind() result is; see "
-                  "ATTN_TEST_HEAD_BIAS_COMPILES";
-#endif
 }
 
 }  // namespace

@@ -12,6 +12,8 @@
 #include "kv_cache.hpp"
 #include "mask.hpp"
 #include "multi_head.hpp"
+#include "paged_kv_cache.hpp"
+#include "paged_view.hpp"
 #include "parallel.hpp"
 #include "partial_attention.hpp"
 #include "scaled_dot_product.hpp"

@@ -29,6 +29,20 @@ class ShapeError : public std::invalid_argument {
   using std::invalid_argument::invalid_argument;
 };
 
+/// Thrown when appending to a KVCache, or to a sequence of a PagedKVCache, would need more room
+/// than is left; the cache is left unchanged.
+class CapacityError : public ShapeError {
+ public:
+  using ShapeError::ShapeError;
+};
+
+/// Thrown when a PagedKVCache is asked about a sequence it does not hold (never created, or
+/// dropped); the cache is left unchanged.
+class SequenceError : public std::invalid_argument {
+ public:
+  using std::invalid_argument::invalid_argument;
+};
+
 namespace detail {
 
 /// "5x8"

@@ -17,12 +17,6 @@
 
 namespace attn {
 
-/// Thrown when appending to a KVCache would exceed its capacity; the cache is left unchanged.
-class CapacityError : public ShapeError {
- public:
-  using ShapeError::ShapeError;
-};
-
 /// Keys and values of one self-attention layer, all kv heads as column blocks (a GQA cache stores
 /// only the num_kv_heads heads), in storage preallocated for `capacity` positions: appending
 /// never reallocates, and keys()/values() are views of the filled rows, never copies.
@@ -75,6 +69,7 @@ class KVCache {
       detail::throw_shape_error("KVCache: head_dim is ", head_dim,
                                 ", expected a positive divisor of key_width ", key_width);
     }
+    m_head_dim = head_dim;
     m_keys = detail::StoredMatrix<Scalar, Storage>(capacity, key_width, head_dim);
     m_values = detail::StoredMatrix<Scalar, Storage>(capacity, key_width, head_dim);
   }
@@ -85,6 +80,8 @@ class KVCache {
   Index capacity() const { return m_keys.rows(); }
   /// Width of a position's keys and of its values (Hkv·head_dim).
   Index width() const { return m_keys.cols(); }
+  /// Width of one head (a qint8 cache's group).
+  Index head_dim() const { return m_head_dim; }
   /// Bytes of storage for keys and values at full capacity: 2·capacity·width·sizeof(Storage), or
   /// for qint8 2·capacity·(width + 4·width/head_dim).
   std::size_t bytes() const { return m_keys.bytes() + m_values.bytes(); }
@@ -133,6 +130,7 @@ class KVCache {
   detail::StoredMatrix<Scalar, Storage> m_keys;  // capacity × width, rows [0, size) filled
   detail::StoredMatrix<Scalar, Storage> m_values;
   Index m_size = 0;
+  Index m_head_dim = 1;
 };
 
 using KVCachef = KVCache<float>;

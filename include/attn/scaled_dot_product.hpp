@@ -6,13 +6,17 @@
 /// attn::scaled_dot_product_attention: the one kernel behind every attention in the library.
 
 #include <cmath>
+#include <deque>
 #include <limits>
 #include <optional>
+#include <string>
 #include <type_traits>
+#include <vector>
 
 #include "detail/scheduler.hpp"
 #include "error.hpp"
 #include "mask.hpp"
+#include "paged_view.hpp"
 #include "parallel.hpp"
 #include "score_mask.hpp"
 #include "storage.hpp"
@@ -115,9 +119,10 @@ double check_mask_and_options(const char* who, Index n, Index m, Index head_dim,
 /// Validates shapes and options and fills an AttentionProblem; `who` prefixes every message.
 template <typename Scalar, typename QS, typename KS, typename VS, typename SM>
 AttentionProblem<Scalar, QS, KS, VS> make_problem(const char* who, const ConstMatrixRef<QS>& q,
-                                                  const StorageView<KS>& k,
-                                                  const StorageView<VS>& v, MatrixRef<Scalar>& out,
-                                                  const SM& mask, const AttentionOptions& options,
+                                                  const key_value_view_t<KS>& k,
+                                                  const key_value_view_t<VS>& v,
+                                                  MatrixRef<Scalar>& out, const SM& mask,
+                                                  const AttentionOptions& options,
                                                   const AttentionExtras<Scalar>& extras = {}) {
   const Index heads = options.num_heads;
   const Index kv_heads = options.kv_heads();
@@ -146,13 +151,13 @@ AttentionProblem<Scalar, QS, KS, VS> make_problem(const char* who, const ConstMa
                       ", expected v.cols() a multiple of num_kv_heads ", kv_heads);
   }
   const Index dv = v.cols() / kv_heads;
-  if constexpr (std::is_same_v<KS, qint8>) {
+  if constexpr (std::is_same_v<stored_t<KS>, qint8>) {
     if (k.group() != d) {
       throw_shape_error(who, ": k is qint8 in groups of ", k.group(),
                         ", expected groups of one head's row, head_dim = ", d);
     }
   }
-  if constexpr (std::is_same_v<VS, qint8>) {
+  if constexpr (std::is_same_v<stored_t<VS>, qint8>) {
     if (v.group() != dv) {
       throw_shape_error(who, ": v is qint8 in groups of ", v.group(),
                         ", expected groups of one head's row, value_dim = ", dv);
@@ -221,6 +226,16 @@ class KeyValueArgument<QuantizedMatrix> : public KeyValueArgument<QuantizedView>
   explicit KeyValueArgument(const QuantizedMatrix& argument)
       : KeyValueArgument<QuantizedView>(argument.view()) {}
 };
+template <typename S>
+class KeyValueArgument<PagedView<S>> {
+ public:
+  using Storage = Paged<S>;
+  explicit KeyValueArgument(const PagedView<S>& argument) : m_view(argument) {}
+  PagedView<S> view() const { return m_view; }
+
+ private:
+  PagedView<S> m_view;
+};
 
 /// The Scalar a call computes and returns in: float for queries in float, bfloat16 or half,
 /// double for double.
@@ -235,8 +250,8 @@ constexpr void check_storage() {
                     std::is_same_v<QS, bfloat16> || std::is_same_v<QS, half>,
                 "attn::scaled_dot_product_attention: q must be float, double, attn::bfloat16 or "
                 "attn::half");
-  static_assert(is_storage_for<Scalar, typename KeyValueArgument<K>::Storage> &&
-                    is_storage_for<Scalar, typename KeyValueArgument<V>::Storage>,
+  static_assert(is_storage_for<Scalar, stored_t<typename KeyValueArgument<K>::Storage>> &&
+                    is_storage_for<Scalar, stored_t<typename KeyValueArgument<V>::Storage>>,
                 "attn::scaled_dot_product_attention: k and v must be stored as q's compute type "
                 "(double with double q) or, with float, bfloat16 or half q, in float, "
                 "attn::bfloat16, attn::half or attn::qint8; cast one of them");
@@ -266,7 +281,8 @@ void average_head_weights(Matrix<Scalar>& weights, Index heads) {
 ///               else is evaluated once.
 /// \param k,v    In: as q, each stored in q's compute type or, when it is float, in float,
 ///               attn::bfloat16, attn::half (any mix), or attn::qint8 (a QuantizedMatrix or
-///               QuantizedView in groups of one head's row). Reduced storage is converted as
+///               QuantizedView in groups of one head's row); or a PagedView of any of these (a
+///               sequence of a PagedKVCache), read through its table of runs. Reduced storage is converted as
 ///               it is read (decoding: in registers; prefill: a head's K and V once into the
 ///               worker's scratch, or block by block), and everything accumulates in float
 ///               (see storage.hpp).
@@ -340,6 +356,83 @@ Matrix<detail::result_t<DQ>> scaled_dot_product_attention(
   Matrix<Scalar> out(q.rows(), value_width);
   scaled_dot_product_attention_into(q, k, v, out, mask, options, extras);
   return out;
+}
+
+/// Scaled dot-product attention over a batch of sequences of different lengths in one parallel
+/// call, written into `out`: sequence b's query rows, query_rows[b] of them, are packed row-wise
+/// in q (sequence 0 first), and it attends over k[b] and v[b] under `mask` (aligned bottom-right
+/// within each sequence); its output rows go to the same rows of out. Typically the sequences of
+/// a PagedKVCache (k[b] = pool.keys(id_b)), each advanced by one token or a few.
+///
+/// The work items are those of every sequence's own call (key splits of a decode, query blocks of
+/// a prefill), spread over the executor's workers together, and each sequence's results are
+/// merged exactly as its own call merges them: the result is bitwise identical to B separate
+/// calls of scaled_dot_product_attention_into, for any executor and thread count.
+///
+/// \param q          In: (Σ query_rows, H·d), as for scaled_dot_product_attention_into.
+/// \param query_rows In: the rows of each sequence, each ≥ 0.
+/// \param k,v        In: one key and one value argument per sequence (the same type for all), as
+///                   for scaled_dot_product_attention_into (PagedView, matrices, views).
+/// \param out        Out: (Σ query_rows, H·dv).
+/// \param mask       A mask that fits every sequence: structured, or functions of positions
+///                   (an explicit matrix or a key length fits only equal shapes).
+/// 	hrows ShapeError if the counts of query_rows, k and v differ, query_rows do not sum to
+///         q.rows(), or any sequence fails a check of scaled_dot_product_attention_into (the
+///         message names the sequence); out is then untouched.
+template <typename DQ, typename K, typename V, typename M = Mask,
+          typename = std::enable_if_t<detail::is_mask_argument<M>>>
+void scaled_dot_product_attention_batch_into(const Eigen::MatrixBase<DQ>& q,
+                                             const std::vector<Index>& query_rows,
+                                             const std::vector<K>& k, const std::vector<V>& v,
+                                             MatrixRef<detail::result_t<DQ>> out,
+                                             const M& mask = M(),
+                                             const AttentionOptions& options = {}) {
+  detail::check_storage<DQ, K, V>();
+  using Scalar = detail::result_t<DQ>;
+  using QS = typename DQ::Scalar;
+  using KS = typename detail::KeyValueArgument<K>::Storage;
+  using VS = typename detail::KeyValueArgument<V>::Storage;
+  constexpr const char* who = "scaled_dot_product_attention_batch";
+  if (k.size() != query_rows.size() || v.size() != query_rows.size()) {
+    detail::throw_shape_error(who, ": ", query_rows.size(), " query_rows, ", k.size(), " k and ",
+                              v.size(), " v, expected one of each per sequence");
+  }
+  Index rows = 0;
+  for (std::size_t b = 0; b < query_rows.size(); ++b) {
+    if (query_rows[b] < 0) {
+      detail::throw_shape_error(who, ": query_rows[", b, "] is ", query_rows[b], ", expected >= 0");
+    }
+    rows += query_rows[b];
+  }
+  if (rows != q.rows() || out.rows() != q.rows()) {
+    detail::throw_shape_error(who, ": query_rows sum to ", rows, ", q is ", detail::shape_string(q),
+                              " and out is ", detail::shape_string(out),
+                              ", expected q.rows() = out.rows() = ", rows);
+  }
+  const ConstMatrixRef<QS> q_ref(q);
+  const auto& score_mask = detail::as_score_mask(mask);
+  using Problem = detail::AttentionProblem<Scalar, QS, KS, VS>;
+  std::vector<Problem> problems;
+  problems.reserve(query_rows.size());
+  // The arguments as bound (an expression that is not row-major storage is evaluated into its
+  // binding), kept in place while the problems point into them.
+  std::deque<detail::KeyValueArgument<K>> k_args;
+  std::deque<detail::KeyValueArgument<V>> v_args;
+  Index first = 0;
+  for (std::size_t b = 0; b < query_rows.size(); ++b) {
+    const Index n = query_rows[b];
+    const ConstMatrixRef<QS> q_b(q_ref.middleRows(first, n));
+    MatrixRef<Scalar> out_b(out.middleRows(first, n));
+    k_args.emplace_back(k[b]);
+    v_args.emplace_back(v[b]);
+    const std::string sequence = std::string(who) + " (sequence " + std::to_string(b) + ")";
+    problems.push_back(
+        detail::make_problem<Scalar, QS, KS, VS>(sequence.c_str(), q_b, k_args.back().view(),
+                                                 v_args.back().view(), out_b, score_mask, options));
+    first += n;
+  }
+  detail::run_attention_batch(problems.data(), problems.size(), score_mask, options.executor,
+                              options.workspace);
 }
 
 }  // namespace attn

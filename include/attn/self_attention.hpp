@@ -14,12 +14,51 @@
 #include "kv_cache.hpp"
 #include "mask.hpp"
 #include "multi_head.hpp"
+#include "paged_kv_cache.hpp"
 #include "parallel.hpp"
 #include "scaled_dot_product.hpp"
 #include "types.hpp"
 #include "workspace.hpp"
 
 namespace attn {
+
+namespace detail {
+
+/// What SelfAttention's incremental forms need of where keys and values go: a KVCache.
+template <typename Scalar, typename Storage>
+struct ContiguousCache {
+  KVCache<Scalar, Storage>& target;
+  const KVCache<Scalar, Storage>& cache() const { return target; }
+  Index size() const { return target.size(); }
+  /// The most keys a call can see (its decode's partial results are sized for them once).
+  Index most_keys() const { return target.capacity(); }
+  void check_room(const char* who, Index rows) const { target.check_room(who, rows); }
+  template <typename K, typename V>
+  void append(const K& k, const V& v) {
+    target.append(k, v);
+  }
+  auto keys() const { return target.keys(); }
+  auto values() const { return target.values(); }
+};
+
+/// … or one sequence of a PagedKVCache.
+template <typename Scalar, typename Storage>
+struct PagedSequence {
+  PagedKVCache<Scalar, Storage>& pool;
+  SequenceId id;
+  const PagedKVCache<Scalar, Storage>& cache() const { return pool; }
+  Index size() const { return pool.size(id); }
+  Index most_keys() const { return pool.size(id) + pool.free_pages() * pool.page_size(); }
+  void check_room(const char* who, Index rows) const { pool.check_room(who, id, rows); }
+  template <typename K, typename V>
+  void append(const K& k, const V& v) {
+    pool.append(id, k, v);
+  }
+  auto keys() const { return pool.keys(id); }
+  auto values() const { return pool.values(id); }
+};
+
+}  // namespace detail
 
 /// Multi-head self-attention, as torch.nn.MultiheadAttention(x, x, x):
 /// \f$y = \mathrm{concat}_h\big(\mathrm{softmax}(Q_h K_{g(h)}^\top/\sqrt{d} + \mathrm{mask})V_{g(h)}\big) W_o^\top + b_o\f$
@@ -127,36 +166,82 @@ class SelfAttention {
                    MatrixRef<Scalar> out, const M& mask = Mask::causal(),
                    const MultiHeadOptions& options = {},
                    const AttentionExtras<Scalar>& extras = {}) const {
+    detail::ContiguousCache<Scalar, Storage> target{cache};
+    attend_appending(x, target, out, mask, options, extras);
+  }
+
+  /// Incremental self-attention of one sequence of a PagedKVCache, written into out (n, E): as
+  /// attend_into(x, cache, …) above, with the new keys and values appended to sequence `id` of
+  /// `pool` (copy-on-write of a shared last page) and the kernel reading its pages in place.
+  /// \throws SequenceError if id is unknown, CapacityError if the pool has too few free pages,
+  ///         and the ShapeErrors of the KVCache form; on a throw, the pool and out are unchanged.
+  template <typename Derived, typename Storage, typename M = Mask,
+            typename = std::enable_if_t<detail::is_mask_argument<M>>>
+  void attend_into(const Eigen::MatrixBase<Derived>& x, PagedKVCache<Scalar, Storage>& pool,
+                   SequenceId id, MatrixRef<Scalar> out, const M& mask = Mask::causal(),
+                   const MultiHeadOptions& options = {},
+                   const AttentionExtras<Scalar>& extras = {}) const {
+    detail::PagedSequence<Scalar, Storage> target{pool, id};
+    attend_appending(x, target, out, mask, options, extras);
+  }
+
+  /// Batched incremental self-attention: sequences ids[b] of `pool` each advance by lengths[b]
+  /// rows (one for a decoding step, a few to verify draft tokens, many for a prompt), all in one
+  /// call. x packs the new rows (Σ lengths, E), sequence 0 first; out (Σ lengths, E) receives
+  /// theirs. One projection GEMM for all rows, the appends, then one parallel kernel call over
+  /// (sequence, key split or query block) and one output GEMM. Each sequence's rows are bitwise
+  /// what attend_into(its rows, pool, id, …) would give, for any thread count.
+  /// \param mask applied to every sequence, bottom-right aligned within it (structured masks and
+  ///             functions of positions; an explicit matrix fits only one shape).
+  /// \throws SequenceError if an id is unknown; ShapeError if lengths and ids differ in count, a
+  ///         length is negative, the lengths do not sum to x.rows(), an id appears twice, or any
+  ///         check of the single-sequence form fails; CapacityError if the pool has too few free
+  ///         pages for all of them. Every check is made first: on a throw, the pool and out are
+  ///         unchanged.
+  template <typename Derived, typename Storage, typename M = Mask,
+            typename = std::enable_if_t<detail::is_mask_argument<M>>>
+  void attend_batch_into(const Eigen::MatrixBase<Derived>& x, const std::vector<Index>& lengths,
+                         PagedKVCache<Scalar, Storage>& pool, const std::vector<SequenceId>& ids,
+                         MatrixRef<Scalar> out, const M& mask = Mask::causal(),
+                         const MultiHeadOptions& options = {}) const {
     const MultiHeadConfig& cfg = m_core.config();
     check_input(x);
-    if (cache.width() != cfg.kv_dim()) {
-      detail::throw_shape_error(who, ": cache width is ", cache.width(),
-                                ", expected num_kv_heads*head_dim = ", cfg.kv_dim());
+    if (lengths.size() != ids.size()) {
+      detail::throw_shape_error(who, ": ", lengths.size(), " lengths and ", ids.size(),
+                                " ids, expected one length per sequence");
     }
-    if constexpr (std::is_same_v<Storage, qint8>) {
-      if (cache.keys().group() != cfg.head_dim()) {
-        detail::throw_shape_error(who, ": the qint8 cache has groups of ", cache.keys().group(),
-                                  ", expected one head's row, head_dim = ", cfg.head_dim(),
-                                  " (make it with make_cache)");
-      }
-    }
-    cache.check_room(who, x.rows());
+    check_pool(pool);
+    const std::vector<Index> offsets = detail::sequence_offsets(who, "lengths", lengths, x.rows());
     m_core.check_out(who, "x", out, x.rows());
     const AttentionOptions kernel = m_core.kernel_options(options);
-    const detail::SequenceOffsets queries(x.rows()), keys(cache.size() + x.rows());
-    m_core.check_call(who, queries, keys, mask, kernel, extras);
-    // Every check has passed: only now may the cache change.
-    if (kernel.workspace != nullptr && x.rows() < detail::PacketTraits<Scalar>::size) {
-      kernel.workspace->shared(detail::decode_partial_bytes<Scalar>(cache.capacity(), cfg.num_heads,
-                                                                    x.rows(), cfg.head_dim()));
+    std::vector<Index> key_offsets(ids.size() + 1, 0);
+    for (std::size_t b = 0; b < ids.size(); ++b) {
+      if (!pool.contains(ids[b])) pool.size(ids[b]);  // throws the SequenceError
+      key_offsets[b + 1] = key_offsets[b] + pool.size(ids[b]) + lengths[b];
     }
+    m_core.check_call(who, detail::SequenceOffsets(offsets), detail::SequenceOffsets(key_offsets),
+                      mask, kernel, {});
     Matrix<Scalar> own;
     const MatrixView<Scalar> qkv = project(x, kernel.workspace, own);
     const ConstMatrixRef<Scalar> all(qkv);
     const Index e = cfg.model_dim, kv = cfg.kv_dim();
-    cache.append(detail::column_block(all, e, kv), detail::column_block(all, e + kv, kv));
-    m_core.attend_and_project(detail::column_block(all, 0, e), cache.keys(), cache.values(),
-                              queries, keys, mask, kernel, extras, out);
+    const auto keys = detail::column_block(all, e, kv),
+               values = detail::column_block(all, e + kv, kv);
+    pool.check_appends(who, ids, offsets, keys, values);
+    // Every check has passed: only now may the pool change.
+    std::vector<PagedView<Storage>> k_views, v_views;
+    k_views.reserve(ids.size());
+    v_views.reserve(ids.size());
+    for (std::size_t b = 0; b < ids.size(); ++b) {
+      pool.append(ids[b], keys.middleRows(offsets[b], lengths[b]),
+                  values.middleRows(offsets[b], lengths[b]));
+    }
+    for (const SequenceId id : ids) {
+      k_views.push_back(pool.keys(id));
+      v_views.push_back(pool.values(id));
+    }
+    m_core.attend_batch_and_project(detail::column_block(all, 0, e), lengths, k_views, v_views,
+                                    mask, kernel, out);
   }
 
   /// Self-attention over one sequence.
@@ -204,6 +289,54 @@ class SelfAttention {
     return y;
   }
 
+  /// Incremental self-attention of sequence `id` of a PagedKVCache, returning the new rows'
+  /// outputs (n, E); see attend_into(x, pool, id, out, mask, options, extras).
+  template <typename Derived, typename Storage, typename M = Mask,
+            typename = std::enable_if_t<detail::is_mask_argument<M>>>
+  Matrix<Scalar> operator()(const Eigen::MatrixBase<Derived>& x,
+                            PagedKVCache<Scalar, Storage>& pool, SequenceId id,
+                            const M& mask = Mask::causal(),
+                            const AttentionExtras<Scalar>& extras = {},
+                            const MultiHeadOptions& options = {}) const {
+    Matrix<Scalar> y(x.rows(), m_core.config().model_dim);
+    attend_into(x, pool, id, y, mask, options, extras);
+    return y;
+  }
+
+  /// One decoding step of many sequences: row b of x (B × E) is the next token of ids[b]; returns
+  /// their outputs (B × E). See attend_batch_into.
+  template <typename Derived, typename Storage, typename M = Mask,
+            typename = std::enable_if_t<detail::is_mask_argument<M>>>
+  Matrix<Scalar> attend_batch(const Eigen::MatrixBase<Derived>& x,
+                              PagedKVCache<Scalar, Storage>& pool,
+                              const std::vector<SequenceId>& ids, const M& mask = Mask::causal(),
+                              const MultiHeadOptions& options = {}) const {
+    return attend_batch(x, std::vector<Index>(ids.size(), 1), pool, ids, mask, options);
+  }
+
+  /// Sequences ids[b] each advance by lengths[b] rows of x; returns (Σ lengths, E). See
+  /// attend_batch_into.
+  template <typename Derived, typename Storage, typename M = Mask,
+            typename = std::enable_if_t<detail::is_mask_argument<M>>>
+  Matrix<Scalar> attend_batch(const Eigen::MatrixBase<Derived>& x,
+                              const std::vector<Index>& lengths,
+                              PagedKVCache<Scalar, Storage>& pool,
+                              const std::vector<SequenceId>& ids, const M& mask = Mask::causal(),
+                              const MultiHeadOptions& options = {}) const {
+    Matrix<Scalar> y(x.rows(), m_core.config().model_dim);
+    attend_batch_into(x, lengths, pool, ids, y, mask, options);
+    return y;
+  }
+
+  /// An empty pool of this layer's width (num_kv_heads·head_dim): `pages` pages of `page_size`
+  /// positions, kept in `Storage` (see PagedKVCache and KVCache).
+  template <typename Storage = Scalar>
+  PagedKVCache<Scalar, Storage> make_paged_cache(
+      Index pages, Index page_size = PagedKVCache<Scalar, Storage>::default_page_size) const {
+    return PagedKVCache<Scalar, Storage>(pages, m_core.config().kv_dim(),
+                                         m_core.config().head_dim(), page_size);
+  }
+
   /// An empty cache of this layer's width (num_kv_heads·head_dim) for `capacity` positions, kept
   /// in `Storage` (Scalar by default; for a float layer also attn::bfloat16, attn::half or
   /// attn::qint8, see KVCache).
@@ -232,6 +365,51 @@ class SelfAttention {
       detail::throw_shape_error(who, ": x is ", detail::shape_string(x),
                                 ", expected x.cols() = model_dim ", m_core.config().model_dim);
     }
+  }
+
+  /// The checks of a cache or pool of another layout: its width, and a qint8 cache's groups.
+  template <typename Cache>
+  void check_pool(const Cache& cache) const {
+    const MultiHeadConfig& cfg = m_core.config();
+    if (cache.width() != cfg.kv_dim()) {
+      detail::throw_shape_error(who, ": cache width is ", cache.width(),
+                                ", expected num_kv_heads*head_dim = ", cfg.kv_dim());
+    }
+    if constexpr (std::is_same_v<typename Cache::Storage, qint8>) {
+      if (cache.head_dim() != cfg.head_dim()) {
+        detail::throw_shape_error(who, ": the qint8 cache has groups of ", cache.head_dim(),
+                                  ", expected one head's row, head_dim = ", cfg.head_dim(),
+                                  " (make it with make_cache or make_paged_cache)");
+      }
+    }
+  }
+
+  /// The incremental forms: x's keys and values appended to `target` (a KVCache, or a sequence of
+  /// a pool), then x's rows attend over everything it holds.
+  template <typename Derived, typename Target, typename M>
+  void attend_appending(const Eigen::MatrixBase<Derived>& x, Target& target, MatrixRef<Scalar>& out,
+                        const M& mask, const MultiHeadOptions& options,
+                        const AttentionExtras<Scalar>& extras) const {
+    const MultiHeadConfig& cfg = m_core.config();
+    check_input(x);
+    check_pool(target.cache());
+    target.check_room(who, x.rows());
+    m_core.check_out(who, "x", out, x.rows());
+    const AttentionOptions kernel = m_core.kernel_options(options);
+    const detail::SequenceOffsets queries(x.rows()), keys(target.size() + x.rows());
+    m_core.check_call(who, queries, keys, mask, kernel, extras);
+    // Every check has passed: only now may the cache change.
+    if (kernel.workspace != nullptr && x.rows() < detail::PacketTraits<Scalar>::size) {
+      kernel.workspace->shared(detail::decode_partial_bytes<Scalar>(
+          target.most_keys(), cfg.num_heads, x.rows(), cfg.head_dim()));
+    }
+    Matrix<Scalar> own;
+    const MatrixView<Scalar> qkv = project(x, kernel.workspace, own);
+    const ConstMatrixRef<Scalar> all(qkv);
+    const Index e = cfg.model_dim, kv = cfg.kv_dim();
+    target.append(detail::column_block(all, e, kv), detail::column_block(all, e + kv, kv));
+    m_core.attend_and_project(detail::column_block(all, 0, e), target.keys(), target.values(),
+                              queries, keys, mask, kernel, extras, out);
   }
 
   /// x (n, E) -> [Q | K | V] (n, E + 2·kv_dim) in the workspace's projection buffer, or in `own`.

@@ -212,6 +212,13 @@ class QuantizedMatrix {
     }
   }
 
+  /// Copies rows [from, from + count) to rows [to, to + count), values and scales as they are
+  /// (no requantisation). Precondition: both ranges lie in the matrix and do not overlap.
+  void copy_rows(Index from, Index to, Index count) {
+    m_values.middleRows(to, count) = m_values.middleRows(from, count);
+    m_scales.middleRows(to, count) = m_scales.middleRows(from, count);
+  }
+
   /// Quantises x into rows [first, first + x.rows()). Precondition: check(x) passed, the rows fit
   /// and x has cols() columns.
   void assign_rows(Index first, const ConstMatrixRef<float>& x) {

@@ -9,6 +9,7 @@
 
 #include <type_traits>
 
+#include "../paged_view.hpp"
 #include "../storage.hpp"
 #include "../types.hpp"
 #include "convert.hpp"
@@ -20,7 +21,8 @@ namespace attn::detail {
 /// One attention problem over all heads. Heads are column blocks: q is n × H·d, k is m × Hkv·d,
 /// v is m × Hkv·dv, out is n × H·dv; query head h reads kv head h / (H / Hkv). Q, K and V may be
 /// stored in another type than the Scalar everything computes in (see storage.hpp); for qint8,
-/// a scale per row and kv head.
+/// a scale per row and kv head. K and V may lie in pages (Paged<Storage>, read through a
+/// PagedView): the paths then read them a run of rows at a time.
 template <typename Scalar_, typename QueryStorage = Scalar_, typename KeyStorage = Scalar_,
           typename ValueStorage = Scalar_>
 struct AttentionProblem {
@@ -31,8 +33,8 @@ struct AttentionProblem {
       std::is_same_v<KeyStorage, Scalar> && std::is_same_v<ValueStorage, Scalar>;
 
   ConstMatrixView<QueryStorage> q;
-  StorageView<KeyStorage> k;
-  StorageView<ValueStorage> v;
+  key_value_view_t<KeyStorage> k;  // a PagedView for Paged<…> storage
+  key_value_view_t<ValueStorage> v;
   MatrixView<Scalar> out;
   Index num_heads;
   Index num_kv_heads;

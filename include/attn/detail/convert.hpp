@@ -8,10 +8,12 @@
 /// target has them (AVX-512F, AVX2, F16C, SSE2/SSE4.1, NEON), otherwise lane by lane through the
 /// portable scalar conversions. Every path gives the exact value of the stored element.
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
 
+#include "../paged_view.hpp"
 #include "../storage.hpp"
 #include "../types.hpp"
 #include "packet_math.hpp"
@@ -225,6 +227,33 @@ bool rows_finite(const View& view, Index first, Index count, Index col, Index co
       return true;
     }
   }
+}
+
+/// convert_rows over a paged view: run by run.
+template <typename Scalar, typename S>
+void convert_rows(const PagedView<S>& src, Index first, Index count, Index col, Index cols,
+                  Scalar* dst, Index dst_stride) {
+  while (count > 0) {
+    const auto run = src.run_from(first);
+    const Index rows = std::min(count, run.rows());
+    convert_rows(run, 0, rows, col, cols, dst, dst_stride);
+    first += rows;
+    count -= rows;
+    dst += rows * dst_stride;
+  }
+}
+
+/// rows_finite over a paged view: run by run.
+template <typename S>
+bool rows_finite(const PagedView<S>& view, Index first, Index count, Index col, Index cols) {
+  while (count > 0) {
+    const auto run = view.run_from(first);
+    const Index rows = std::min(count, run.rows());
+    if (!rows_finite(run, 0, rows, col, cols)) return false;
+    first += rows;
+    count -= rows;
+  }
+  return true;
 }
 
 }  // namespace attn::detail

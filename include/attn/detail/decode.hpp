@@ -62,21 +62,24 @@ EIGEN_ALWAYS_INLINE void prefetch_scales(const View& view, Index first, Index co
 
 /// One tile of keys [j0, j0 + keys) for all the state's heads. K and V rows are read in their
 /// storage and converted in registers; a qint8 row's scale multiplies its logit and its weight.
-template <typename Problem, typename TM, typename Scalar = typename Problem::Scalar>
+/// `kt` and `vt` are K's and V's rows from j0 as far as they are contiguous (at least `keys`
+/// rows; beyond the tile, the prefetches may ask for them).
+template <typename Problem, typename TM, typename KeyRun, typename ValueRun,
+          typename Scalar = typename Problem::Scalar>
 void decode_tile(const Problem& p, const TM& mask, const DecodeState<Scalar>& st, Index i0,
-                 Index j0, Index keys) {
+                 Index j0, Index keys, const KeyRun& kt, const ValueRun& vt) {
   // Keys that no head's queries see are never read.
   bool any_visible = false;
   for (Index h = st.first_head; h < st.end_head() && !any_visible; ++h)
     any_visible = mask.classify(h, i0, i0 + st.rows, j0, j0 + keys).combined() != Visibility::none;
   if (!any_visible) return;
 
-  using KeyElement = std::remove_const_t<std::remove_pointer_t<decltype(p.k.data())>>;
-  using ValueElement = std::remove_const_t<std::remove_pointer_t<decltype(p.v.data())>>;
+  using KeyElement = std::remove_const_t<std::remove_pointer_t<decltype(kt.data())>>;
+  using ValueElement = std::remove_const_t<std::remove_pointer_t<decltype(vt.data())>>;
   using KeyRow = Eigen::Matrix<KeyElement, 1, Eigen::Dynamic>;
   using ValueRow = Eigen::Matrix<ValueElement, 1, Eigen::Dynamic>;
-  constexpr bool scaled_keys = is_quantized_view<decltype(p.k)>;
-  constexpr bool scaled_values = is_quantized_view<decltype(p.v)>;
+  constexpr bool scaled_keys = is_quantized_view<KeyRun>;
+  constexpr bool scaled_values = is_quantized_view<ValueRun>;
   const Index d = p.head_dim;
   const Index dv = p.value_dim;
   auto& s = st.scratch.s_rows;
@@ -105,29 +108,29 @@ void decode_tile(const Problem& p, const TM& mask, const DecodeState<Scalar>& st
   Index j_logits = 0;
   if (whole_packets) {
     for (; j_logits + key_rows <= keys; j_logits += key_rows) {
-      const KeyElement* k_rows = p.k.data() + (j0 + j_logits) * p.k.outerStride();
-      const bool ahead = j0 + j_logits + prefetch_rows + key_rows <= p.k.rows();
-      if (ahead) prefetch_scales(p.k, j0 + j_logits + prefetch_rows, key_rows);
+      const KeyElement* k_rows = kt.data() + j_logits * kt.outerStride();
+      const bool ahead = j_logits + prefetch_rows + key_rows <= kt.rows();
+      if (ahead) prefetch_scales(kt, j_logits + prefetch_rows, key_rows);
       for (Index h = st.first_head; h < st.end_head(); ++h) {
         const Index g = p.kv_head(h);
         if (ahead) {
-          prefetch_block(k_rows + prefetch_rows * p.k.outerStride() + g * d, p.k.outerStride(),
+          prefetch_block(k_rows + prefetch_rows * kt.outerStride() + g * d, kt.outerStride(),
                          key_rows, d);
         }
         for (Index r = 0; r < st.rows; ++r) {
           const Index row = st.row(h, r);
           Scalar* logits = s_row(row) + j_logits;
-          packet_dot_rows<key_rows>(q_row(row), k_rows + g * d, p.k.outerStride(), d, logits);
+          packet_dot_rows<key_rows>(q_row(row), k_rows + g * d, kt.outerStride(), d, logits);
           if constexpr (scaled_keys) {
             for (int i = 0; i < key_rows; ++i)
-              logits[i] *= row_scale<Scalar>(p.k, j0 + j_logits + i, g);
+              logits[i] *= row_scale<Scalar>(kt, j_logits + i, g);
           }
         }
       }
     }
   }
   for (Index j = j_logits; j < keys; ++j) {
-    const KeyElement* k_row = p.k.data() + (j0 + j) * p.k.outerStride();
+    const KeyElement* k_row = kt.data() + j * kt.outerStride();
     for (Index h = st.first_head; h < st.end_head(); ++h) {
       const Index g = p.kv_head(h);
       const KeyElement* k_head = k_row + g * d;
@@ -138,7 +141,7 @@ void decode_tile(const Problem& p, const TM& mask, const DecodeState<Scalar>& st
         } else {
           s(row, j) = q.row(row).dot(Eigen::Map<const KeyRow>(k_head, d).template cast<Scalar>());
         }
-        if constexpr (scaled_keys) s(row, j) *= row_scale<Scalar>(p.k, j0 + j, g);
+        if constexpr (scaled_keys) s(row, j) *= row_scale<Scalar>(kt, j, g);
       }
     }
   }
@@ -164,17 +167,17 @@ void decode_tile(const Problem& p, const TM& mask, const DecodeState<Scalar>& st
   }
 
   // 3. O += P·V, a value row (or key_rows) at a time across the heads.
-  const bool careful = values_need_care(masked, p.v, j0, keys, 0, p.v.cols());
+  const bool careful = values_need_care(masked, vt, 0, keys, 0, vt.cols());
   Index j = 0;
   if (whole_packets && !careful) {
     for (; j + key_rows <= keys; j += key_rows) {
-      const ValueElement* v_rows = p.v.data() + (j0 + j) * p.v.outerStride();
-      const bool ahead = j0 + j + prefetch_rows + key_rows <= p.v.rows();
-      if (ahead) prefetch_scales(p.v, j0 + j + prefetch_rows, key_rows);
+      const ValueElement* v_rows = vt.data() + j * vt.outerStride();
+      const bool ahead = j + prefetch_rows + key_rows <= vt.rows();
+      if (ahead) prefetch_scales(vt, j + prefetch_rows, key_rows);
       for (Index h = st.first_head; h < st.end_head(); ++h) {
         const Index g = p.kv_head(h);
         if (ahead) {
-          prefetch_block(v_rows + prefetch_rows * p.v.outerStride() + g * dv, p.v.outerStride(),
+          prefetch_block(v_rows + prefetch_rows * vt.outerStride() + g * dv, vt.outerStride(),
                          key_rows, dv);
         }
         for (Index r = 0; r < st.rows; ++r) {
@@ -183,22 +186,22 @@ void decode_tile(const Problem& p, const TM& mask, const DecodeState<Scalar>& st
           Scalar scaled[key_rows];
           if constexpr (scaled_values) {
             for (int i = 0; i < key_rows; ++i)
-              scaled[i] = weights[i] * row_scale<Scalar>(p.v, j0 + j + i, g);
+              scaled[i] = weights[i] * row_scale<Scalar>(vt, j + i, g);
             weights = scaled;
           }
-          packet_axpy_rows<key_rows>(weights, v_rows + g * dv, p.v.outerStride(), acc_row(row), dv);
+          packet_axpy_rows<key_rows>(weights, v_rows + g * dv, vt.outerStride(), acc_row(row), dv);
         }
       }
     }
   }
   for (; j < keys; ++j) {
-    const ValueElement* v_row = p.v.data() + (j0 + j) * p.v.outerStride();
+    const ValueElement* v_row = vt.data() + j * vt.outerStride();
     for (Index h = st.first_head; h < st.end_head(); ++h) {
       const Index g = p.kv_head(h);
       const ValueElement* v_head = v_row + g * dv;
       for (Index r = 0; r < st.rows; ++r) {
         const Index row = st.row(h, r);
-        const Scalar weight = s(row, j) * row_scale<Scalar>(p.v, j0 + j, g);
+        const Scalar weight = s(row, j) * row_scale<Scalar>(vt, j, g);
         if (careful && weight == 0) continue;
         if (whole_packets) {
           packet_axpy_rows<1>(&weight, v_head, 0, acc_row(row), dv);
@@ -219,8 +222,13 @@ void attend_decode(const Problem& p, const TM& mask, const DecodeState<Scalar>& 
                    Index keys_begin, Index keys_end, const Destination& dst) {
   const Index tile = st.scratch.blocks.decode_keys;
   decode_begin(p, st, i0);
-  for (Index j0 = keys_begin; j0 < keys_end; j0 += tile)
-    decode_tile(p, mask, st, i0, j0, std::min(tile, keys_end - j0));
+  // Tiles end where K's or V's rows stop being contiguous (a page's run ends).
+  for (Index j0 = keys_begin, keys = 0; j0 < keys_end; j0 += keys) {
+    const auto kt = contiguous_rows_from(p.k, j0);
+    const auto vt = contiguous_rows_from(p.v, j0);
+    keys = std::min({tile, keys_end - j0, kt.rows(), vt.rows()});
+    decode_tile(p, mask, st, i0, j0, keys, kt, vt);
+  }
   const OnlineSoftmax<Scalar> softmax = st.softmax();
   for (Index h = st.first_head; h < st.end_head(); ++h) {
     const BlockOutput<Scalar> out = dst(h);

@@ -239,6 +239,21 @@ class MultiHeadCore {
     linear(ConstMatrixRef<Scalar>(heads), m_out_weight, m_out_bias, out);
   }
 
+  /// Attention of sequences of different lengths over key and value views of their own (the
+  /// sequences of a PagedKVCache): q packs lengths[b] rows per sequence; one kernel call for the
+  /// batch, then one output projection into out. Precondition: the batch's checks passed.
+  template <typename KeyView, typename ValueView, typename M>
+  void attend_batch_and_project(const ConstMatrixView<Scalar>& q, const std::vector<Index>& lengths,
+                                const std::vector<KeyView>& k, const std::vector<ValueView>& v,
+                                const M& mask, const AttentionOptions& kernel,
+                                MatrixRef<Scalar> out) const {
+    Matrix<Scalar> own;
+    MatrixView<Scalar> heads =
+        scratch(kernel.workspace, Workspace::Buffer::heads, q.rows(), m_config.model_dim, own);
+    scaled_dot_product_attention_batch_into(q, lengths, k, v, heads, mask, kernel);
+    linear(ConstMatrixRef<Scalar>(heads), m_out_weight, m_out_bias, out);
+  }
+
  private:
   Eigen::VectorBlock<const Vector<Scalar>> in_bias_segment(Index start, Index size) const {
     return m_config.bias ? m_in_bias.segment(start, size) : m_in_bias.segment(0, 0);

@@ -102,9 +102,12 @@ void attend_query_block(const Problem& p, const TM& mask, KernelScratch<Scalar>&
   // Where the next key block's rows come from, for the prefetches: K and V as the tiles read
   // them (in place or packed), or their storage when each block is converted first.
   [[maybe_unused]] const bool staged = kv.k == nullptr;
+  // (Paged rows are staged or packed by runs and not prefetched: no stride leads to the next.)
   const auto k_source = [&] {
     if constexpr (Problem::kv_in_scalar) {
       return std::pair(kv.k, kv.k_stride);
+    } else if constexpr (is_paged_view<decltype(p.k)>) {
+      return std::pair(static_cast<const Scalar*>(nullptr), d);
     } else {
       return std::pair(p.k.rows() == 0 ? p.k.data() : p.k.data() + g * d,
                        staged ? p.k.outerStride() : d);  // (packed: contiguous, not prefetched)
@@ -113,6 +116,8 @@ void attend_query_block(const Problem& p, const TM& mask, KernelScratch<Scalar>&
   const auto v_source = [&] {
     if constexpr (Problem::kv_in_scalar) {
       return std::pair(kv.v, kv.v_stride);
+    } else if constexpr (is_paged_view<decltype(p.v)>) {
+      return std::pair(static_cast<const Scalar*>(nullptr), dv);
     } else {
       return std::pair(p.v.rows() == 0 ? p.v.data() : p.v.data() + g * dv,
                        staged ? p.v.outerStride() : dv);

@@ -10,6 +10,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstddef>
+#include <memory>
+#include <optional>
 
 #include "../mask.hpp"
 #include "../parallel.hpp"
@@ -72,12 +75,6 @@ class AttentionSchedule {
       }
       m_keys_begin = std::min(m_keys_begin, m_keys_end);
       m_items = std::max<Index>(1, (m_keys_end - m_keys_begin) / decode_split_keys);
-      if (m_items > 1) {
-        const Index parts = m_items * p.num_heads * n;
-        m_partial_out = static_cast<Scalar*>(workspace.shared(
-            decode_partial_bytes<Scalar>(m_keys_end - m_keys_begin, p.num_heads, n, p.value_dim)));
-        m_partial_lse = m_partial_out + parts * p.value_dim;
-      }
     } else {
       m_query_blocks = (n + m_blocks.query_rows - 1) / m_blocks.query_rows;
       m_items = p.num_heads * m_query_blocks;
@@ -89,13 +86,28 @@ class AttentionSchedule {
   /// Work items: key splits when decoding, else (head, query block) pairs.
   Index items() const { return m_items; }
 
-  /// One worker: takes items until none are left. Several run at once, one per executor chunk;
-  /// which worker computes an item never changes its result.
-  void work() {
+  /// Bytes of the split decode's partial results (0 without splits), which use_partials must
+  /// give before work starts.
+  std::size_t partial_bytes() const {
+    if (!m_decoding || m_items == 1) return 0;
+    return sizeof(Scalar) *
+           std::size_t(m_items * m_p.num_heads * m_p.q.rows() * (m_p.value_dim + 1));
+  }
+  /// Where the partial results go: partial_bytes() of memory that outlives finish().
+  void use_partials(void* memory) {
+    if (partial_bytes() == 0) return;
+    m_partial_out = static_cast<Scalar*>(memory);
+    m_partial_lse = m_partial_out + m_items * m_p.num_heads * m_p.q.rows() * m_p.value_dim;
+  }
+
+  /// One worker, computing in the workspace's scratch slot `slot`: takes items until none are
+  /// left. Several run at once, each with its own slot; which worker computes an item never
+  /// changes its result.
+  void work(Index slot) {
     if (m_decoding) {
-      decode_splits();
+      decode_splits(slot);
     } else {
-      query_blocks();
+      query_blocks(slot);
     }
   }
 
@@ -147,12 +159,12 @@ class AttentionSchedule {
     return m_keys_begin + (m_keys_end - m_keys_begin) * s / m_items;
   }
 
-  void decode_splits() {
+  void decode_splits(Index slot) {
     const Index n = m_p.q.rows(), heads = m_p.num_heads;
     Index first = 0, last = 0;
     if (!take(1, first, last)) return;
     const ScratchShape shape{m_blocks, m_p.head_dim, m_p.value_dim, heads * n, 0, 0};
-    with_scratch<Scalar>(m_workspace, m_next_slot++, shape, [&](KernelScratch<Scalar>& scratch) {
+    with_scratch<Scalar>(m_workspace, slot, shape, [&](KernelScratch<Scalar>& scratch) {
       do {
         const Index split = first;
         const DecodeState<Scalar> state{scratch, 0, heads, n};
@@ -170,7 +182,7 @@ class AttentionSchedule {
   /// Items are (head, query block in balanced order), taken four at a time: an even number keeps
   /// the balanced pairs together, and a worker's consecutive takes mostly stay in one head, so
   /// it packs that head's K/V once.
-  void query_blocks() {
+  void query_blocks(Index slot) {
     constexpr Index items_per_take = 4;
     Index first = 0, last = 0;
     if (!take(items_per_take, first, last)) return;
@@ -181,7 +193,7 @@ class AttentionSchedule {
                              PacketTraits<Scalar>::size,
                              pack ? m_p.k.rows() : 0,
                              Problem::kv_in_scalar ? 0 : m_blocks.key_rows};
-    with_scratch<Scalar>(m_workspace, m_next_slot++, shape, [&](KernelScratch<Scalar>& scratch) {
+    with_scratch<Scalar>(m_workspace, slot, shape, [&](KernelScratch<Scalar>& scratch) {
       const Index n = m_p.q.rows();
       const Index block_rows = m_blocks.query_rows;
       do {
@@ -211,24 +223,73 @@ class AttentionSchedule {
   Scalar* m_partial_out = nullptr;         // split s, head h, row r at ((s·H + h)·n + r)·dv
   Scalar* m_partial_lse = nullptr;         // at (s·H + h)·n + r
   std::atomic<Index> m_next_item{0};
-  std::atomic<Index> m_next_slot{0};
 };
+
+/// Runs problems over the executor's workers, with scratch from `workspace` (or a workspace of
+/// its own): one problem, or a batch of them (sequences of different lengths) as one parallel
+/// run. Each call of the executor's work function is one worker with a scratch slot of its own;
+/// it works through the problems in order, taking items of each until none are left, so the
+/// workers spread over the items of all problems. Each problem's items, and the merge of its
+/// splits, are exactly those of a run of it alone: the results are bitwise the same.
+template <typename Problem, typename SM>
+void run_attention_batch(const Problem* problems, std::size_t count, const SM& mask,
+                         const Executor& executor, Workspace* workspace = nullptr) {
+  using Schedule = AttentionSchedule<Problem, SM>;
+  Workspace own_workspace;
+  Workspace& memory = workspace != nullptr ? *workspace : own_workspace;
+  // One schedule per problem with queries, in storage that never moves (schedules hold atomics).
+  std::size_t active = 0;
+  for (std::size_t b = 0; b < count; ++b)
+    active += problems[b].q.rows() > 0 ? 1 : 0;
+  if (active == 0) return;
+  std::optional<Schedule> single;
+  std::unique_ptr<std::optional<Schedule>[]> many;
+  std::optional<Schedule>* schedules = &single;
+  if (active > 1) {
+    many.reset(new std::optional<Schedule>[active]);
+    schedules = many.get();
+  }
+  std::size_t bytes = 0;
+  Index items = 0;
+  for (std::size_t b = 0, a = 0; b < count; ++b) {
+    if (problems[b].q.rows() == 0) continue;
+    schedules[a].emplace(problems[b], mask, memory);
+    bytes += schedules[a]->partial_bytes();
+    items += schedules[a]->items();
+    ++a;
+  }
+  // The split decodes' partial results, each schedule's after the one before.
+  char* partials = static_cast<char*>(bytes > 0 ? memory.shared(bytes) : nullptr);
+  for (std::size_t a = 0; a < active; ++a) {
+    schedules[a]->use_partials(partials);
+    partials += schedules[a]->partial_bytes();
+  }
+  struct Workers {
+    std::optional<Schedule>* schedules;
+    std::size_t count;
+    std::atomic<Index> next_slot{0};
+  } workers{schedules, active};
+  // One pointer, so that the RangeFunction holding the lambda stays within std::function's small
+  // buffer (no allocation per call).
+  Workers* const w = &workers;
+  parallel_for(
+      items,
+      [w](Index, Index) {
+        const Index slot = w->next_slot++;
+        for (std::size_t a = 0; a < w->count; ++a)
+          (*w->schedules[a]).work(slot);
+      },
+      executor);
+  for (std::size_t a = 0; a < active; ++a)
+    schedules[a]->finish();
+}
 
 /// Runs the whole problem over the executor's workers, with scratch from `workspace` (or a
 /// workspace of its own). Each call of the executor's work function is one worker.
 template <typename Problem, typename SM>
 void run_attention(const Problem& p, const SM& mask, const Executor& executor,
                    Workspace* workspace = nullptr) {
-  if (p.q.rows() == 0) return;
-  Workspace own_workspace;
-  AttentionSchedule<Problem, SM> schedule(p, mask,
-                                          workspace != nullptr ? *workspace : own_workspace);
-  // One pointer, so that the RangeFunction holding the lambda stays within std::function's small
-  // buffer (no allocation per call).
-  AttentionSchedule<Problem, SM>* const s = &schedule;
-  parallel_for(
-      schedule.items(), [s](Index, Index) { s->work(); }, executor);
-  schedule.finish();
+  run_attention_batch(&p, 1, mask, executor, workspace);
 }
 
 }  // namespace attn::detail

@@ -55,6 +55,26 @@ class StoredMatrix {
     }
   }
 
+  /// Rows [first, first + count).
+  StorageView<Storage> view(Index first, Index count) const {
+    if constexpr (std::is_same_v<Storage, qint8>) {
+      return m_data.view().middleRows(first, count);
+    } else {
+      return StorageView<Storage>(count == 0 ? m_data.data() : m_data.data() + first * cols(),
+                                  count, cols(), Eigen::OuterStride<>(cols()));
+    }
+  }
+
+  /// Copies rows [from, from + count) to rows [to, to + count) as stored (no rounding again).
+  /// Precondition: both ranges lie in the matrix and do not overlap.
+  void copy_rows(Index from, Index to, Index count) {
+    if constexpr (std::is_same_v<Storage, qint8>) {
+      m_data.copy_rows(from, to, count);
+    } else {
+      m_data.middleRows(to, count) = m_data.middleRows(from, count);
+    }
+  }
+
   /// \throws ShapeError naming `who` and `argument` (and the element) if x holds a value this
   ///         storage cannot hold: a finite value that would round to infinity in a 16-bit type,
   ///         or a NaN or infinity in a qint8 group. NaN and infinities are kept by bfloat16 and

@@ -102,7 +102,95 @@ void BM_DecodeStep(benchmark::State& state) {
       benchmark::Counter(1.0, benchmark::Counter::kIsIterationInvariantRate);
 }
 
-// ---- 3. A greedy decode: one decoder layer (self-attention with cache + cross-attention over
+// ---- 3. Paged decoding (PagedKVCache): the same step with K and V in a pool's pages, read through
+//         the sequence's table; and a batch of sequences advanced together in one call. The pools
+//         are filled a page at a time in turn with other sequences, as a server fills them, so a
+//         sequence's pages are not neighbours in memory.
+
+/// A float pool of `sequences` sequences of m positions, filled round-robin a page at a time;
+/// `extra` more sequences of m positions interleave with them and are not read.
+struct FilledPool {
+  attn::PagedKVCache<float> pool;
+  std::vector<attn::SequenceId> ids;
+  FilledPool(Index sequences, Index extra, Index m, Index page_size)
+      : pool((sequences + extra) * ((m + page_size - 1) / page_size),
+             decode_heads * decode_head_dim, decode_head_dim, page_size) {
+    const Index width = decode_heads * decode_head_dim;
+    std::vector<attn::SequenceId> all;
+    for (Index s = 0; s < sequences + extra; ++s)
+      all.push_back(pool.create());
+    const Matrix<float> rows = Matrix<float>::Random(page_size, width);
+    for (Index filled = 0; filled < m; filled += page_size) {
+      const Index count = std::min(page_size, m - filled);
+      for (const attn::SequenceId id : all)
+        pool.append(id, rows.topRows(count), rows.topRows(count));
+    }
+    ids.assign(all.begin(), all.begin() + sequences);
+  }
+};
+
+/// One decode step of one sequence of m positions in a pool of pages of page_size.
+void BM_PagedDecodeStep(benchmark::State& state) {
+  const Index m = state.range(0), page_size = state.range(1);
+  const int threads = int(state.range(2));
+  const Index width = decode_heads * decode_head_dim;
+  const FilledPool filled(1, 1, m, page_size);
+  const Matrix<float> q = Matrix<float>::Random(1, width);
+  Matrix<float> out(1, width);
+  attn::AttentionOptions options;
+  options.num_heads = decode_heads;
+  options.executor = attn::thread_executor(threads);
+  const attn::SequenceId id = filled.ids[0];
+  for (auto _ : state) {
+    attn::scaled_dot_product_attention_into(q, filled.pool.keys(id), filled.pool.values(id), out,
+                                            attn::Mask::causal(), options);
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.counters["bytes/s"] = benchmark::Counter(double(2 * m * width) * sizeof(float),
+                                                 benchmark::Counter::kIsIterationInvariantRate,
+                                                 benchmark::Counter::kIs1024);
+}
+
+/// One decode step of B sequences of m positions each, in one batched call (or, batched = 0, one
+/// call per sequence).
+void BM_PagedBatch(benchmark::State& state) {
+  const Index sequences = state.range(0), m = state.range(1);
+  const bool batched = state.range(2) != 0;
+  const int threads = int(state.range(3));
+  const Index width = decode_heads * decode_head_dim;
+  const FilledPool filled(sequences, 0, m, attn::PagedKVCache<float>::default_page_size);
+  const Matrix<float> q = Matrix<float>::Random(sequences, width);
+  Matrix<float> out(sequences, width);
+  attn::AttentionOptions options;
+  options.num_heads = decode_heads;
+  options.executor = attn::thread_executor(threads);
+  attn::Workspace workspace;
+  options.workspace = &workspace;
+  std::vector<attn::PagedView<float>> keys, values;
+  for (const attn::SequenceId id : filled.ids) {
+    keys.push_back(filled.pool.keys(id));
+    values.push_back(filled.pool.values(id));
+  }
+  const std::vector<Index> rows(std::size_t(sequences), 1);
+  for (auto _ : state) {
+    if (batched) {
+      attn::scaled_dot_product_attention_batch_into(q, rows, keys, values, out,
+                                                    attn::Mask::causal(), options);
+    } else {
+      for (Index b = 0; b < sequences; ++b) {
+        attn::scaled_dot_product_attention_into(q.row(b), keys[std::size_t(b)],
+                                                values[std::size_t(b)], out.row(b),
+                                                attn::Mask::causal(), options);
+      }
+    }
+    benchmark::DoNotOptimize(out.data());
+  }
+  state.counters["bytes/s"] = benchmark::Counter(double(sequences * 2 * m * width) * sizeof(float),
+                                                 benchmark::Counter::kIsIterationInvariantRate,
+                                                 benchmark::Counter::kIs1024);
+}
+
+// ---- 4. A greedy decode: one decoder layer (self-attention with cache + cross-attention over
 //         the encoder output), model_dim 512, 8 heads, 64 steps against a 512-token source.
 constexpr Index model_dim = 512;
 constexpr Index layer_heads = 8;
@@ -150,6 +238,35 @@ void BM_GreedyDecode(benchmark::State& state) {
       double(steps), benchmark::Counter::kIsIterationInvariantRate | benchmark::Counter::kInvert);
 }
 
+// 16 sequences sharing a 1 024-token prompt, each then 64 tokens of its own: the pool's pages with
+// the prompt forked (stored once) against 16 sequences that each hold a copy.
+void print_prefix_memory() {
+  constexpr Index users = 16, prefix = 1024, own = 64;
+  const Index width = decode_heads * decode_head_dim;
+  const Index pages = users * (prefix + own) / 64 + users;
+  const Matrix<float> rows = Matrix<float>::Random(prefix, width);
+  attn::PagedKVCache<float> shared(pages, width, decode_head_dim),
+      separate(pages, width, decode_head_dim);
+  const attn::SequenceId root = shared.create();
+  shared.append(root, rows, rows);
+  for (Index u = 0; u < users; ++u) {
+    const attn::SequenceId id = shared.fork(root);
+    shared.append(id, rows.topRows(own), rows.topRows(own));
+    const attn::SequenceId alone = separate.create();
+    separate.append(alone, rows, rows);
+    separate.append(alone, rows.topRows(own), rows.topRows(own));
+  }
+  std::printf(
+      "%d sequences sharing a %d-token prefix, %d tokens each of their own: %d pages (%.1f MiB) "
+      "with the prefix forked, %d pages (%.1f MiB) as separate caches: %.1fx less; %llu pages "
+      "copied on write\n",
+      int(users), int(prefix), int(own), int(shared.used_pages()),
+      double(shared.used_bytes()) / double(1 << 20), int(separate.used_pages()),
+      double(separate.used_bytes()) / double(1 << 20),
+      double(separate.used_pages()) / double(shared.used_pages()),
+      static_cast<unsigned long long>(shared.page_copies()));
+}
+
 // Prints, after the runs, each decode step's fraction of the streaming bandwidth on as many
 // threads, and the greedy decode's speed-up from the cache and the memory.
 class SummaryReporter : public attn_bench::SummaryReporter {
@@ -191,6 +308,26 @@ class SummaryReporter : public attn_bench::SummaryReporter {
         std::printf("%-44s %10.2f %12s\n", name.c_str(), value / double(1 << 30), "(stream)");
       }
     }
+    std::printf("\nPaged decoding (float, %d heads, d = %d)\n%-56s %10s %12s %10s\n",
+                int(decode_heads), int(decode_head_dim), "run", "GB/s", "% of stream", "x contig.");
+    for (const auto& [name, value] : m_values) {
+      if (name.rfind("Paged", 0) != 0) continue;
+      const std::size_t at = name.find("threads:") + 8;
+      const std::string threads = name.substr(at, 1);
+      const auto stream = m_values.find("ReadBandwidth/threads:" + threads + "/real_time");
+      const double fraction = stream == m_values.end() ? 0.0 : 100.0 * value / stream->second;
+      // A paged step against the contiguous float step of as many keys and threads.
+      std::string ratio;
+      if (name.rfind("PagedDecodeStep/m:", 0) == 0) {
+        const std::string m = name.substr(18, name.find('/', 18) - 18);
+        const auto contiguous =
+            m_values.find("DecodeStepF32/m:" + m + "/threads:" + threads + "/real_time");
+        if (contiguous != m_values.end()) ratio = std::to_string(value / contiguous->second);
+      }
+      std::printf("%-56s %10.2f %12.1f %10s\n", name.c_str(), value / double(1 << 30), fraction,
+                  ratio.substr(0, 5).c_str());
+    }
+    print_prefix_memory();
     const auto cached = m_values.find("GreedyDecode/incremental:1");
     const auto recomputed = m_values.find("GreedyDecode/incremental:0");
     if (cached != m_values.end() && recomputed != m_values.end()) {
@@ -227,6 +364,22 @@ void register_all() {
       add("DecodeStepBF16", BM_DecodeStep<attn::bfloat16>);
       add("DecodeStepF16", BM_DecodeStep<attn::half>);
       add("DecodeStepQ8", BM_DecodeStep<attn::qint8>);
+    }
+  }
+  for (const int threads : {1, 2}) {
+    for (const Index page_size : {16, 64, 256}) {
+      benchmark::RegisterBenchmark("PagedDecodeStep", BM_PagedDecodeStep)
+          ->Args({16384, page_size, threads})
+          ->ArgNames({"m", "page", "threads"})
+          ->Unit(benchmark::kMicrosecond)
+          ->UseRealTime();
+    }
+    for (const int batched : {1, 0}) {
+      benchmark::RegisterBenchmark("PagedBatch", BM_PagedBatch)
+          ->Args({16, 2048, batched, threads})
+          ->ArgNames({"sequences", "m", "batched", "threads"})
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime();
     }
   }
   for (const int incremental : {1, 0}) {

@@ -97,16 +97,16 @@ class PagedKVCache {
   ///         or page_size is not a power of two of at least 16.
   PagedKVCache(Index pages, Index key_width, Index head_dim = 0,
                Index page_size = default_page_size) {
-    if (pages < 0) detail::throw_shape_error(who, ": pages is ", pages, ", expected >= 0");
+    if (pages < 0) detail::throw_shape_error(name, ": pages is ", pages, ", expected >= 0");
     if (key_width < 0)
-      detail::throw_shape_error(who, ": key_width is ", key_width, ", expected >= 0");
+      detail::throw_shape_error(name, ": key_width is ", key_width, ", expected >= 0");
     if (page_size < 16 || (page_size & (page_size - 1)) != 0) {
-      detail::throw_shape_error(who, ": page_size is ", page_size,
+      detail::throw_shape_error(name, ": page_size is ", page_size,
                                 ", expected a power of two of at least 16");
     }
     if (head_dim == 0) head_dim = std::max<Index>(key_width, 1);
     if (head_dim < 0 || key_width % head_dim != 0) {
-      detail::throw_shape_error(who, ": head_dim is ", head_dim,
+      detail::throw_shape_error(name, ": head_dim is ", head_dim,
                                 ", expected a positive divisor of key_width ", key_width);
     }
     m_page_size = page_size;
@@ -157,7 +157,7 @@ class PagedKVCache {
   /// to either copies a shared, partly filled last page).
   /// \throws SequenceError if id is unknown.
   SequenceId fork(SequenceId id) {
-    Sequence copy = sequence("fork", id);
+    Sequence copy = sequence("PagedKVCache::fork", id);
     const SequenceId new_id = m_next_id;
     m_sequences.emplace(new_id, std::move(copy));
     ++m_next_id;
@@ -168,7 +168,7 @@ class PagedKVCache {
   /// Forgets a sequence; pages no other sequence holds return to the pool.
   /// \throws SequenceError if id is unknown.
   void drop(SequenceId id) {
-    Sequence& s = sequence("drop", id);
+    Sequence& s = sequence("PagedKVCache::drop", id);
     std::vector<PageRun> runs = std::move(s.runs);
     m_sequences.erase(id);
     release(runs);
@@ -176,23 +176,23 @@ class PagedKVCache {
 
   /// Rows `id` holds: the keys a kernel call on its views sees.
   /// \throws SequenceError if id is unknown.
-  Index size(SequenceId id) const { return sequence("size", id).size; }
+  Index size(SequenceId id) const { return sequence("PagedKVCache::size", id).size; }
   /// Rows `id` has been given in all (size() plus what evict removed): the absolute position of
   /// its next row.
   /// \throws SequenceError if id is unknown.
-  Index position(SequenceId id) const { return sequence("position", id).position; }
+  Index position(SequenceId id) const { return sequence("PagedKVCache::position", id).position; }
 
   /// The keys of `id`, size(id) × width(), read through its table (valid until the sequence or
   /// its table changes).
   /// \throws SequenceError if id is unknown.
-  View keys(SequenceId id) const { return view(m_keys, sequence("keys", id)); }
+  View keys(SequenceId id) const { return view(m_keys, sequence("PagedKVCache::keys", id)); }
   /// The values of `id`, size(id) × width().
-  View values(SequenceId id) const { return view(m_values, sequence("values", id)); }
+  View values(SequenceId id) const { return view(m_values, sequence("PagedKVCache::values", id)); }
 
   /// Free pages appending `rows` rows to `id` takes (with the copy of a shared last page).
   /// \throws SequenceError if id is unknown.
   Index pages_needed(SequenceId id, Index rows) const {
-    return plan_append(sequence("pages_needed", id), rows).pages;
+    return plan_append(sequence("PagedKVCache::pages_needed", id), rows).pages;
   }
 
   /// Throws CapacityError, naming `who`, unless `rows` more rows fit `id`; SequenceError if id is
@@ -297,7 +297,7 @@ class PagedKVCache {
   /// needs return to the pool if no other sequence holds them.
   /// \throws SequenceError if id is unknown, ShapeError unless 0 ≤ length ≤ size(id).
   void truncate(SequenceId id, Index length) {
-    Sequence& s = sequence("truncate", id);
+    Sequence& s = sequence("PagedKVCache::truncate", id);
     if (length < 0 || length > s.size) {
       detail::throw_shape_error("PagedKVCache::truncate: length is ", length,
                                 ", expected 0 <= length <= size ", s.size, " of sequence ", id);
@@ -314,7 +314,7 @@ class PagedKVCache {
   /// sinks + window. position(id) stays (see the class comment on positions). No row is copied.
   /// \throws SequenceError if id is unknown, ShapeError if sinks or window is negative.
   void evict(SequenceId id, Index sinks, Index window) {
-    Sequence& s = sequence("evict", id);
+    Sequence& s = sequence("PagedKVCache::evict", id);
     if (sinks < 0 || window < 0) {
       detail::throw_shape_error("PagedKVCache::evict: sinks is ", sinks, " and window is ", window,
                                 ", expected both >= 0");
@@ -342,7 +342,7 @@ class PagedKVCache {
     }
     const Index count = Index(ids.size());
     for (Index i = 0; i < count; ++i) {
-      sequence("reorder", ids[std::size_t(i)]);
+      sequence("PagedKVCache::reorder", ids[std::size_t(i)]);
       if (sources[std::size_t(i)] < 0 || sources[std::size_t(i)] >= count) {
         detail::throw_shape_error("PagedKVCache::reorder: sources[", i, "] is ",
                                   sources[std::size_t(i)], ", expected an index in [0, ", count,
@@ -461,7 +461,7 @@ class PagedKVCache {
     return View(rows.view(rows.rows()), s.runs.data(), Index(s.runs.size()));
   }
 
-  static constexpr const char* who = "PagedKVCache";
+  static constexpr const char* name = "PagedKVCache";
   Index m_page_size = default_page_size;
   Index m_head_dim = 1;
   detail::StoredMatrix<Scalar, Storage> m_keys;  // pages·page_size × width; page p: rows p·P…

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <limits>
 #include <type_traits>
+#include <utility>
 
 #include "../types.hpp"
 #include "attention_problem.hpp"
@@ -49,6 +50,22 @@ void decode_begin(const Problem& p, const DecodeState<Scalar>& st, Index i0) {
   st.softmax().reset(st.count());
 }
 
+/// Where the rows `ahead` past row j of a run are, for prefetching: in the run itself, or in the
+/// run that follows it (a paged view's next page); null when they straddle the two or lie beyond.
+template <typename Run>
+struct RowsAhead {
+  const Run& run;
+  const Run& next;
+  /// The view and row that hold rows [j + ahead, j + ahead + count), or a null view.
+  std::pair<const Run*, Index> find(Index j, Index ahead, Index count) const {
+    Index r = j + ahead;
+    if (r + count <= run.rows()) return {&run, r};
+    r -= run.rows();
+    if (r >= 0 && r + count <= next.rows()) return {&next, r};
+    return {nullptr, 0};
+  }
+};
+
 /// Asks for the scales of rows [first, first + count) of a qint8 view (nothing for other views).
 template <typename View>
 EIGEN_ALWAYS_INLINE void prefetch_scales(const View& view, Index first, Index count) {
@@ -63,11 +80,15 @@ EIGEN_ALWAYS_INLINE void prefetch_scales(const View& view, Index first, Index co
 /// One tile of keys [j0, j0 + keys) for all the state's heads. K and V rows are read in their
 /// storage and converted in registers; a qint8 row's scale multiplies its logit and its weight.
 /// `kt` and `vt` are K's and V's rows from j0 as far as they are contiguous (at least `keys`
-/// rows; beyond the tile, the prefetches may ask for them).
+/// rows), `k_ahead` and `v_ahead` the same runs with the ones after them: the prefetches ask for
+/// rows beyond the tile, and across the end of a page.
 template <typename Problem, typename TM, typename KeyRun, typename ValueRun,
           typename Scalar = typename Problem::Scalar>
 void decode_tile(const Problem& p, const TM& mask, const DecodeState<Scalar>& st, Index i0,
-                 Index j0, Index keys, const KeyRun& kt, const ValueRun& vt) {
+                 Index j0, Index keys, const RowsAhead<KeyRun>& k_ahead,
+                 const RowsAhead<ValueRun>& v_ahead) {
+  const KeyRun& kt = k_ahead.run;
+  const ValueRun& vt = v_ahead.run;
   // Keys that no head's queries see are never read.
   bool any_visible = false;
   for (Index h = st.first_head; h < st.end_head() && !any_visible; ++h)
@@ -109,14 +130,13 @@ void decode_tile(const Problem& p, const TM& mask, const DecodeState<Scalar>& st
   if (whole_packets) {
     for (; j_logits + key_rows <= keys; j_logits += key_rows) {
       const KeyElement* k_rows = kt.data() + j_logits * kt.outerStride();
-      const bool ahead = j_logits + prefetch_rows + key_rows <= kt.rows();
-      if (ahead) prefetch_scales(kt, j_logits + prefetch_rows, key_rows);
+      const auto [ahead, ahead_row] = k_ahead.find(j_logits, prefetch_rows, key_rows);
+      const KeyElement* ahead_rows =
+          ahead == nullptr ? nullptr : ahead->data() + ahead_row * ahead->outerStride();
+      if (ahead != nullptr) prefetch_scales(*ahead, ahead_row, key_rows);
       for (Index h = st.first_head; h < st.end_head(); ++h) {
         const Index g = p.kv_head(h);
-        if (ahead) {
-          prefetch_block(k_rows + prefetch_rows * kt.outerStride() + g * d, kt.outerStride(),
-                         key_rows, d);
-        }
+        if (ahead != nullptr) prefetch_block(ahead_rows + g * d, ahead->outerStride(), key_rows, d);
         for (Index r = 0; r < st.rows; ++r) {
           const Index row = st.row(h, r);
           Scalar* logits = s_row(row) + j_logits;
@@ -172,14 +192,14 @@ void decode_tile(const Problem& p, const TM& mask, const DecodeState<Scalar>& st
   if (whole_packets && !careful) {
     for (; j + key_rows <= keys; j += key_rows) {
       const ValueElement* v_rows = vt.data() + j * vt.outerStride();
-      const bool ahead = j + prefetch_rows + key_rows <= vt.rows();
-      if (ahead) prefetch_scales(vt, j + prefetch_rows, key_rows);
+      const auto [ahead, ahead_row] = v_ahead.find(j, prefetch_rows, key_rows);
+      const ValueElement* ahead_rows =
+          ahead == nullptr ? nullptr : ahead->data() + ahead_row * ahead->outerStride();
+      if (ahead != nullptr) prefetch_scales(*ahead, ahead_row, key_rows);
       for (Index h = st.first_head; h < st.end_head(); ++h) {
         const Index g = p.kv_head(h);
-        if (ahead) {
-          prefetch_block(v_rows + prefetch_rows * vt.outerStride() + g * dv, vt.outerStride(),
-                         key_rows, dv);
-        }
+        if (ahead != nullptr)
+          prefetch_block(ahead_rows + g * dv, ahead->outerStride(), key_rows, dv);
         for (Index r = 0; r < st.rows; ++r) {
           const Index row = st.row(h, r);
           const Scalar* weights = s_row(row) + j;
@@ -223,11 +243,18 @@ void attend_decode(const Problem& p, const TM& mask, const DecodeState<Scalar>& 
   const Index tile = st.scratch.blocks.decode_keys;
   decode_begin(p, st, i0);
   // Tiles end where K's or V's rows stop being contiguous (a page's run ends).
+  const auto after = [](const auto& view, Index j0, const auto& run) {
+    const Index next = j0 + run.rows();
+    return next < view.rows() ? contiguous_rows_from(view, next) : view_rows(run, 0, 0);
+  };
   for (Index j0 = keys_begin, keys = 0; j0 < keys_end; j0 += keys) {
     const auto kt = contiguous_rows_from(p.k, j0);
     const auto vt = contiguous_rows_from(p.v, j0);
     keys = std::min({tile, keys_end - j0, kt.rows(), vt.rows()});
-    decode_tile(p, mask, st, i0, j0, keys, kt, vt);
+    const auto k_next = after(p.k, j0, kt);
+    const auto v_next = after(p.v, j0, vt);
+    decode_tile(p, mask, st, i0, j0, keys, RowsAhead<decltype(kt)>{kt, k_next},
+                RowsAhead<decltype(vt)>{vt, v_next});
   }
   const OnlineSoftmax<Scalar> softmax = st.softmax();
   for (Index h = st.first_head; h < st.end_head(); ++h) {

@@ -79,7 +79,9 @@
 //   6      spoiler (with flag 128), 7 scale code
 //   8      bits 0–1: soft-cap code; bits 2–6, float problems only (ignored for double): the storage
 //          of k (bits 2–3) and of v (bits 4–5) from {float, bfloat16, half, qint8}; bit 6: if k is
-//          bfloat16 or half, q and v are stored in that type too (else q is float). Bit 7 is free.
+//          bfloat16 or half, q and v are stored in that type too (else q is float). Bit 7 (without
+//          strided inputs): k and v are passed as attn::PagedViews, their rows in pages of 16
+//          stored last page first (runs in reverse order, so no run follows its predecessor).
 //          These bits were unused before storage types existed: seeds written then have zeros
 //          there and keep their all-float meaning.
 //   9      q/k magnitude code, 10 v magnitude code
@@ -219,6 +221,7 @@ struct Problem {
   bool threads = false;
   bool into = false;
   bool strided = false;
+  bool paged = false;
   bool functors = false;
   bool workspace = false;
   bool nan = false;
@@ -1122,8 +1125,8 @@ void run(Input& in, Problem& p, std::uint8_t spoiler, std::uint8_t qk_code, std:
       attn::detail::shape_string(k) + ", v " + attn::detail::shape_string(v) + ", mask" +
       (spec.description.empty() ? std::string(" none") : spec.description) + functions.description +
       (p.into ? ", _into a strided block" : "") + (p.strided ? ", strided inputs" : "") +
-      (p.threads ? ", thread_executor(2)" : "") + (p.workspace ? ", a reused Workspace" : "") +
-      (p.nan ? ", NaN mode" : "") +
+      (p.paged ? ", paged k and v" : "") + (p.threads ? ", thread_executor(2)" : "") +
+      (p.workspace ? ", a reused Workspace" : "") + (p.nan ? ", NaN mode" : "") +
       (q_storage == Storage::scalar && k_storage == Storage::scalar && v_storage == Storage::scalar
            ? std::string()
            : std::string(", stored: q ") + storage_name(q_storage) + ", k " +
@@ -1188,6 +1191,37 @@ void run(Input& in, Problem& p, std::uint8_t spoiler, std::uint8_t qk_code, std:
         attend(spec.mask);
       }
     };
+    if (p.paged) {
+      // k and v in pages of 16 rows, stored last page first: x's rows reordered so, stored (each
+      // row's rounding or quantisation is its own, so the stored values are ks's and vs's), and
+      // read through a table of runs in position order.
+      const auto with_paged = [&](auto tag, const attn::Matrix<Scalar>& x, Index group,
+                                  const auto& next) {
+        using S = decltype(tag);
+        constexpr Index page = 16;
+        std::vector<attn::PageRun> runs;
+        Index row = x.rows();
+        for (Index position = 0; position < x.rows(); position += page) {
+          const Index rows = std::min(page, x.rows() - position);
+          row -= rows;
+          runs.push_back(attn::PageRun{position, row, rows});
+        }
+        attn::Matrix<Scalar> reordered(x.rows(), x.cols());
+        for (const attn::PageRun& run : runs)
+          reordered.middleRows(run.row, run.rows) = x.middleRows(run.position, run.rows);
+        const Stored<S> pool = store<S>(reordered, group);
+        if constexpr (is_qint8<S>) {
+          next(attn::PagedView<S>(pool.view(), runs.data(), Index(runs.size())));
+        } else {
+          next(attn::PagedView<S>(attn::ConstMatrixView<S>(pool.data(), pool.rows(), pool.cols(),
+                                                           Eigen::OuterStride<>(pool.cols())),
+                                  runs.data(), Index(runs.size())));
+        }
+      };
+      return with_paged(KS(), k, p.d, [&](const auto& k_arg) {
+        with_paged(VS(), v, p.dv, [&](const auto& v_arg) { invoke(qs, k_arg, v_arg); });
+      });
+    }
     if (!p.strided) return invoke(qs, ks, vs);
     // q a column block of a wider matrix; k column-major (evaluated once) or, for qint8, a
     // strided QuantizedView; v a strided Map or QuantizedView.
@@ -1573,6 +1607,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     if ((softcap_code & 64) && (p.k_storage == Storage::bfloat16 || p.k_storage == Storage::half))
       p.q_storage = p.v_storage = p.k_storage;  // all three in one 16-bit type
   }
+  p.paged = (softcap_code & 128) && !p.strided;
   const std::uint8_t qk_code = in.byte();
   const std::uint8_t v_code = in.byte();
   if (explicit_scale) {

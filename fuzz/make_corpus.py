@@ -50,8 +50,10 @@ def heads(h, kv=0, workspace=False, nan=False):
 STORAGES = ["float", "bfloat16", "half", "qint8"]
 
 
-def storage(k="float", v="float", all_three=False):
-    return (STORAGES.index(k) << 2) | (STORAGES.index(v) << 4) | (64 if all_three else 0)
+def storage(k="float", v="float", all_three=False, paged=False):
+    """Bit 7 (paged, without STRIDED): k and v pass as PagedViews, pages of 16 rows in reverse."""
+    return (STORAGES.index(k) << 2) | (STORAGES.index(v) << 4) | (64 if all_three else 0) | \
+        (128 if paged else 0)
 
 
 # Score and mask functions (byte 11, bits 2-7, above the number of mask parts): the score function
@@ -380,6 +382,25 @@ def main():
     seeds["regression_nan_bias_on_a_key_the_score_hides"] = seed(
         n=6, m=6, head_code=heads(2, nan=True), mask=[bias(0, nan_at=[(3, 1)])],
         fns=functions("wave"), rng=rng)
+    # k and v as PagedViews (byte 8, bit 7); added last, so that the seeds above keep their bytes.
+    # Prefill and decode across page boundaries, reduced storage, functions, threads, NaN.
+    seeds["paged_prefill_causal"] = seed(n=70, m=130, d=8, dv=8, head_code=heads(4, 2),
+                                         mask=[CAUSAL], stored=storage(paged=True), rng=rng)
+    seeds["paged_decode_qint8"] = seed(flags=THREADS, n=1, m=190, d=16, dv=16,
+                                       head_code=heads(4, 2), mask=[CAUSAL],
+                                       stored=storage("qint8", "qint8", paged=True), rng=rng)
+    seeds["paged_decode_bf16_window"] = seed(n=3, m=100, d=8, dv=4, head_code=heads(2),
+                                             mask=[window(5, 0)],
+                                             stored=storage("bfloat16", "half", paged=True),
+                                             rng=rng)
+    seeds["paged_double_functions"] = seed(flags=DOUBLE | INTO, n=66, m=70, d=8, dv=8,
+                                           head_code=heads(2), mask=[CAUSAL],
+                                           fns=functions("alibi", "sinks"), fn_params=[2, 20],
+                                           stored=storage(paged=True), rng=rng)
+    seeds["paged_nan"] = seed(n=2, m=40, d=4, dv=4, head_code=heads(2, nan=True), mask=[CAUSAL],
+                              nan_v=[(17, 1)], stored=storage(paged=True), rng=rng)
+    seeds["paged_spoiled"] = seed(flags=SPOIL, n=4, m=20, d=4, dv=4, spoiler=3,
+                                  stored=storage(paged=True), rng=rng)
     for name, data in sorted(seeds.items()):
         with open(os.path.join(out, name), "wb") as f:
             f.write(data)

@@ -89,7 +89,15 @@ class PagedView {
   }
 
  private:
-  RunView m_pool{nullptr, 0, 0, Eigen::OuterStride<>(0)};
+  static RunView empty() {
+    if constexpr (std::is_same_v<Storage, qint8>) {
+      return RunView();
+    } else {
+      return RunView(nullptr, 0, 0, Eigen::OuterStride<>(0));
+    }
+  }
+
+  RunView m_pool = empty();
   const PageRun* m_runs = nullptr;
   Index m_count = 0;
 };

@@ -167,7 +167,7 @@ EIGEN_ALWAYS_INLINE Scalar row_scale(const QuantizedView& view, Index r, Index g
 
 /// Whether a view's rows are stored with a scale each.
 template <typename View>
-inline constexpr bool is_quantized_view = std::is_same_v<View, QuantizedView>;
+inline constexpr bool is_quantized_view = std::is_same_v<std::remove_cv_t<View>, QuantizedView>;
 
 /// dst(r, c) = src(first + r, col + c) as Scalar for r < count, c < cols (dst row-major with row
 /// stride dst_stride): stored rows converted, and dequantised, into rows the register tiles read.

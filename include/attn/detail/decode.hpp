@@ -253,8 +253,8 @@ void attend_decode(const Problem& p, const TM& mask, const DecodeState<Scalar>& 
     keys = std::min({tile, keys_end - j0, kt.rows(), vt.rows()});
     const auto k_next = after(p.k, j0, kt);
     const auto v_next = after(p.v, j0, vt);
-    decode_tile(p, mask, st, i0, j0, keys, RowsAhead<decltype(kt)>{kt, k_next},
-                RowsAhead<decltype(vt)>{vt, v_next});
+    decode_tile(p, mask, st, i0, j0, keys, RowsAhead<std::decay_t<decltype(kt)>>{kt, k_next},
+                RowsAhead<std::decay_t<decltype(vt)>>{vt, v_next});
   }
   const OnlineSoftmax<Scalar> softmax = st.softmax();
   for (Index h = st.first_head; h < st.end_head(); ++h) {

@@ -292,6 +292,46 @@ TYPED_TEST(SimdPaths, SelfAttentionAndItsCacheMatchTheReference) {
   EXPECT_TRUE(attn_test::matrix_near(decoded, expected, tol));
 }
 
+// The same layer over a PagedKVCache of small pages: one sequence prefilled and decoded, a fork of
+// it decoded beside it in batched steps (the kernel reads the pages through their tables, and the
+// batch runs as one call).
+TYPED_TEST(SimdPaths, SelfAttentionOverPagesMatchesTheReference) {
+  using Scalar = TypeParam;
+  Random rng(1206);
+  const attn::MultiHeadConfig cfg{/*model_dim*/ 64, /*num_heads*/ 4, /*num_kv_heads*/ 2};
+  const auto w = attn_test::random_weights<Scalar>(cfg, rng);
+  const attn::SelfAttention<Scalar> self_attn(cfg, w);
+  const Index length = 90, shared = 37;
+  const auto x = rng.uniform_matrix<Scalar>(length, cfg.model_dim);
+  const auto y = rng.uniform_matrix<Scalar>(length, cfg.model_dim);
+  attn::Matrix<Scalar> y_history(length, cfg.model_dim);  // the fork's input: x's prefix, then y
+  y_history << x.topRows(shared), y.bottomRows(length - shared);
+  const double tol = attn_test::layer_tolerance<Scalar>(cfg.model_dim, cfg.model_dim, 16, length);
+
+  attn::PagedKVCache<Scalar> pool = self_attn.make_paged_cache(/*pages*/ 16, /*page_size*/ 16);
+  const attn::SequenceId a = pool.create();
+  attn::Matrix<Scalar> decoded_x(length, cfg.model_dim), decoded_y(length, cfg.model_dim);
+  decoded_x.topRows(shared) = self_attn(x.topRows(shared), pool, a);
+  decoded_y.topRows(shared) = decoded_x.topRows(shared);
+  const attn::SequenceId b = pool.fork(a);
+  for (Index i = shared; i < length; ++i) {
+    attn::Matrix<Scalar> rows(2, cfg.model_dim);
+    rows << x.row(i), y.row(i);
+    const attn::Matrix<Scalar> out = self_attn.attend_batch(rows, pool, {a, b});
+    decoded_x.row(i) = out.row(0);
+    decoded_y.row(i) = out.row(1);
+  }
+  EXPECT_TRUE(attn_test::matrix_near(
+      decoded_x,
+      attn_test::reference_mha(x, x, w, cfg.num_heads, cfg.num_kv_heads, ReferenceMask::causal()),
+      tol));
+  EXPECT_TRUE(
+      attn_test::matrix_near(decoded_y,
+                             attn_test::reference_mha(y_history, y_history, w, cfg.num_heads,
+                                                      cfg.num_kv_heads, ReferenceMask::causal()),
+                             tol));
+}
+
 // CrossAttention: queries from the target, keys and values from a source of another width, directly
 // and through a remembered memory.
 TYPED_TEST(SimdPaths, CrossAttentionAndItsMemoryMatchTheReference) {

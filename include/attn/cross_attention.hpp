@@ -112,14 +112,16 @@ class CrossAttention {
   using MemoryIn = CrossAttentionMemory<Scalar, Storage>;
   using Memory = MemoryIn<Scalar>;
 
-  /// \param config  model_dim E, num_heads, num_kv_heads, source_dim S (0 means E), bias.
+  /// \param config  model_dim E, num_heads, num_kv_heads, source_dim S (0 means E), bias; no
+  ///                rotary (positions of two different sequences have no common origin).
   /// \param weights PyTorch layout (see MultiHeadWeights); copied into the functor.
   /// \param executor where the kernel's work items run unless a call's options name another
   ///                 (empty: default_executor).
-  /// \throws ShapeError if the config is inconsistent or a weight has the wrong shape.
+  /// \throws ShapeError if the config is inconsistent, asks for rotary embeddings, or a weight
+  ///         has the wrong shape.
   CrossAttention(const MultiHeadConfig& config, MultiHeadWeights<Scalar> weights,
                  Executor executor = {})
-      : m_core("CrossAttention", config, std::move(weights), std::move(executor)) {}
+      : m_core("CrossAttention", checked(config), std::move(weights), std::move(executor)) {}
 
   /// Projects a source (m, S) to keys and values once, kept in Storage (Scalar by default;
   /// e.g. `cross.remember<attn::bfloat16>(source)` keeps half the bytes).
@@ -272,6 +274,16 @@ class CrossAttention {
   const MultiHeadConfig& config() const { return m_core.config(); }
 
  private:
+  static const MultiHeadConfig& checked(const MultiHeadConfig& config) {
+    if (config.rotary) {
+      detail::throw_shape_error(
+          "CrossAttention: config.rotary is set, expected none: rotary "
+          "embeddings encode positions within one sequence (use them in "
+          "the decoder's SelfAttention)");
+    }
+    return config;
+  }
+
   template <typename DT>
   void check_target(const Eigen::MatrixBase<DT>& target) const {
     static_assert(

@@ -12,6 +12,7 @@
 
 #include "error.hpp"
 #include "parallel.hpp"
+#include "rotary.hpp"
 #include "types.hpp"
 #include "workspace.hpp"
 
@@ -34,6 +35,10 @@ struct MultiHeadConfig {
   Index source_dim = 0;
   /// Whether the four projections have biases.
   bool bias = true;
+  /// Rotary position embeddings of the queries and keys (self-attention only): applied after the
+  /// projection, before the kernel and before keys enter a cache, each row at its position in its
+  /// sequence (a cache's rows continue from its position()). head_dim 0 means the layer's.
+  std::optional<RotaryConfig> rotary = std::nullopt;
 
   Index kv_heads() const { return num_kv_heads == 0 ? num_heads : num_kv_heads; }
   Index head_dim() const { return num_heads > 0 ? model_dim / num_heads : 0; }
@@ -57,6 +62,20 @@ struct MultiHeadConfig {
     }
     if (source_dim < 0)
       detail::throw_shape_error(who, ": source_dim is ", source_dim, ", expected >= 0");
+    if (rotary) {
+      if (rotary->head_dim != 0 && rotary->head_dim != head_dim()) {
+        detail::throw_shape_error(who, ": rotary.head_dim is ", rotary->head_dim,
+                                  ", expected 0 or the layer's head_dim ", head_dim());
+      }
+      rotary_config().validate(who);
+    }
+  }
+
+  /// rotary with head_dim 0 resolved to the layer's. Precondition: rotary is set.
+  RotaryConfig rotary_config() const {
+    RotaryConfig config = *rotary;
+    config.head_dim = head_dim();
+    return config;
   }
 };
 

@@ -367,7 +367,11 @@ Matrix<detail::result_t<DQ>> scaled_dot_product_attention(
 /// The work items are those of every sequence's own call (key splits of a decode, query blocks of
 /// a prefill), spread over the executor's workers together, and each sequence's results are
 /// merged exactly as its own call merges them: the result is bitwise identical to B separate
-/// calls of scaled_dot_product_attention_into, for any executor and thread count.
+/// calls of scaled_dot_product_attention_into, for any executor and thread count. A decode step's
+/// item is one key split of one sequence over all its heads (the heads walk each key row
+/// together, which is what keeps a step at the memory's bandwidth); B sequences give the workers
+/// B times a sequence's items. Each call allocates a few small vectors for the B problems (the
+/// kernel's scratch comes from options.workspace as usual).
 ///
 /// \param q          In: (Σ query_rows, H·d), as for scaled_dot_product_attention_into.
 /// \param query_rows In: the rows of each sequence, each ≥ 0.

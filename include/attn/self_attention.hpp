@@ -30,6 +30,8 @@ struct ContiguousCache {
   KVCache<Scalar, Storage>& target;
   const KVCache<Scalar, Storage>& cache() const { return target; }
   Index size() const { return target.size(); }
+  /// The position of the next row: every row a KVCache was given is still held.
+  Index position() const { return target.size(); }
   /// The most keys a call can see (its decode's partial results are sized for them once).
   Index most_keys() const { return target.capacity(); }
   void check_room(const char* who, Index rows) const { target.check_room(who, rows); }
@@ -48,6 +50,7 @@ struct PagedSequence {
   SequenceId id;
   const PagedKVCache<Scalar, Storage>& cache() const { return pool; }
   Index size() const { return pool.size(id); }
+  Index position() const { return pool.position(id); }
   Index most_keys() const { return pool.size(id) + pool.free_pages() * pool.page_size(); }
   void check_room(const char* who, Index rows) const { pool.check_room(who, id, rows); }
   template <typename K, typename V>
@@ -223,6 +226,9 @@ class SelfAttention {
                       mask, kernel, {});
     Matrix<Scalar> own;
     const MatrixView<Scalar> qkv = project(x, kernel.workspace, own);
+    for (std::size_t b = 0; b < ids.size(); ++b) {
+      m_core.rotate_queries_keys(qkv, offsets[b], lengths[b], pool.position(ids[b]));
+    }
     const ConstMatrixRef<Scalar> all(qkv);
     const Index e = cfg.model_dim, kv = cfg.kv_dim();
     const auto keys = detail::column_block(all, e, kv),
@@ -405,6 +411,7 @@ class SelfAttention {
     }
     Matrix<Scalar> own;
     const MatrixView<Scalar> qkv = project(x, kernel.workspace, own);
+    m_core.rotate_queries_keys(qkv, 0, x.rows(), target.position());  // before keys are cached
     const ConstMatrixRef<Scalar> all(qkv);
     const Index e = cfg.model_dim, kv = cfg.kv_dim();
     target.append(detail::column_block(all, e, kv), detail::column_block(all, e + kv, kv));
@@ -433,6 +440,9 @@ class SelfAttention {
     m_core.check_call(who, offsets, offsets, mask, kernel, extras);
     Matrix<Scalar> own;
     const MatrixView<Scalar> qkv = project(x, kernel.workspace, own);
+    for (std::size_t b = 0; b < offsets.count(); ++b) {  // each sequence from position 0
+      m_core.rotate_queries_keys(qkv, offsets.begin(b), offsets.length(b), 0);
+    }
     // Per-head inputs are column blocks of the one projection: views, no copies.
     const ConstMatrixRef<Scalar> all(qkv);
     const Index e = m_core.config().model_dim, kv = m_core.config().kv_dim();

@@ -11,6 +11,7 @@
 #include <array>
 #include <cstddef>
 #include <functional>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -107,6 +108,7 @@ class MultiHeadCore {
     }
     m_out_weight = std::move(weights.out_weight);
     m_out_bias = std::move(weights.out_bias);
+    if (config.rotary) m_rotary.emplace(config.rotary_config());
   }
 
   const MultiHeadConfig& config() const { return m_config; }
@@ -193,6 +195,19 @@ class MultiHeadCore {
     linear(x, m_in_weight, m_in_bias, qkv);
   }
 
+  /// Rotates the queries and keys of rows [first_row, first_row + rows) of a fused projection
+  /// [Q | K | V] (n, E + 2·kv_dim), row first_row + i at position first_position + i, when the
+  /// layer has rotary embeddings (Q and K are adjacent blocks of whole heads: one call, one
+  /// cos/sin per row).
+  void rotate_queries_keys(MatrixView<Scalar> qkv, Index first_row, Index rows,
+                           Index first_position) const {
+    if (!m_rotary || rows == 0) return;
+    MatrixView<Scalar> block(qkv.data() + first_row * qkv.outerStride(), rows,
+                             m_config.model_dim + m_config.kv_dim(),
+                             Eigen::OuterStride<>(qkv.outerStride()));
+    m_rotary->apply(block, first_position);
+  }
+
   /// x (n, E) -> Q (n, E) into q.
   void project_queries(const ConstMatrixRef<Scalar>& x, MatrixView<Scalar> q) const {
     const Index e = m_config.model_dim;
@@ -260,11 +275,12 @@ class MultiHeadCore {
   }
 
   MultiHeadConfig m_config;
-  Matrix<Scalar> m_in_weight;   // rows [Wq; Wk; Wv] when source_dim = E, else Wq only
-  Matrix<Scalar> m_kv_weight;   // rows [Wk; Wv] when source_dim ≠ E, else empty
-  Vector<Scalar> m_in_bias;     // [bq; bk; bv], or empty without bias
-  Matrix<Scalar> m_out_weight;  // E × E
-  Vector<Scalar> m_out_bias;    // E, or empty
+  std::optional<Rotary> m_rotary;  // set when the config asks for rotary embeddings
+  Matrix<Scalar> m_in_weight;      // rows [Wq; Wk; Wv] when source_dim = E, else Wq only
+  Matrix<Scalar> m_kv_weight;      // rows [Wk; Wv] when source_dim ≠ E, else empty
+  Vector<Scalar> m_in_bias;        // [bq; bk; bv], or empty without bias
+  Matrix<Scalar> m_out_weight;     // E × E
+  Vector<Scalar> m_out_bias;       // E, or empty
   Executor m_executor;
 };
 

@@ -16,6 +16,7 @@
 #include "paged_view.hpp"
 #include "parallel.hpp"
 #include "partial_attention.hpp"
+#include "rotary.hpp"
 #include "scaled_dot_product.hpp"
 #include "score_mask.hpp"
 #include "self_attention.hpp"

@@ -114,6 +114,19 @@ bool exercise() {
   attn::KVCache<Scalar> sink_cache = self_attn.make_cache(6);
   ok = ok && self_attn(x, sink_cache, attn::sinks(1, 2) & user_score).allFinite();
   ok = ok && cross(x, memory, user_mask & attn::alibi(2)).allFinite();
+
+  // Rotary position embeddings on the Q and K blocks of a fused projection, every overload.
+  attn::RotaryConfig rotary_cfg{/*head_dim*/ 4, /*rotary_dim*/ 2};
+  rotary_cfg.scaling = attn::RotaryScaling::linear(2);
+  const attn::Rotary rope(rotary_cfg);
+  M qkv = M::Random(3, 16);
+  const M before = qkv;
+  rope.apply(qkv.leftCols(12), 5);  // rows at 5, 6, 7
+  rope.apply(qkv.leftCols(12), std::vector<attn::Index>{-5, -6, -7});
+  const attn::Index ones[] = {1, 1, 1};
+  rope.apply(qkv.leftCols(12), ones, 3);
+  rope.shift(qkv.leftCols(12), -1);  // back at 0
+  ok = ok && qkv.isApprox(before, Scalar(1e-4)) && rope.inverse_frequencies().size() == 1;
   return ok;
 }
 

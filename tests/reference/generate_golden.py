@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 # SPDX-FileCopyrightText: 2026 The attn authors
 # SPDX-License-Identifier: MIT
-"""Writes the golden files of tests/test_golden.cpp: attention outputs computed by PyTorch.
+"""Writes the golden files of tests/test_golden.cpp (attention outputs computed by PyTorch) and of
+tests/test_rotary.cpp (rotary position embeddings, rotary_*.txt).
 
 Run it with Debian's python3, which has PyTorch (`apt-get install python3-torch`):
 
@@ -41,6 +42,8 @@ Conventions the files follow (those of attn, see include/attn/mask.hpp):
 - Module weights keep nn.MultiheadAttention's state_dict names and layout (in_proj_weight,
   in_proj_bias, out_proj.weight, out_proj.bias, or q_proj_weight, k_proj_weight, v_proj_weight).
   torch's bool attn_mask and key_padding_mask are True where attention is NOT allowed.
+- Rotary cases hold heads as column blocks of x (n x H*d); row i of x stands at positions[i].
+  layout and scaling are written as integers (see the comment in each file).
 """
 
 import math
@@ -693,6 +696,168 @@ def mask_cases():
     return files
 
 
+# ---------------------------------------------------------------------------------------------
+# Rotary position embeddings (include/attn/rotary.hpp): Hugging Face's LLaMA (rotate_half) for
+# half_split, Meta's original LLaMA (complex numbers) for interleaved, each as written there but
+# in float64 and on explicit positions; partial rotary as GPT-NeoX (half_split) and GPT-J
+# (interleaved) apply it to the first rotary_dim features of each head.
+
+ROTARY_LAYOUTS = {"half_split": 0, "interleaved": 1}
+ROTARY_SCALINGS = {"none": 0, "linear": 1, "ntk": 2}
+
+
+def hf_inv_freq(dim, base):
+    """LlamaRotaryEmbedding.__init__: 1 / base^(arange(0, dim, 2) / dim), here in float64."""
+    return 1.0 / (base ** (torch.arange(0, dim, 2, dtype=DTYPE) / dim))
+
+
+def ntk_base(base, factor, dim):
+    """Static NTK-aware scaling (bloc97): base * factor^(dim / (dim - 2)); Hugging Face's dynamic
+    variant (LlamaDynamicNTKScalingRotaryEmbedding) puts a function of the sequence length in
+    place of factor."""
+    return base * factor ** (dim / (dim - 2))
+
+
+def hf_cos_sin(positions, inv_freq, linear_factor=None):
+    """LlamaRotaryEmbedding.forward: cos and sin of cat(freqs, freqs), (n, dim), with
+    LlamaLinearScalingRotaryEmbedding's t = t / scaling_factor for position interpolation."""
+    t = positions.to(DTYPE)
+    if linear_factor is not None:
+        t = t / linear_factor
+    freqs = torch.outer(t, inv_freq)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def rotate_half(x):
+    """Rotates half the hidden dims of the input (transformers' modeling_llama)."""
+    x1 = x[..., : x.shape[-1] // 2]
+    x2 = x[..., x.shape[-1] // 2:]
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def hf_apply_rotary(x, heads, rotary_dim, cos, sin):
+    """apply_rotary_pos_emb on heads as column blocks, partial as GPT-NeoX's attention splits
+    query_rot / query_pass: x (n, H*d), cos and sin (n, rotary_dim) -> (n, H*d)."""
+    n = x.shape[0]
+    d = x.shape[1] // heads
+    q = x.reshape(n, heads, d).transpose(0, 1)  # (H, n, d), as (bsz, heads, seq, d) in HF
+    q_rot, q_pass = q[..., :rotary_dim], q[..., rotary_dim:]
+    q_embed = (q_rot * cos) + (rotate_half(q_rot) * sin)  # cos broadcast over heads
+    return torch.cat((q_embed, q_pass), dim=-1).transpose(0, 1).reshape(n, heads * d)
+
+
+def meta_freqs_cis(dim, positions, theta):
+    """Meta's llama/model.py precompute_freqs_cis, on explicit positions and in complex128."""
+    freqs = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=DTYPE)[: (dim // 2)] / dim))
+    t = positions.to(DTYPE)
+    freqs = torch.outer(t, freqs)
+    return torch.polar(torch.ones_like(freqs), freqs)
+
+
+def meta_apply_rotary(x, heads, rotary_dim, freqs_cis):
+    """Meta's apply_rotary_emb (pairs (2i, 2i+1) as complex numbers), partial as GPT-J applies
+    rotate_every_two to the first rotary_dim features: x (n, H*d) -> (n, H*d)."""
+    n = x.shape[0]
+    d = x.shape[1] // heads
+    xq = x.reshape(n, heads, d)  # (seqlen, n_heads, head_dim), bsz dropped
+    x_rot, x_pass = xq[..., :rotary_dim], xq[..., rotary_dim:]
+    xq_ = torch.view_as_complex(x_rot.reshape(*x_rot.shape[:-1], -1, 2).contiguous())
+    freqs_cis = freqs_cis.view(n, 1, rotary_dim // 2)  # reshape_for_broadcast
+    xq_out = torch.view_as_real(xq_ * freqs_cis).flatten(2)
+    return torch.cat((xq_out, x_pass), dim=-1).reshape(n, heads * d)
+
+
+def interleave_pairs(x, heads, rotary_dim):
+    """Moves feature i + r/2 next to feature i (half_split's pairs to interleaved's) in the first
+    rotary_dim features of every head, as Hugging Face's LLaMA conversion permutes Wq and Wk."""
+    n = x.shape[0]
+    xh = x.reshape(n, heads, -1)
+    half = rotary_dim // 2
+    rot = torch.stack((xh[..., :half], xh[..., half:rotary_dim]), dim=-1).flatten(2)
+    return torch.cat((rot, xh[..., rotary_dim:]), dim=-1).reshape(n, -1)
+
+
+def deinterleave_pairs(x, heads, rotary_dim):
+    """The inverse of interleave_pairs."""
+    n = x.shape[0]
+    xh = x.reshape(n, heads, -1)
+    rot = xh[..., :rotary_dim]
+    return torch.cat((rot[..., 0::2], rot[..., 1::2], xh[..., rotary_dim:]), dim=-1).reshape(n, -1)
+
+
+def rotary_case(name, description, seed, layout, heads, head_dim, positions, rotary_dim=None,
+                base=10000.0, scaling="none", factor=1.0):
+    """x on the grid at the given positions; out by Hugging Face's form (half_split) or Meta's
+    (interleaved), cross-checked against the other form on permuted features."""
+    torch.manual_seed(seed)
+    rotary_dim = head_dim if rotary_dim is None else rotary_dim
+    positions = torch.tensor(positions, dtype=torch.long)
+    x = grid((len(positions), heads * head_dim))
+    theta = ntk_base(base, factor, rotary_dim) if scaling == "ntk" else base
+    linear_factor = factor if scaling == "linear" else None
+    cos, sin = hf_cos_sin(positions, hf_inv_freq(rotary_dim, theta), linear_factor)
+    # Meta's code has no linear scaling; for the cross-check its positions are divided by the
+    # factor as LlamaLinearScalingRotaryEmbedding divides t.
+    freqs_cis = meta_freqs_cis(rotary_dim, positions if linear_factor is None
+                               else positions.to(DTYPE) / linear_factor, theta)
+    if layout == "half_split":
+        out = hf_apply_rotary(x, heads, rotary_dim, cos, sin)
+        check_close(interleave_pairs(out, heads, rotary_dim),
+                    meta_apply_rotary(interleave_pairs(x, heads, rotary_dim), heads, rotary_dim,
+                                      freqs_cis), f"{name}: rotate_half vs complex pairs")
+    else:
+        out = meta_apply_rotary(x, heads, rotary_dim, freqs_cis)
+        via_hf = hf_apply_rotary(deinterleave_pairs(x, heads, rotary_dim), heads, rotary_dim, cos,
+                                 sin)
+        check_close(out, interleave_pairs(via_hf, heads, rotary_dim),
+                    f"{name}: complex pairs vs rotate_half")
+    check_close(deinterleave_pairs(interleave_pairs(x, heads, rotary_dim), heads, rotary_dim), x,
+                f"{name}: pair permutations")
+    g = GoldenFile(name, description)
+    g.comment("layout: 0 half_split (rotate_half), 1 interleaved (complex pairs); "
+              "scaling: 0 none, 1 linear, 2 ntk")
+    for key, value in (("num_heads", heads), ("head_dim", head_dim), ("rotary_dim", rotary_dim),
+                       ("base", base), ("layout", ROTARY_LAYOUTS[layout]),
+                       ("scaling", ROTARY_SCALINGS[scaling]), ("factor", factor),
+                       ("positions", positions), ("x", x), ("out", out)):
+        g.matrix(key, value)
+    return g
+
+
+def rotary_cases():
+    offset = [1000, 1001, 1002]
+    return [
+        rotary_case("rotary_llama", "Hugging Face LLaMA (rotate_half), H = 2, d = 16, "
+                    "positions 0..2", 401, "half_split", heads=2, head_dim=16, positions=[0, 1, 2]),
+        rotary_case("rotary_llama_offset", "Hugging Face LLaMA (rotate_half), H = 2, d = 16, "
+                    "base 500000, positions 1000..1002", 402, "half_split", heads=2, head_dim=16,
+                    positions=offset, base=500000.0),
+        rotary_case("rotary_meta", "Meta's LLaMA (complex pairs), H = 2, d = 16, positions 0..2",
+                    403, "interleaved", heads=2, head_dim=16, positions=[0, 1, 2]),
+        rotary_case("rotary_meta_offset", "Meta's LLaMA (complex pairs), H = 2, d = 16, "
+                    "positions 1000..1002", 404, "interleaved", heads=2, head_dim=16,
+                    positions=offset),
+        rotary_case("rotary_neox_partial", "GPT-NeoX partial rotary (rotate_half on 16 of 48), "
+                    "H = 2, positions 5..6", 405, "half_split", heads=2, head_dim=48,
+                    rotary_dim=16, positions=[5, 6]),
+        rotary_case("rotary_gptj_partial", "GPT-J partial rotary (pairs (2i, 2i+1) on 32 of 64), "
+                    "H = 1, positions 1000..1002", 406, "interleaved", heads=1, head_dim=64,
+                    rotary_dim=32, positions=offset),
+        rotary_case("rotary_linear", "linear scaling (position interpolation) by 4, rotate_half, "
+                    "H = 2, d = 16, positions 1000..1002", 407, "half_split", heads=2,
+                    head_dim=16, positions=offset, scaling="linear", factor=4.0),
+        rotary_case("rotary_ntk", "static NTK-aware scaling by 8 (base * 8^(16/14)), rotate_half, "
+                    "H = 2, d = 16, positions 1000..1002", 408, "half_split", heads=2,
+                    head_dim=16, positions=offset, scaling="ntk", factor=8.0),
+        rotary_case("rotary_positions", "explicit positions, negative included, rotate_half, "
+                    "H = 1, d = 16", 409, "half_split", heads=1, head_dim=16,
+                    positions=[7, 0, 2047, 3, -2]),
+        rotary_case("rotary_positions_interleaved", "explicit positions, complex pairs, partial "
+                    "(12 of 16), H = 2", 410, "interleaved", heads=2, head_dim=16, rotary_dim=12,
+                    positions=[4, 4, 0, 513]),
+    ]
+
 def main():
     torch.set_num_threads(1)
     os.makedirs(GOLDEN_DIR, exist_ok=True)
@@ -700,7 +865,7 @@ def main():
         if stale.endswith(".txt"):
             os.remove(os.path.join(GOLDEN_DIR, stale))
     total = 0
-    for g in kernel_cases() + module_cases() + mask_cases():
+    for g in kernel_cases() + module_cases() + mask_cases() + rotary_cases():
         path = g.write()
         size = os.path.getsize(path)
         total += size

@@ -25,8 +25,10 @@
 
 namespace attn {
 
-/// Names a sequence of a PagedKVCache. Ids are never reused: a dropped sequence's id stays
-/// unknown to the cache.
+/// Names a sequence of a PagedKVCache. A pool numbers its sequences 1, 2, 3, … in the order create
+/// and fork make them, and never reuses an id (a dropped sequence's id stays unknown to it): the
+/// pools of a model's layers, each created and forked in the same order, give a sequence the same
+/// id in every layer.
 using SequenceId = std::int64_t;
 
 /// The keys and values of many sequences of one self-attention layer, in one pool of `pages`
@@ -222,6 +224,7 @@ class PagedKVCache {
                                 detail::shape_string(v), ", expected both rows x ", width());
     }
     Index needed = 0;
+    std::unordered_map<Index, Index> copied_by, own_in_batch;  // per shared last page
     for (std::size_t b = 0; b < ids.size(); ++b) {
       for (std::size_t c = 0; c < b; ++c) {
         if (ids[c] == ids[b]) {
@@ -229,7 +232,23 @@ class PagedKVCache {
                                     ids[b], ", expected distinct ids");
         }
       }
-      needed += plan_append(sequence(who, ids[b]), offsets[b + 1] - offsets[b]).pages;
+      const Sequence& s = sequence(who, ids[b]);
+      const AppendPlan plan = plan_append(s, offsets[b + 1] - offsets[b]);
+      needed += plan.pages;
+      if (plan.copy_last) {
+        const Index page = s.runs.back().row / m_page_size;
+        ++copied_by[page];
+        own_in_batch[page] += own_runs(s, page);
+      }
+    }
+    // A last page that only sequences of this batch name, once each: all but the last of them
+    // copy it, and the last then writes in place (after beam search's reorder, several beams share
+    // their parent's last page).
+    for (const auto& [page, count] : copied_by) {
+      if (count > 1 && own_in_batch[page] == count &&
+          m_references[std::size_t(page)] == own_in_batch[page]) {
+        --needed;
+      }
     }
     if (needed > free_pages()) {
       throw CapacityError(std::string(who) + ": appending to " + std::to_string(ids.size()) +
@@ -323,7 +342,7 @@ class PagedKVCache {
     std::vector<PageRun> kept = slice(s.runs, 0, sinks);
     const std::vector<PageRun> recent = slice(s.runs, s.size - window, s.size);
     for (PageRun run : recent) {
-      run.position += sinks - (s.size - window);
+      run.position += sinks;  // (slice starts the window at position 0)
       kept.push_back(run);
     }
     replace_runs(s, std::move(kept));
@@ -398,6 +417,19 @@ class PagedKVCache {
     return used == 0 ? 0 : m_page_size - used;
   }
 
+  /// Runs of s in `page`; 0 if one of them lies after s's last run there (appending in place
+  /// would then overwrite it: never the case for tables this class makes, but cheap to rule out).
+  Index own_runs(const Sequence& s, Index page) const {
+    const PageRun& last = s.runs.back();
+    Index own = 0;
+    for (const PageRun& run : s.runs) {
+      if (run.row / m_page_size != page) continue;
+      if (run.row + run.rows > last.row + last.rows) return 0;
+      ++own;
+    }
+    return own;
+  }
+
   AppendPlan plan_append(const Sequence& s, Index rows) const {
     if (rows <= 0) return {0, false};
     Index room = 0;
@@ -405,7 +437,10 @@ class PagedKVCache {
     if (!s.runs.empty()) {
       const PageRun& last = s.runs.back();
       room = room_after(last);
-      if (room > 0 && m_references[std::size_t(last.row / m_page_size)] > 1) {
+      // Written in place only when no other table names the page (a sequence may name it twice:
+      // its sinks and its window after an eviction).
+      const Index page = last.row / m_page_size;
+      if (room > 0 && m_references[std::size_t(page)] > own_runs(s, page)) {
         copy_last = true;
         room = m_page_size - last.rows;
       }

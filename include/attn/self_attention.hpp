@@ -191,9 +191,14 @@ class SelfAttention {
   /// Batched incremental self-attention: sequences ids[b] of `pool` each advance by lengths[b]
   /// rows (one for a decoding step, a few to verify draft tokens, many for a prompt), all in one
   /// call. x packs the new rows (Σ lengths, E), sequence 0 first; out (Σ lengths, E) receives
-  /// theirs. One projection GEMM for all rows, the appends, then one parallel kernel call over
-  /// (sequence, key split or query block) and one output GEMM. Each sequence's rows are bitwise
-  /// what attend_into(its rows, pool, id, …) would give, for any thread count.
+  /// theirs. Each sequence's projections, the appends, then one parallel kernel call over
+  /// (sequence, key split or query block) for all of them, and each sequence's output projection.
+  /// Each sequence's rows are bitwise what attend_into(its rows, pool, id, …) would give, for any
+  /// thread count. (For that, the projections run per sequence, as its own call runs them: one
+  /// GEMM over all B rows would read the weights once instead of B times, but round differently
+  /// from a sequence's own one-row GEMV. A program that prefers the single GEMM projects the rows
+  /// itself and calls scaled_dot_product_attention_batch_into, which is bitwise B separate
+  /// kernel calls.)
   /// \param mask applied to every sequence, bottom-right aligned within it (structured masks and
   ///             functions of positions; an explicit matrix fits only one shape).
   /// \throws SequenceError if an id is unknown; ShapeError if lengths and ids differ in count, a
@@ -225,7 +230,7 @@ class SelfAttention {
     m_core.check_call(who, detail::SequenceOffsets(offsets), detail::SequenceOffsets(key_offsets),
                       mask, kernel, {});
     Matrix<Scalar> own;
-    const MatrixView<Scalar> qkv = project(x, kernel.workspace, own);
+    const MatrixView<Scalar> qkv = project(x, kernel.workspace, own, &offsets);
     for (std::size_t b = 0; b < ids.size(); ++b) {
       m_core.rotate_queries_keys(qkv, offsets[b], lengths[b], pool.position(ids[b]));
     }
@@ -419,13 +424,28 @@ class SelfAttention {
                               queries, keys, mask, kernel, extras, out);
   }
 
-  /// x (n, E) -> [Q | K | V] (n, E + 2·kv_dim) in the workspace's projection buffer, or in `own`.
+  /// x (n, E) -> [Q | K | V] (n, E + 2·kv_dim) in the workspace's projection buffer, or in `own`;
+  /// with `offsets`, each sequence's rows [offsets[b], offsets[b + 1]) as a product of its own, so
+  /// that its rows are bitwise what a call for that sequence alone computes (a one-row product is
+  /// a GEMV, several rows a GEMM, and they round differently).
   template <typename Derived>
   MatrixView<Scalar> project(const Eigen::MatrixBase<Derived>& x, Workspace* workspace,
-                             Matrix<Scalar>& own) const {
+                             Matrix<Scalar>& own,
+                             const std::vector<Index>* offsets = nullptr) const {
     const MatrixView<Scalar> qkv = detail::MultiHeadCore<Scalar>::scratch(
         workspace, Workspace::Buffer::projections, x.rows(), m_core.projected_width(), own);
-    m_core.project_queries_keys_values(x, qkv);
+    if (offsets == nullptr) {
+      m_core.project_queries_keys_values(x, qkv);
+    } else {
+      const ConstMatrixRef<Scalar> rows(x);
+      for (std::size_t b = 0; b + 1 < offsets->size(); ++b) {
+        const Index first = (*offsets)[b], count = (*offsets)[b + 1] - first;
+        m_core.project_queries_keys_values(
+            rows.middleRows(first, count),
+            MatrixView<Scalar>(qkv.data() + first * qkv.outerStride(), count, qkv.cols(),
+                               Eigen::OuterStride<>(qkv.outerStride())));
+      }
+    }
     return qkv;
   }
 

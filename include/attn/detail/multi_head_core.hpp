@@ -256,7 +256,9 @@ class MultiHeadCore {
 
   /// Attention of sequences of different lengths over key and value views of their own (the
   /// sequences of a PagedKVCache): q packs lengths[b] rows per sequence; one kernel call for the
-  /// batch, then one output projection into out. Precondition: the batch's checks passed.
+  /// batch, then each sequence's output projection into its rows of out (per sequence, as its
+  /// own call would: one GEMM over all rows would round differently from a sequence's own GEMV).
+  /// Precondition: the batch's checks passed.
   template <typename KeyView, typename ValueView, typename M>
   void attend_batch_and_project(const ConstMatrixView<Scalar>& q, const std::vector<Index>& lengths,
                                 const std::vector<KeyView>& k, const std::vector<ValueView>& v,
@@ -266,7 +268,12 @@ class MultiHeadCore {
     MatrixView<Scalar> heads =
         scratch(kernel.workspace, Workspace::Buffer::heads, q.rows(), m_config.model_dim, own);
     scaled_dot_product_attention_batch_into(q, lengths, k, v, heads, mask, kernel);
-    linear(ConstMatrixRef<Scalar>(heads), m_out_weight, m_out_bias, out);
+    const ConstMatrixRef<Scalar> all(heads);
+    for (Index b = 0, first = 0; b < Index(lengths.size()); first += lengths[std::size_t(b)], ++b) {
+      const Index rows = lengths[std::size_t(b)];
+      linear(ConstMatrixRef<Scalar>(all.middleRows(first, rows)), m_out_weight, m_out_bias,
+             out.middleRows(first, rows));
+    }
   }
 
  private:

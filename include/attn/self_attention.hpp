@@ -432,7 +432,7 @@ class SelfAttention {
   MatrixView<Scalar> project(const Eigen::MatrixBase<Derived>& x, Workspace* workspace,
                              Matrix<Scalar>& own,
                              const std::vector<Index>* offsets = nullptr) const {
-    const MatrixView<Scalar> qkv = detail::MultiHeadCore<Scalar>::scratch(
+    MatrixView<Scalar> qkv = detail::MultiHeadCore<Scalar>::scratch(
         workspace, Workspace::Buffer::projections, x.rows(), m_core.projected_width(), own);
     if (offsets == nullptr) {
       m_core.project_queries_keys_values(x, qkv);

@@ -10,6 +10,7 @@
 // layouts are the same rotation on permuted features, scaling is what it says; column blocks of
 // a fused projection; no allocation; every ShapeError.
 
+#include <attn/attn.hpp>
 #include <attn/rotary.hpp>
 
 #include <algorithm>
@@ -25,7 +26,9 @@
 #include "support/golden.hpp"
 #include "support/matrix_near.hpp"
 #include "support/random.hpp"
+#include "support/reference.hpp"
 #include "support/shape_error.hpp"
+#include "support/tolerance.hpp"
 
 namespace {
 
@@ -677,6 +680,154 @@ TYPED_TEST(RotaryTest, BadShapesThrowAndLeaveXUntouched) {
   EXPECT_SHAPE_ERROR(rope.apply(z, nullptr, 3), "positions is null");
   EXPECT_TRUE(bitwise_equal(y, x));
   EXPECT_TRUE(bitwise_equal(z, x.leftCols(16)));
+}
+
+// ---- SelfAttention with rotary embeddings (MultiHeadConfig::rotary): against the fp64 layer
+// with the reference rotation applied to its projected queries and keys, each row at its
+// absolute position.
+
+/// The reference layer over `tokens` with Q and K rotated at `positions` (one per token): the
+/// outputs of rows `query_rows` (indices into tokens) attending over rows `key_rows` under a
+/// causal mask on those lists' order (a query sees the keys listed up to its own token).
+attn_test::MatrixD reference_rotary_layer(const attn_test::MatrixD& tokens,
+                                          const attn_test::ReferenceWeights& w,
+                                          const attn::MultiHeadConfig& cfg,
+                                          const std::vector<Index>& positions,
+                                          const std::vector<Index>& query_rows,
+                                          const std::vector<Index>& key_rows) {
+  const RotaryConfig rotary = cfg.rotary_config();
+  const Matrix<double> q = reference_rotary(
+      attn_test::reference_linear(tokens, w.q_weight, w.q_bias), rotary, positions);
+  const Matrix<double> k = reference_rotary(
+      attn_test::reference_linear(tokens, w.k_weight, w.k_bias), rotary, positions);
+  const Matrix<double> v = attn_test::reference_linear(tokens, w.v_weight, w.v_bias);
+  Matrix<double> qs(Index(query_rows.size()), q.cols()), ks(Index(key_rows.size()), k.cols()),
+      vs(Index(key_rows.size()), v.cols());
+  for (std::size_t i = 0; i < query_rows.size(); ++i)
+    qs.row(Index(i)) = q.row(query_rows[i]);
+  for (std::size_t j = 0; j < key_rows.size(); ++j) {
+    ks.row(Index(j)) = k.row(key_rows[j]);
+    vs.row(Index(j)) = v.row(key_rows[j]);
+  }
+  attn::Matrix<bool> keep(qs.rows(), ks.rows());
+  for (Index i = 0; i < qs.rows(); ++i) {
+    for (Index j = 0; j < ks.rows(); ++j)
+      keep(i, j) = key_rows[std::size_t(j)] <= query_rows[std::size_t(i)];
+  }
+  const attn_test::MatrixD heads = attn_test::reference_multi_head(
+      qs, ks, vs, cfg.num_heads, cfg.kv_heads(), attn_test::ReferenceMask::keep(keep));
+  return attn_test::reference_linear(heads, w.out_weight, w.out_bias);
+}
+
+template <typename T>
+attn::MultiHeadConfig rotary_layer_config(RotaryLayout layout, Index rotary_dim) {
+  attn::MultiHeadConfig cfg{/*model_dim*/ 64, /*num_heads*/ 4, /*num_kv_heads*/ 2};
+  RotaryConfig rotary;  // head_dim 0: the layer's (16)
+  rotary.rotary_dim = rotary_dim;
+  rotary.layout = layout;
+  rotary.base = 500;  // fast rotations, so that a wrong position shows
+  cfg.rotary = rotary;
+  return cfg;
+}
+
+TYPED_TEST(RotaryTest, SelfAttentionRotatesQueriesAndKeysAtTheirPositions) {
+  using T = TypeParam;
+  Random rng(3101);
+  for (const auto& [layout, rotary_dim] : {std::pair(RotaryLayout::half_split, Index(0)),
+                                           std::pair(RotaryLayout::interleaved, Index(8))}) {
+    const attn::MultiHeadConfig cfg = rotary_layer_config<T>(layout, rotary_dim);
+    const auto w = attn_test::random_weights<T>(cfg, rng);
+    const attn::SelfAttention<T> layer(cfg, w);
+    const attn_test::ReferenceWeights rw = attn_test::reference_weights(w);
+    const Index length = 40;
+    const Matrix<T> x = rng.uniform_matrix<T>(length, cfg.model_dim);
+    const attn_test::MatrixD xd = x.template cast<double>();
+    const std::vector<Index> all = consecutive(0, length);
+    const attn_test::MatrixD expected = reference_rotary_layer(xd, rw, cfg, all, all, all);
+    const double tol = attn_test::layer_tolerance<T>(cfg.model_dim, cfg.model_dim, 16, length);
+
+    // One causal pass, and the same rows as a prefill chunk then steps through a KVCache and
+    // through a page of a PagedKVCache.
+    EXPECT_TRUE(attn_test::matrix_near(layer(x, attn::Mask::causal()), expected, tol));
+    attn::KVCache<T> cache = layer.make_cache(length);
+    attn::PagedKVCache<T> pool = layer.make_paged_cache(4, 16);
+    const attn::SequenceId id = pool.create();
+    Matrix<T> cached(length, cfg.model_dim), paged(length, cfg.model_dim);
+    cached.topRows(25) = layer(x.topRows(25), cache);
+    paged.topRows(25) = layer(x.topRows(25), pool, id);
+    for (Index i = 25; i < length; ++i) {
+      cached.row(i) = layer(x.row(i), cache);
+      paged.row(i) = layer(x.row(i), pool, id);
+    }
+    EXPECT_TRUE(attn_test::matrix_near(cached, expected, tol));
+    EXPECT_TRUE(attn_test::matrix_near(paged, expected, tol));
+
+    // Packed sequences each start at position 0: the same as separate calls.
+    const Matrix<T> packed = layer(x, std::vector<Index>{15, 25}, attn::Mask::causal());
+    EXPECT_TRUE(
+        attn_test::matrix_near(packed.topRows(15),
+                               reference_rotary_layer(xd.topRows(15), rw, cfg, consecutive(0, 15),
+                                                      consecutive(0, 15), consecutive(0, 15)),
+                               tol));
+    EXPECT_TRUE(attn_test::matrix_near(
+        packed.bottomRows(25),
+        reference_rotary_layer(xd.bottomRows(25), rw, cfg, consecutive(0, 25), consecutive(0, 25),
+                               consecutive(0, 25)),
+        tol));
+  }
+}
+
+// StreamingLLM with a rotary layer: after evict(sinks, window), keys keep the rotation of their
+// absolute positions and new queries are rotated at position(id), the absolute position of the
+// next token; each step equals the reference over exactly the kept rows.
+TYPED_TEST(RotaryTest, EvictionKeepsAbsolutePositions) {
+  using T = TypeParam;
+  Random rng(3102);
+  const attn::MultiHeadConfig cfg = rotary_layer_config<T>(RotaryLayout::half_split, 0);
+  const auto w = attn_test::random_weights<T>(cfg, rng);
+  const attn::SelfAttention<T> layer(cfg, w);
+  const attn_test::ReferenceWeights rw = attn_test::reference_weights(w);
+  const Index length = 70, sinks = 4, window = 20;
+  const Matrix<T> x = rng.uniform_matrix<T>(length, cfg.model_dim);
+  const attn_test::MatrixD xd = x.template cast<double>();
+  attn::PagedKVCache<T> pool = layer.make_paged_cache(8, 16);
+  const attn::SequenceId id = pool.create();
+  layer(x.topRows(50), pool, id);
+  pool.evict(id, sinks, window);
+  ASSERT_EQ(pool.size(id), sinks + window);
+  ASSERT_EQ(pool.position(id), 50);
+  std::vector<Index> kept = consecutive(0, sinks);
+  for (Index j = 50 - window; j < 50; ++j)
+    kept.push_back(j);
+  const double tol = attn_test::layer_tolerance<T>(cfg.model_dim, cfg.model_dim, 16, length);
+  for (Index i = 50; i < length; ++i) {
+    kept.push_back(i);
+    const Matrix<T> got = layer(x.row(i), pool, id);
+    EXPECT_TRUE(attn_test::matrix_near(
+        got, reference_rotary_layer(xd, rw, cfg, consecutive(0, length), {i}, kept), tol))
+        << "step at position " << i;
+  }
+  EXPECT_EQ(pool.position(id), length);
+  EXPECT_EQ(pool.size(id), sinks + window + (length - 50));
+}
+
+TEST(Rotary, LayersCheckTheirRotaryConfig) {
+  Random rng(3103);
+  attn::MultiHeadConfig cfg{/*model_dim*/ 32, /*num_heads*/ 2};
+  const auto w = attn_test::random_weights<float>(cfg, rng);
+  RotaryConfig rotary;
+  rotary.head_dim = 8;  // the layer's is 16
+  cfg.rotary = rotary;
+  EXPECT_SHAPE_ERROR(attn::SelfAttention<float>(cfg, w), "SelfAttention", "rotary.head_dim is 8",
+                     "16");
+  rotary.head_dim = 0;
+  rotary.rotary_dim = 5;
+  cfg.rotary = rotary;
+  EXPECT_SHAPE_ERROR(attn::SelfAttention<float>(cfg, w), "SelfAttention", "rotary_dim is 5");
+  rotary.rotary_dim = 0;
+  cfg.rotary = rotary;
+  EXPECT_SHAPE_ERROR(attn::CrossAttention<float>(cfg, w), "CrossAttention", "rotary");
+  EXPECT_NO_THROW(attn::SelfAttention<float>(cfg, w));
 }
 
 }  // namespace

@@ -54,9 +54,9 @@ using SequenceId = std::int64_t;
 /// attention sinks plus a recent window). SelfAttention caches keys after rotary embedding, at
 /// their absolute positions, and rotates each new query at position(id): after an eviction the
 /// distance from a new query to a window key is still its true distance, and to a sink its true,
-/// larger one. (StreamingLLM instead renumbers the positions inside the cache; rotating the kept
-/// keys back by the number evicted, Rotary::apply with a negative position, does that.) A mask
-/// sees the size() rows held, bottom-right aligned as always: causal masking is unaffected, and a
+/// larger one. (StreamingLLM caches keys before rotation and renumbers positions inside the
+/// cache, so the sinks look adjacent to the window; window keys agree either way.) A mask sees
+/// the size() rows held, bottom-right aligned as always: causal masking is unaffected, and a
 /// score or mask function of key positions sees positions within what is held.
 ///
 /// Page size: a power of two of at least 16. The default, 64, is the decode path's tile, so a tile
@@ -210,18 +210,33 @@ class PagedKVCache {
     }
   }
 
-  /// Checks that appending rows [offsets[b], offsets[b + 1]) of k and v to ids[b], for every b,
-  /// would succeed together (the pages of all of them fit the pool), without changing anything.
-  /// \throws SequenceError if an id is unknown, ShapeError if an id appears twice, the shapes
-  ///         differ from width() or a value does not fit Storage, CapacityError if the pool has
-  ///         too few free pages for all of them; `who` begins every message.
+  /// Checks that appending the next lengths[b] rows of k and v (packed row-wise, sequence 0
+  /// first) to ids[b], for every b, would succeed together (the pages of all of them fit the
+  /// pool), without changing anything: what a batched call checks before its first append.
+  /// \throws SequenceError if an id is unknown; ShapeError if ids and lengths differ in count, a
+  ///         length is negative, they do not sum to k.rows(), an id appears twice, the shapes
+  ///         differ from width() or a value does not fit Storage; CapacityError if the pool has
+  ///         too few free pages for all of them. `who` begins every message.
   void check_appends(const char* who, const std::vector<SequenceId>& ids,
-                     const std::vector<Index>& offsets, const ConstMatrixRef<Scalar>& k,
+                     const std::vector<Index>& lengths, const ConstMatrixRef<Scalar>& k,
                      const ConstMatrixRef<Scalar>& v) const {
-    ATTN_ASSERT(offsets.size() == ids.size() + 1);
     if (k.cols() != width() || v.cols() != width() || v.rows() != k.rows()) {
       detail::throw_shape_error(who, ": k is ", detail::shape_string(k), " and v is ",
                                 detail::shape_string(v), ", expected both rows x ", width());
+    }
+    if (lengths.size() != ids.size()) {
+      detail::throw_shape_error(who, ": ", lengths.size(), " lengths and ", ids.size(),
+                                " ids, expected one length per sequence");
+    }
+    Index total = 0;
+    for (std::size_t b = 0; b < lengths.size(); ++b) {
+      if (lengths[b] < 0)
+        detail::throw_shape_error(who, ": lengths[", b, "] is ", lengths[b], ", expected >= 0");
+      total += lengths[b];
+    }
+    if (total != k.rows()) {
+      detail::throw_shape_error(who, ": lengths sum to ", total, ", expected the ", k.rows(),
+                                " rows of k and v");
     }
     Index needed = 0;
     std::unordered_map<Index, Index> copied_by, own_in_batch;  // per shared last page
@@ -233,7 +248,7 @@ class PagedKVCache {
         }
       }
       const Sequence& s = sequence(who, ids[b]);
-      const AppendPlan plan = plan_append(s, offsets[b + 1] - offsets[b]);
+      const AppendPlan plan = plan_append(s, lengths[b]);
       needed += plan.pages;
       if (plan.copy_last) {
         const Index page = s.runs.back().row / m_page_size;

@@ -380,7 +380,7 @@ Matrix<detail::result_t<DQ>> scaled_dot_product_attention(
 /// \param out        Out: (Σ query_rows, H·dv).
 /// \param mask       A mask that fits every sequence: structured, or functions of positions
 ///                   (an explicit matrix or a key length fits only equal shapes).
-/// 	hrows ShapeError if the counts of query_rows, k and v differ, query_rows do not sum to
+/// \throws ShapeError if the counts of query_rows, k and v differ, query_rows do not sum to
 ///         q.rows(), or any sequence fails a check of scaled_dot_product_attention_into (the
 ///         message names the sequence); out is then untouched.
 template <typename DQ, typename K, typename V, typename M = Mask,

@@ -6,6 +6,7 @@
 /// attn::SelfAttention: multi-head attention whose queries, keys and values all come from one
 /// sequence.
 
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -224,7 +225,11 @@ class SelfAttention {
     const AttentionOptions kernel = m_core.kernel_options(options);
     std::vector<Index> key_offsets(ids.size() + 1, 0);
     for (std::size_t b = 0; b < ids.size(); ++b) {
-      if (!pool.contains(ids[b])) pool.size(ids[b]);  // throws the SequenceError
+      if (!pool.contains(ids[b])) {
+        throw SequenceError(std::string(who) + ": ids[" + std::to_string(b) + "] is sequence " +
+                            std::to_string(ids[b]) +
+                            ", which the pool does not hold (never created, or dropped)");
+      }
       key_offsets[b + 1] = key_offsets[b] + pool.size(ids[b]) + lengths[b];
     }
     m_core.check_call(who, detail::SequenceOffsets(offsets), detail::SequenceOffsets(key_offsets),
@@ -238,7 +243,7 @@ class SelfAttention {
     const Index e = cfg.model_dim, kv = cfg.kv_dim();
     const auto keys = detail::column_block(all, e, kv),
                values = detail::column_block(all, e + kv, kv);
-    pool.check_appends(who, ids, offsets, keys, values);
+    pool.check_appends(who, ids, lengths, keys, values);
     // Every check has passed: only now may the pool change.
     std::vector<PagedView<Storage>> k_views, v_views;
     k_views.reserve(ids.size());

@@ -7,6 +7,7 @@
 #include <attn/attn.hpp>
 
 #include <cstdio>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -127,6 +128,42 @@ bool exercise() {
   rope.apply(qkv.leftCols(12), ones, 3);
   rope.shift(qkv.leftCols(12), -1);  // back at 0
   ok = ok && qkv.isApprox(before, Scalar(1e-4)) && rope.inverse_frequencies().size() == 1;
+
+  // A paged pool: a layer with rotary, one sequence forked, batched steps, the kernel over its
+  // views (alone and batched), and every pool operation.
+  attn::MultiHeadConfig rotary_layer = cfg;
+  rotary_layer.rotary = attn::RotaryConfig{};
+  const attn::SelfAttention<Scalar> roped(rotary_layer, w);
+  attn::PagedKVCache<Scalar> pool = roped.make_paged_cache(4, 16);
+  const attn::SequenceId first = pool.create();
+  const M prefill = roped(x.topRows(4), pool, first);
+  const attn::SequenceId second = pool.fork(first);
+  M steps(2, 8);
+  roped.attend_batch_into(x.bottomRows(2), std::vector<attn::Index>{1, 1}, pool,
+                          std::vector<attn::SequenceId>{first, second}, steps, attn::Mask::causal(),
+                          call);
+  const M batch = roped.attend_batch(x.bottomRows(2), pool, {first, second});
+  M step(1, 8);
+  roped.attend_into(x.row(5), pool, first, step, attn::Mask::causal(), call);
+  const std::vector<attn::PagedView<Scalar>> keys{pool.keys(first), pool.keys(second)};
+  const std::vector<attn::PagedView<Scalar>> values{pool.values(first), pool.values(second)};
+  const M q2 = M::Random(2, 8);
+  M kernel_batch(2, 8);
+  attn::scaled_dot_product_attention_batch_into(q2, std::vector<attn::Index>{1, 1}, keys, values,
+                                                kernel_batch, attn::Mask::causal(), options);
+  const M kernel_one = attn::scaled_dot_product_attention(q2.topRows(1), keys[0], values[0],
+                                                          attn::Mask::causal(), options);
+  pool.reorder({first, second}, {1, 1});
+  pool.truncate(first, 3);
+  pool.evict(second, 1, 2);
+  pool.drop(first);
+  ok = ok && prefill.allFinite() && steps.allFinite() && batch.allFinite() && step.allFinite() &&
+       kernel_batch.row(0).isApprox(kernel_one) && pool.size(second) == 3 &&
+       pool.position(second) == 6 && pool.used_pages() >= 1;
+  if constexpr (std::is_same_v<Scalar, float>) {
+    attn::PagedKVCache<float, attn::qint8> small = roped.template make_paged_cache<attn::qint8>(2);
+    ok = ok && roped(x, small, small.create()).allFinite();
+  }
   return ok;
 }
 

@@ -37,6 +37,7 @@
 #include "support/random.hpp"
 #include "support/reference.hpp"
 #include "support/shape_error.hpp"
+#include "support/stored_values.hpp"
 #include "support/tolerance.hpp"
 
 namespace {
@@ -49,6 +50,7 @@ using attn_test::bitwise_equal;
 using attn_test::MatrixD;
 using attn_test::Random;
 using attn_test::ReferenceMask;
+using attn_test::stored_values;
 
 MultiHeadConfig config(Index model_dim, Index heads, Index kv_heads) {
   MultiHeadConfig cfg;
@@ -92,42 +94,6 @@ struct PoolNames {
     return storage_name<typename T::Storage>();
   }
 };
-
-// The value a stored element stands for, in double: float widens exactly, and so do the 16-bit
-// types to float (Eigen's conversions; a bfloat16 is the upper half of a float).
-double value_of(float x) {
-  return x;
-}
-double value_of(double x) {
-  return x;
-}
-double value_of(attn::bfloat16 x) {
-  return static_cast<float>(x);
-}
-double value_of(attn::half x) {
-  return static_cast<float>(x);
-}
-
-template <typename T>
-MatrixD stored_values(const attn::ConstMatrixView<T>& x) {
-  MatrixD y(x.rows(), x.cols());
-  for (Index r = 0; r < x.rows(); ++r) {
-    for (Index c = 0; c < x.cols(); ++c)
-      y(r, c) = value_of(x(r, c));
-  }
-  return y;
-}
-// qint8: scale · q from the raw values and scales (a float times an int8 is exact in double).
-MatrixD stored_values(const attn::QuantizedView& x) {
-  MatrixD y(x.rows(), x.cols());
-  for (Index r = 0; r < x.rows(); ++r) {
-    for (Index c = 0; c < x.cols(); ++c) {
-      y(r, c) = double(x.scales()[r * x.scale_stride() + c / x.group()]) *
-                double(x.data()[r * x.outerStride() + c]);
-    }
-  }
-  return y;
-}
 
 // Every row of a paged view, read run by run through run_from, as the values they stand for.
 template <typename S>

@@ -39,6 +39,7 @@
 #include "support/reference.hpp"
 #include "support/reference_functions.hpp"
 #include "support/shape_error.hpp"
+#include "support/stored_values.hpp"
 #include "support/tolerance.hpp"
 
 namespace {
@@ -331,37 +332,6 @@ TYPED_TEST(ScoreMaskLayersTest, PackedBatchIsOneCallBitwiseTheSameOnEveryExecuto
 // KVCache: decoding and chunked prefill, positions absolute in the cache
 // ---------------------------------------------------------------------------------------------
 
-// The values a cache's storage holds, in double: decoded from the bits for bfloat16 (its upper
-// 16 bits of a float) and from the raw int8 values and scales for qint8, never through attn's
-// conversions.
-double value_of(const attn::bfloat16& x) {
-  std::uint16_t bits;
-  std::memcpy(&bits, &x, sizeof bits);
-  const std::uint32_t word = std::uint32_t(bits) << 16;
-  float value;
-  std::memcpy(&value, &word, sizeof value);
-  return value;
-}
-template <typename T>
-MatrixD stored(const attn::ConstMatrixView<T>& x) {
-  MatrixD y(x.rows(), x.cols());
-  for (Index r = 0; r < x.rows(); ++r) {
-    for (Index c = 0; c < x.cols(); ++c)
-      y(r, c) = value_of(x(r, c));
-  }
-  return y;
-}
-MatrixD stored(const attn::QuantizedView& x) {
-  MatrixD y(x.rows(), x.cols());
-  for (Index r = 0; r < x.rows(); ++r) {
-    for (Index c = 0; c < x.cols(); ++c) {
-      y(r, c) = double(x.scales()[r * x.scale_stride() + c / x.group()]) *
-                double(x.data()[r * x.outerStride() + c]);
-    }
-  }
-  return y;
-}
-
 // Runs x through the cache in chunks (a prefill, single rows for decoding) with `mask`, and
 // checks each chunk's rows against the reference over every position cached so far, the chunk's
 // rows standing at the last positions. In Scalar storage the reference projects the keys and
@@ -385,7 +355,8 @@ void expect_chunks_match(const attn::SelfAttention<Scalar>& layer,
     ASSERT_EQ(cache.size(), m) << what;
     MatrixD k = keys.topRows(m), v = values.topRows(m);
     if constexpr (!std::is_same_v<Storage, Scalar>) {
-      const MatrixD k_stored = stored(cache.keys()), v_stored = stored(cache.values());
+      const MatrixD k_stored = attn_test::stored_values(cache.keys()),
+                    v_stored = attn_test::stored_values(cache.values());
       const auto near = [](const MatrixD& got, const MatrixD& exact) {
         const double slack = 0.01 * std::max(1.0, exact.cwiseAbs().maxCoeff());
         return attn_test::matrix_near(got, exact, slack);

@@ -46,6 +46,7 @@
 #include "support/random.hpp"
 #include "support/reference.hpp"
 #include "support/shape_error.hpp"
+#include "support/stored_values.hpp"
 #include "support/tolerance.hpp"
 
 // Packet types carry alignment attributes that GCC reports as ignored in template arguments (as
@@ -64,10 +65,15 @@ using attn::MultiHeadConfig;
 using attn::qint8;
 using attn::QuantizedMatrix;
 using attn::QuantizedView;
+using attn_test::bfloat16_value;
+using attn_test::bits_of;
+using attn_test::half_value;
 using attn_test::MatrixB;
 using attn_test::MatrixD;
 using attn_test::Random;
 using attn_test::ReferenceMask;
+using attn_test::stored_values;
+using attn_test::value_of;
 using attn_test::VectorD;
 template <typename Scalar>
 using Matrix = attn::Matrix<Scalar>;
@@ -83,77 +89,11 @@ constexpr double float_denorm_min = 0x1p-149;
 // ---------------------------------------------------------------------------------------------
 
 template <typename T>
-std::uint16_t bits_of(const T& x) {
-  static_assert(sizeof(T) == 2, "a 16-bit type");
-  std::uint16_t bits;
-  std::memcpy(&bits, &x, sizeof bits);
-  return bits;
-}
-
-template <typename T>
 T from_bits(std::uint16_t bits) {
   static_assert(sizeof(T) == 2, "a 16-bit type");
   T x;
   std::memcpy(static_cast<void*>(&x), &bits, sizeof bits);
   return x;
-}
-
-// The value of a bfloat16: the upper 16 bits of a float.
-double bfloat16_value(std::uint16_t bits) {
-  const std::uint32_t word = std::uint32_t(bits) << 16;
-  float x;
-  std::memcpy(&x, &word, sizeof x);
-  return x;
-}
-
-// The value of an IEEE half from its fields: sign, 5 exponent bits (bias 15), 10 mantissa bits.
-double half_value(std::uint16_t bits) {
-  const int exponent = (bits >> 10) & 0x1f;
-  const int mantissa = bits & 0x3ff;
-  double magnitude;
-  if (exponent == 0x1f) {
-    magnitude = mantissa != 0 ? std::numeric_limits<double>::quiet_NaN()
-                              : std::numeric_limits<double>::infinity();
-  } else if (exponent == 0) {
-    magnitude = std::ldexp(double(mantissa), -24);  // subnormal: mantissa · 2^-24
-  } else {
-    magnitude = std::ldexp(double(mantissa + 1024), exponent - 25);
-  }
-  return (bits & 0x8000) != 0 ? -magnitude : magnitude;
-}
-
-double value_of(float x) {
-  return x;
-}
-double value_of(const bfloat16& x) {
-  return bfloat16_value(bits_of(x));
-}
-double value_of(const half& x) {
-  return half_value(bits_of(x));
-}
-
-// The exact values a matrix of float, double, bfloat16 or half holds.
-template <typename Derived>
-MatrixD exact_values(const Eigen::MatrixBase<Derived>& x) {
-  MatrixD y(x.rows(), x.cols());
-  for (Index r = 0; r < x.rows(); ++r) {
-    for (Index c = 0; c < x.cols(); ++c)
-      y(r, c) = value_of(x(r, c));
-  }
-  return y;
-}
-
-// The exact values qint8 rows stand for, scale · q in double (a float times an int8 is exact in
-// double), from the raw values and scales rather than the view's own operator().
-MatrixD exact_values(const QuantizedView& x) {
-  MatrixD y(x.rows(), x.cols());
-  for (Index r = 0; r < x.rows(); ++r) {
-    for (Index c = 0; c < x.cols(); ++c) {
-      y(r, c) = double(x.scales()[r * x.scale_stride() + c / x.group()]) *
-                double(x.data()[r * x.outerStride() + c]);
-    }
-  }
-  return y;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -276,7 +216,7 @@ struct Stored {
     return attn::ConstMatrixView<S>(data.data(), data.rows(), data.cols(),
                                     Eigen::OuterStride<>(data.cols()));
   }
-  MatrixD exact() const { return exact_values(data); }
+  MatrixD exact() const { return stored_values(data); }
   Matrix<S> data;
 };
 template <>
@@ -284,7 +224,7 @@ struct Stored<qint8> {
   Stored(const Matrix<float>& x, Index group) : data(QuantizedMatrix::quantize(x, group)) {}
   const QuantizedMatrix& argument() const { return data; }
   QuantizedView view() const { return data.view(); }
-  MatrixD exact() const { return exact_values(data.view()); }
+  MatrixD exact() const { return stored_values(data.view()); }
   QuantizedMatrix data;
 };
 
@@ -398,8 +338,8 @@ TEST(QuantizedMatrixTest, EveryElementIsWithinHalfAStepOfItsGroup) {
     ASSERT_EQ(view.cols(), cols);
     ASSERT_EQ(view.group(), group);
     ASSERT_EQ(view.scale_stride(), groups);
-    const MatrixD input = exact_values(x);
-    const MatrixD dequantized = exact_values(view);
+    const MatrixD input = stored_values(x);
+    const MatrixD dequantized = stored_values(view);
     MatrixD bound(rows, cols);
     double worst_steps = 0;  // the largest error in units of the group's max / 254
     for (Index r = 0; r < rows; ++r) {
@@ -647,7 +587,7 @@ TYPED_TEST(StoredKernel, MatchesTheReferenceOverTheStoredValues) {
     const Matrix<float> out = attn::scaled_dot_product_attention(
         q_stored, k_stored.argument(), v_stored.view(), masks.mask, options);
 
-    const MatrixD q_exact = exact_values(q_stored);
+    const MatrixD q_exact = stored_values(q_stored);
     const MatrixD k_exact = k_stored.exact();
     const MatrixD v_exact = v_stored.exact();
     const MatrixD expected = attn_test::reference_multi_head(q_exact, k_exact, v_exact, c.heads,
@@ -683,7 +623,7 @@ TEST(StoredKernelExtras, LogSumExpAndWeightsOverBfloat16KeysAndValues) {
                                                                  Mask::causal(), options, extras);
 
     MatrixD expected_lse, expected_weights;
-    const MatrixD q_exact = exact_values(q), k_exact = k.exact(), v_exact = v.exact();
+    const MatrixD q_exact = stored_values(q), k_exact = k.exact(), v_exact = v.exact();
     const MatrixD expected = attn_test::reference_multi_head(
         q_exact, k_exact, v_exact, heads, kv_heads, ReferenceMask::causal(), std::nullopt, 0,
         &expected_lse, &expected_weights);
@@ -746,7 +686,8 @@ TYPED_TEST(StoredRows, StorageErrorIsBoundedIndependentlyOfTheSequenceLength) {
       const Matrix<float> out =
           attn::scaled_dot_product_attention(q, k_stored.argument(), v_stored.argument());
 
-      const MatrixD q_exact = exact_values(q), k_exact = exact_values(k), v_exact = exact_values(v);
+      const MatrixD q_exact = stored_values(q), k_exact = stored_values(k),
+                    v_exact = stored_values(v);
       const MatrixD v_kept = v_stored.exact();
       const MatrixD expected = attn_test::reference_multi_head(q_exact, k_exact, v_exact, 1, 1);
       const double storage = storage_tolerance<S>(q_exact, k_exact, v_exact, v_kept, scale);
@@ -828,15 +769,15 @@ TEST(StoredPartial, PartsInDifferentStoragesMergeToTheReferenceOverTheUnion) {
         attn::merge_partial_attention(merged, parts.back());
       }
 
-      std::vector<MatrixD> keys = {k1.exact(), exact_values(k2)};
-      std::vector<MatrixD> values = {v1.exact(), exact_values(v2)};
+      std::vector<MatrixD> keys = {k1.exact(), stored_values(k2)};
+      std::vector<MatrixD> values = {v1.exact(), stored_values(v2)};
       if (three) {
         keys.push_back(k3.exact());
         values.push_back(v3.exact());
       }
       const MatrixD all_keys = stack_rows(keys), all_values = stack_rows(values);
       MatrixD expected_lse;
-      const MatrixD q_exact = exact_values(q);
+      const MatrixD q_exact = stored_values(q);
       const MatrixD expected =
           attn_test::reference_multi_head(q_exact, all_keys, all_values, heads, kv_heads,
                                           ReferenceMask(), std::nullopt, 0, &expected_lse);
@@ -919,8 +860,8 @@ template <typename S, typename View>
     if (raw_bytes(stored) != raw_bytes(expected.view())) {
       return ::testing::AssertionFailure() << "differs from QuantizedMatrix::quantize";
     }
-    return within_bound(exact_values(stored), exact_values(x),
-                        storage_error_bound<qint8>(exact_values(x).cwiseAbs(), group));
+    return within_bound(stored_values(stored), stored_values(x),
+                        storage_error_bound<qint8>(stored_values(x).cwiseAbs(), group));
   } else {
     (void)group;
     for (Index r = 0; r < x.rows(); ++r) {
@@ -1105,7 +1046,7 @@ template <typename S>
                                              Index group) {
   const MatrixD exact = attn_test::reference_linear(x, weight, bias);
   const MatrixD slack = dot_gamma(x.cols() + 1) *
-                        attn_test::reference_linear(exact_values(x).cwiseAbs(), weight.cwiseAbs(),
+                        attn_test::reference_linear(stored_values(x).cwiseAbs(), weight.cwiseAbs(),
                                                     VectorD(bias.cwiseAbs()));
   const MatrixD bound = storage_error_bound<S>(exact.cwiseAbs() + slack, group) + slack;
   return within_bound(stored, exact, bound);
@@ -1154,8 +1095,8 @@ TYPED_TEST(StoredRows, SelfAttentionOverItsCacheMatchesTheReference) {
         const std::string what = "H=" + std::to_string(cfg.num_heads) +
                                  " Hkv=" + std::to_string(cfg.kv_heads()) +
                                  " window=" + std::to_string(window) + " m=" + std::to_string(m);
-        const MatrixD keys = exact_values(cache.keys());
-        const MatrixD values = exact_values(cache.values());
+        const MatrixD keys = stored_values(cache.keys());
+        const MatrixD values = stored_values(cache.values());
         EXPECT_TRUE(
             stores_projection<S>(keys.middleRows(first, rows), x, rw.k_weight, rw.k_bias, d))
             << what << " keys";
@@ -1244,8 +1185,8 @@ TYPED_TEST(StoredRows, CrossAttentionOverARememberedMemoryMatchesTheReference) {
       const std::string what = "m=" + std::to_string(m) + " n=" + std::to_string(n);
       EXPECT_EQ(memory.rows(), m);
       EXPECT_EQ(memory.bytes(), expected_bytes<S>(m, kv, d)) << what;
-      const MatrixD keys = exact_values(memory.keys());
-      const MatrixD values = exact_values(memory.values());
+      const MatrixD keys = stored_values(memory.keys());
+      const MatrixD values = stored_values(memory.values());
       EXPECT_TRUE(stores_projection<S>(keys, source, rw.k_weight, rw.k_bias, d)) << what;
       EXPECT_TRUE(stores_projection<S>(values, source, rw.v_weight, rw.v_bias, d)) << what;
 
@@ -1279,8 +1220,8 @@ TYPED_TEST(StoredRows, CrossAttentionOverARememberedMemoryMatchesTheReference) {
   Index s0 = 0, t0 = 0;
   for (std::size_t b = 0; b < source_lengths.size(); ++b) {
     const Index m = source_lengths[b], n = target_lengths[b];
-    const MatrixD keys = exact_values(memory.keys().middleRows(s0, m));
-    const MatrixD values = exact_values(memory.values().middleRows(s0, m));
+    const MatrixD keys = stored_values(memory.keys().middleRows(s0, m));
+    const MatrixD values = stored_values(memory.values().middleRows(s0, m));
     const MatrixD expected =
         reference_layer(target.middleRows(t0, n), keys, values, rw, cfg, ReferenceMask());
     EXPECT_TRUE(attn_test::matrix_near(
@@ -1364,12 +1305,12 @@ TEST(StoredThreads, DecodeOverABfloat16CacheIsBitwiseTheSameOnAnyExecutor) {
     RecordProperty("calls_with_two_workers_n" + std::to_string(n), both);
     took_part += both;
     // And the result is right.
-    const MatrixD k = exact_values(cache.keys());
+    const MatrixD k = stored_values(cache.keys());
     const MatrixD expected = attn_test::reference_multi_head(
-        exact_values(q), k, exact_values(cache.values()), cfg.num_heads, cfg.kv_heads());
+        stored_values(q), k, stored_values(cache.values()), cfg.num_heads, cfg.kv_heads());
     EXPECT_TRUE(attn_test::matrix_near(
         one, expected,
-        attn_test::attention_tolerance<float>(logit_bound(exact_values(q), k, d), m - 1)))
+        attn_test::attention_tolerance<float>(logit_bound(stored_values(q), k, d), m - 1)))
         << "n=" << n;
   }
 

@@ -429,10 +429,13 @@ void scaled_dot_product_attention_batch_into(const Eigen::MatrixBase<DQ>& q,
     MatrixRef<Scalar> out_b(out.middleRows(first, n));
     k_args.emplace_back(k[b]);
     v_args.emplace_back(v[b]);
-    const std::string sequence = std::string(who) + " (sequence " + std::to_string(b) + ")";
-    problems.push_back(
-        detail::make_problem<Scalar, QS, KS, VS>(sequence.c_str(), q_b, k_args.back().view(),
-                                                 v_args.back().view(), out_b, score_mask, options));
+    // The sequence's index joins the message only when a check fails: no string per call.
+    try {
+      problems.push_back(detail::make_problem<Scalar, QS, KS, VS>(
+          who, q_b, k_args.back().view(), v_args.back().view(), out_b, score_mask, options));
+    } catch (const ShapeError& e) {
+      throw ShapeError(std::string(e.what()) + " (sequence " + std::to_string(b) + ")");
+    }
     first += n;
   }
   detail::run_attention_batch(problems.data(), problems.size(), score_mask, options.executor,

@@ -8,6 +8,7 @@
 // the fp64 reference. And the decode path, which splits the keys itself and merges the parts, is
 // bitwise independent of the executor and of a reused Workspace.
 
+#include <attn/builtin_masks.hpp>
 #include <attn/partial_attention.hpp>
 #include <attn/scaled_dot_product.hpp>
 #include <attn/workspace.hpp>
@@ -231,6 +232,115 @@ TYPED_TEST(PartialAttentionTest, MergeOfAnySplitEqualsOnePass) {
       }
     }
   }
+}
+
+// options.positions places a call in a larger problem: a block of its queries over a part of its
+// keys, each at its positions in the whole (query row i at first_query + i, key row j at
+// first_key + j), sees what it sees in the whole under structured masks, key_length and score and
+// mask functions; the parts of a split merge into the whole's rows. Self (N = M) and cross
+// (N ≠ M) shapes, including a part of keys that a block of queries sees none of.
+TYPED_TEST(PartialAttentionTest, PositionsPlaceABlockOfTheWholeProblem) {
+  using Scalar = TypeParam;
+  const auto alibi = attn::score_function([](Scalar s, Index h, Index q, Index k) {
+    return s - Scalar(0.125) * Scalar(h + 1) * Scalar(q > k ? q - k : k - q);
+  });
+  // Keys in every third position hidden from odd queries, stated per block.
+  const auto sparse = attn::mask_function(
+      [](Index q, Index k) { return q % 2 == 0 || k % 3 != 0; },
+      [](Index q0, Index q1, Index k0, Index k1) {
+        return q1 - q0 == 1 && q0 % 2 == 0 ? attn::Visibility::all
+                                            : (k1 - k0 == 1 && k0 % 3 != 0 ? attn::Visibility::all
+                                                                           : attn::Visibility::partial);
+      });
+  std::uint32_t seed = 90;
+  for (const auto& [n, m] : std::vector<std::pair<Index, Index>>{{150, 150}, {70, 190}, {3, 260}}) {
+    Random rng(++seed);
+    const Problem<Scalar> p = random_problem<Scalar>(rng, n, m);
+    const auto check = [&](const auto& mask, const char* mask_name) {
+      attn::Matrix<Scalar> lse;
+      attn::AttentionExtras<Scalar> extras;
+      extras.log_sum_exp = &lse;
+      const attn::Matrix<Scalar> whole =
+          attn::scaled_dot_product_attention(p.q, p.k, p.v, mask, gqa_options(), extras);
+      // The default positions, stated: bitwise the call without them.
+      attn::AttentionOptions stated = gqa_options();
+      stated.positions = attn::Positions{m - n, 0};
+      EXPECT_TRUE(bitwise_equal(
+          attn::scaled_dot_product_attention(p.q, p.k, p.v, mask, stated), whole))
+          << mask_name;
+      const double tol = 3 * kernel_tolerance<Scalar>(m);
+      for (int trial = 0; trial < 3; ++trial) {
+        const Index i0 = rng.integer(0, n - 1), i1 = rng.integer(i0 + 1, n);
+        const std::vector<Index> cuts = random_cuts(rng, m);
+        const auto q = p.q.middleRows(i0, i1 - i0);
+        std::vector<attn::PartialAttention<Scalar>> parts;
+        for (std::size_t s = 0; s + 1 < cuts.size(); ++s) {
+          const Index a = cuts[s], b = cuts[s + 1];
+          attn::AttentionOptions options = gqa_options();
+          options.positions = attn::Positions{i0 + m - n, a};
+          parts.push_back(attn::scaled_dot_product_attention_partial(
+              q, p.k.middleRows(a, b - a), p.v.middleRows(a, b - a), mask, options));
+        }
+        const attn::PartialAttention<Scalar> merged = attn::merge_partial_attention(parts);
+        const std::string what = std::string(mask_name) + " n=" + std::to_string(n) +
+                                 " m=" + std::to_string(m) + " rows [" + std::to_string(i0) +
+                                 ", " + std::to_string(i1) + ") " + describe(cuts);
+        EXPECT_TRUE(attn_test::matrix_near(merged.out, whole.middleRows(i0, i1 - i0), tol)) << what;
+        EXPECT_TRUE(
+            attn_test::matrix_near(merged.log_sum_exp, lse.middleRows(i0, i1 - i0), tol))
+            << what;
+      }
+    };
+    // The last two heads (kv head 1) alone, named as heads 2 and 3 to the score function.
+    {
+      const auto mask = Mask::causal() & alibi;
+      const attn::Matrix<Scalar> whole =
+          attn::scaled_dot_product_attention(p.q, p.k, p.v, mask, gqa_options());
+      attn::AttentionOptions options;
+      options.num_heads = 2;
+      options.num_kv_heads = 1;
+      options.positions = attn::Positions{m - n, 0, 2};
+      const attn::Matrix<Scalar> half = attn::scaled_dot_product_attention(
+          attn::Matrix<Scalar>(p.q.rightCols(2 * head_dim)), p.k.rightCols(head_dim),
+          p.v.rightCols(value_dim), mask, options);
+      EXPECT_TRUE(attn_test::matrix_near(half, whole.rightCols(2 * value_dim),
+                                         kernel_tolerance<Scalar>(m)));
+      options.positions->first_head = 0;  // heads 0 and 1's slopes: another result
+      EXPECT_FALSE(attn_test::matrix_near(
+          attn::scaled_dot_product_attention(attn::Matrix<Scalar>(p.q.rightCols(2 * head_dim)),
+                                             p.k.rightCols(head_dim), p.v.rightCols(value_dim),
+                                             mask, options),
+          whole.rightCols(2 * value_dim), kernel_tolerance<Scalar>(m)));
+    }
+    check(Mask(), "none");
+    check(Mask::causal(), "causal");
+    check(Mask::window(9, 4), "window(9, 4)");
+    check(Mask::causal() & Mask::key_length(m - 7), "causal & key_length");
+    check(Mask::causal() & alibi, "causal & score function");
+    check(Mask::window(40, 40) & sparse, "window & mask function");
+  }
+}
+
+TYPED_TEST(PartialAttentionTest, PositionsAreRejectedWhereTheyCannotApply) {
+  using Scalar = TypeParam;
+  Random rng(120);
+  const Problem<Scalar> p = random_problem<Scalar>(rng, 5, 9);
+  attn::AttentionOptions options = gqa_options();
+  options.positions = attn::Positions{20, 4};
+  attn::Matrix<Scalar> out = attn::Matrix<Scalar>::Constant(5, heads * value_dim, 7);
+  // A tree describes the last keys of one shape: positions would not move it.
+  EXPECT_SHAPE_ERROR(attn::scaled_dot_product_attention_into(p.q, p.k, p.v, out,
+                                                             attn::tree({-1, 0, 0}), options),
+                     "options.positions", "tied to one shape");
+  EXPECT_TRUE((out.array() == 7).all());
+  // A batch's sequences each count positions from their start.
+  std::vector<attn::Matrix<Scalar>> ks = {p.k}, vs = {p.v};
+  EXPECT_SHAPE_ERROR(
+      attn::scaled_dot_product_attention_batch_into(p.q, {5}, ks, vs, out, Mask(), options),
+      "options.positions", "batch");
+  // key_length may exceed the call's keys: it counts positions.
+  options.positions = attn::Positions{0, 0};
+  EXPECT_NO_THROW(attn::scaled_dot_product_attention(p.q, p.k, p.v, Mask::key_length(30), options));
 }
 
 // The kernel's log-sum-exp is log Σ_j exp(logit(i, j)) of the fp64 reference, per row and head,

@@ -202,10 +202,11 @@ class Mask {
     return m_bias_double->template cast<Scalar>();
   }
 
-  /// Checks that explicit parts fit n queries and m keys, and a key length m keys.
+  /// Checks that explicit parts fit n queries and m keys, and (unless the call places its keys
+  /// at positions of its own, key_length_within_keys false) a key length m keys.
   /// \throws ShapeError naming `who`, the part and both shapes (or the length and m).
-  void check_shape(const char* who, Index n, Index m) const {
-    if (m_key_length > m) {
+  void check_shape(const char* who, Index n, Index m, bool key_length_within_keys = true) const {
+    if (key_length_within_keys && m_key_length > m) {
       detail::throw_shape_error(who, ": mask key_length is ", m_key_length, ", expected <= the ", m,
                                 " keys (rows of k)");
     }

@@ -25,6 +25,16 @@
 
 namespace attn {
 
+/// Where a call stands in a larger problem (see AttentionOptions::positions).
+struct Positions {
+  /// Query row i stands at position first_query + i.
+  Index first_query = 0;
+  /// Key row j stands at position first_key + j.
+  Index first_key = 0;
+  /// Query head h is head first_head + h to score and mask functions (heads split across calls).
+  Index first_head = 0;
+};
+
 /// Options of scaled_dot_product_attention beyond the mask.
 struct AttentionOptions {
   /// Query heads H: q's columns are H blocks of head_dim.
@@ -42,6 +52,15 @@ struct AttentionOptions {
   /// Scratch kept between calls (not owned); null means scratch allocated per call. With a
   /// workspace, repeated calls of one shape allocate nothing after the first (see Workspace).
   Workspace* workspace = nullptr;
+  /// Where the call's queries and keys stand, for the mask: structured masks, key_length and
+  /// score and mask functions then see these positions instead of the bottom-right alignment
+  /// (first_query = m − n, first_key = 0), so that one block of a larger problem (some of its
+  /// queries over a part of its keys) is computed under the larger problem's mask, and parts
+  /// merge exactly with merge_partial_attention (attn/mpi.hpp splits sequences this way).
+  /// key_length(count) then hides the keys at positions ≥ count, whatever the call's m. Explicit
+  /// keep/bias matrices stay indexed by the call's rows and keys; mask parts tied to one shape
+  /// (a tree, a per-head bias matrix, a BlockMap) are rejected with positions.
+  std::optional<Positions> positions;
 
   /// num_kv_heads with 0 resolved to num_heads.
   Index kv_heads() const { return num_kv_heads == 0 ? num_heads : num_kv_heads; }
@@ -91,7 +110,14 @@ template <typename Scalar, typename SM>
 double check_mask_and_options(const char* who, Index n, Index m, Index head_dim,
                               const SM& score_mask, const AttentionOptions& options) {
   const Mask& mask = score_mask.base();
-  mask.check_shape(who, n, m);
+  mask.check_shape(who, n, m, !options.positions.has_value());
+  if (options.positions && (one_sequence_v<typename SM::score_type> ||
+                            one_sequence_v<typename SM::mask_type> ||
+                            one_sequence_v<typename SM::blocks_type>)) {
+    throw_shape_error(who,
+                      ": options.positions is set, but a mask part is tied to one shape (a tree, "
+                      "a per-head bias matrix, a BlockMap), which positions would not move");
+  }
   check_score_mask(score_mask, who, n, m, options.num_heads);
   if constexpr (std::is_same_v<Scalar, float>) {
     // A double bias is converted to float for a float call: a value beyond float's range would
@@ -180,6 +206,13 @@ AttentionProblem<Scalar, QS, KS, VS> make_problem(const char* who, const ConstMa
       dv,
       static_cast<Scalar>(scale),
       static_cast<Scalar>(options.softcap)};
+  if (options.positions) {
+    problem.first_query_position = options.positions->first_query;
+    problem.first_key_position = options.positions->first_key;
+    problem.first_head = options.positions->first_head;
+  } else {
+    problem.first_query_position = k.rows() - q.rows();  // bottom-right alignment
+  }
   // Every check has passed: the extras may be resized now.
   if (extras.log_sum_exp != nullptr) {
     extras.log_sum_exp->resize(q.rows(), heads);
@@ -412,6 +445,10 @@ void scaled_dot_product_attention_batch_into(const Eigen::MatrixBase<DQ>& q,
     detail::throw_shape_error(who, ": query_rows sum to ", rows, ", q is ", detail::shape_string(q),
                               " and out is ", detail::shape_string(out),
                               ", expected q.rows() = out.rows() = ", rows);
+  }
+  if (options.positions) {
+    detail::throw_shape_error(who, ": options.positions describes one sequence, expected none in a "
+                                   "batch (each sequence's positions count from its start)");
   }
   const ConstMatrixRef<QS> q_ref(q);
   const auto& score_mask = detail::as_score_mask(mask);

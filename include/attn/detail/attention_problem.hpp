@@ -46,6 +46,9 @@ struct AttentionProblem {
   Index lse_stride = 0;
   Scalar* weights = nullptr;  // optional (H·n) × m attention weights, head h in rows h·n…
   Index weights_stride = 0;
+  Index first_query_position = 0;  // query row i at position first_query_position + i
+  Index first_key_position = 0;    // key row j at first_key_position + j
+  Index first_head = 0;            // head h is first_head + h to score and mask functions
 
   /// The kv head query head h reads.
   Index kv_head(Index h) const { return h / (num_heads / num_kv_heads); }

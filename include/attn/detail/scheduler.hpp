@@ -58,7 +58,8 @@ class AttentionSchedule {
  public:
   AttentionSchedule(const Problem& p, const SM& mask, Workspace& workspace)
       : m_p(p),
-        m_mask(mask, p.q.rows(), p.k.rows(), p.num_heads),
+        m_mask(mask, p.q.rows(), p.k.rows(), p.num_heads, p.first_query_position,
+               p.first_key_position, p.first_head),
         m_out(MatrixView<Scalar>(p.out).data()),
         m_workspace(workspace),
         m_blocks(BlockSizes::of<Scalar>(p.head_dim, p.value_dim)),

@@ -67,14 +67,22 @@ class TileMask {
   static constexpr bool has_score = SM::has_score;
   static constexpr bool has_mask_function = SM::has_mask_function;
 
-  /// Resolves `mask` for n queries and m keys of `heads` query heads. A bias of the other
-  /// precision is converted here, once per call; matrices of the right precision are read in
-  /// place. Precondition: check_score_mask passed for this shape.
-  TileMask(const SM& mask, Index n, Index m, Index heads)
+  /// Resolves `mask` for n queries and m keys of `heads` query heads, query row i at position
+  /// first_query + i and key row j at first_key + j (bottom-right alignment: m − n and 0), head h
+  /// as first_head + h to the functions (0 unless the heads are a part of a larger problem). A bias
+  /// of the other precision is converted here, once per call; matrices of the right precision
+  /// are read in place. Precondition: check_score_mask passed for this shape.
+  TileMask(const SM& mask, Index n, Index m, Index heads, Index first_query, Index first_key,
+           Index first_head)
       : m_keys(m),
-        m_position_offset(m - n),
-        m_window{clamp_reach(mask.base().left(), n, m), clamp_reach(mask.base().right(), n, m),
-                 mask.base().has_key_length() ? std::min(mask.base().visible_keys(), m) : m},
+        m_first_head(first_head),
+        m_position_offset(first_query - first_key),
+        m_first_key(first_key),
+        m_window{clamp_reach(mask.base().left(), n, m, first_query - first_key),
+                 clamp_reach(mask.base().right(), n, m, first_query - first_key),
+                 mask.base().has_key_length()
+                     ? std::clamp<Index>(mask.base().visible_keys() - first_key, 0, m)
+                     : m},
         m_rule(mask, n, m, heads) {
     const Mask& base = mask.base();
     if (base.has_keep()) {
@@ -98,7 +106,10 @@ class TileMask {
   std::pair<Index, Index> key_range(Index h, Index i0, Index i1) const {
     const Index q0 = i0 + m_position_offset, q1 = i1 + m_position_offset;
     KeyRange range = m_window.key_range(q0, q1);
-    if constexpr (Bound::has_blocks) range = intersect(range, m_rule.key_range(h, q0, q1));
+    if constexpr (Bound::has_blocks) {
+      const KeyRange rule = m_rule.key_range(h + m_first_head, q0 + m_first_key, q1 + m_first_key);
+      range = intersect(range, {rule.begin - m_first_key, rule.end - m_first_key});
+    }
     const Index begin = std::clamp<Index>(range.begin, 0, m_keys);
     return {begin, std::clamp<Index>(range.end, begin, m_keys)};
   }
@@ -111,7 +122,10 @@ class TileMask {
     c.base =
         m_window.covers(q0, q1, j0, j1) && !has_explicit() ? Visibility::all : Visibility::partial;
     if (m_window.key_range(q0, q1).end <= j0) c.base = Visibility::none;
-    if constexpr (Bound::has_blocks) c.rule = m_rule.classify(h, q0, q1, j0, j1);
+    if constexpr (Bound::has_blocks) {
+      c.rule = m_rule.classify(h + m_first_head, q0 + m_first_key, q1 + m_first_key, j0 + m_first_key,
+                               j1 + m_first_key);
+    }
     return c;
   }
 
@@ -128,12 +142,16 @@ class TileMask {
     const Scalar hidden = -std::numeric_limits<Scalar>::infinity();
     const Index q0 = i0 + m_position_offset;
     bool masked = false;
-    if constexpr (has_score)
-      masked = apply_score(s, query_stride, key_stride, rows, cols, h, q0, j0);
+    if constexpr (has_score) {
+      masked = apply_score(s, query_stride, key_stride, rows, cols, h + m_first_head,
+                           q0 + m_first_key,
+                           j0 + m_first_key);
+    }
     if constexpr (has_mask_function) {
       if (block.rule != Visibility::all) {
+        const Index q = q0 + m_first_key, k = j0 + m_first_key;  // the functions' positions
         for_each(s, query_stride, key_stride, rows, cols, [&](Scalar& x, Index r, Index c) {
-          if (!m_rule.visible(h, q0 + r, j0 + c)) x = hidden;
+          if (!m_rule.visible(h + m_first_head, q + r, k + c)) x = hidden;
         });
         masked = true;
       }
@@ -177,13 +195,13 @@ class TileMask {
   }
 
  private:
-  /// The score function over the tile, the unit stride innermost, so that simple functions
-  /// vectorise: positions advance in a 32-bit counter (a function that works in int32, as the
+  /// The score function over the tile (positions from q0 and k0), the unit stride innermost, so
+  /// that simple functions vectorise: positions advance in a 32-bit counter (a function that works in int32, as the
   /// built-ins do, then needs no 64-bit lanes), and whether a result is −∞ is kept over its bits
   /// in one flag per line of the unit stride (a float min would be a reduction, which does not
   /// vectorise, and -ffinite-math-only may fold x == −∞). Returns whether a result is −∞.
   bool apply_score(Scalar* s, Index query_stride, Index key_stride, Index rows, Index cols, Index h,
-                   Index q0, Index j0) const {
+                   Index q0, Index k0) const {
     using Bits = FloatBits<Scalar>;
     using Unsigned = typename Bits::Unsigned;
     constexpr Unsigned minus_infinity = Bits::sign | Bits::exponent;
@@ -198,13 +216,13 @@ class TileMask {
       for (Index line = 0; line < lines; ++line) {
         Scalar* x = s + line * line_stride + first;
         if (by_keys) {
-          const Index k = j0 + line, q = q0 + first;
+          const Index k = k0 + line, q = q0 + first;
           for (int r = 0; r < count; ++r) {
             x[r] = m_rule.score(x[r], h, q + r, k);
             hidden[r] |= Bits::of(x[r]) == minus_infinity;
           }
         } else {
-          const Index q = q0 + line, k = j0 + first;
+          const Index q = q0 + line, k = k0 + first;
           for (int c = 0; c < count; ++c) {
             x[c] = m_rule.score(x[c], h, q, k + c);
             hidden[c] |= Bits::of(x[c]) == minus_infinity;
@@ -236,13 +254,17 @@ class TileMask {
     }
   }
 
-  // A reach beyond n + m changes nothing; clamping it keeps i + offset ± reach from overflowing.
-  static Index clamp_reach(Index reach, Index n, Index m) {
-    return reach == Mask::unbounded ? reach : std::min(reach, n + m);
+  // A reach beyond every distance between this call's queries and keys changes nothing; clamping
+  // it keeps i + offset ± reach from overflowing.
+  static Index clamp_reach(Index reach, Index n, Index m, Index offset) {
+    const Index span = n + m + (offset < 0 ? -offset : offset);
+    return reach == Mask::unbounded ? reach : std::min(reach, span);
   }
 
   Index m_keys;
-  Index m_position_offset;  // q = i + m − n: bottom-right alignment
+  Index m_first_head;       // what the functions add to head indices
+  Index m_position_offset;  // a query row's position in key rows: i + first_query − first_key
+  Index m_first_key;        // the position of key row 0, what the functions add to key rows
   WindowRule m_window;
   Bound m_rule;
   const bool* m_keep = nullptr;

@@ -325,6 +325,7 @@ class CrossAttention {
                               out);
   }
 
+  friend struct detail::LayerAccess;  // attn/mpi.hpp's sequence-parallel layers
   static constexpr const char* who = "CrossAttention";
   detail::MultiHeadCore<Scalar> m_core;
 };

@@ -476,6 +476,7 @@ class SelfAttention {
                               extras, out);
   }
 
+  friend struct detail::LayerAccess;  // attn/mpi.hpp's sequence-parallel layers
   static constexpr const char* who = "SelfAttention";
   detail::MultiHeadCore<Scalar> m_core;
 };

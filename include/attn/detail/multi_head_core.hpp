@@ -80,6 +80,10 @@ class SequenceOffsets {
   const std::vector<Index>* m_many = nullptr;
 };
 
+/// Reaches a functor's MultiHeadCore, for code that runs a layer's steps itself (the
+/// sequence-parallel layers of attn/mpi.hpp); defined there.
+struct LayerAccess;
+
 template <typename Scalar>
 class MultiHeadCore {
  public:
@@ -251,7 +255,12 @@ class MultiHeadCore {
           score_mask, queries.offsets(), keys.offsets(), m_config.num_heads);
       scaled_dot_product_attention_into(q, k, v, heads, packed.score_mask(), kernel);
     }
-    linear(ConstMatrixRef<Scalar>(heads), m_out_weight, m_out_bias, out);
+    project_output(heads, out);
+  }
+
+  /// heads (n, E), the heads' results side by side -> out (n, E): the output projection.
+  void project_output(const ConstMatrixRef<Scalar>& heads, MatrixRef<Scalar> out) const {
+    linear(heads, m_out_weight, m_out_bias, out);
   }
 
   /// Attention of sequences of different lengths over key and value views of their own (the

@@ -109,7 +109,7 @@ class ShardedKVCache {
     try {
       Cache trial(k.rows(), width(), m_local.head_dim());
       trial.append(k, v);
-      m_local.check_room(who, k.rows());
+      m_local.check_room("the rank's KVCache", k.rows());
     } catch (const std::exception& error) {
       problem = error.what();
     }
@@ -120,8 +120,9 @@ class ShardedKVCache {
     table.require_same(3, "size()");
     for (int r = 0; r < table.ranks(); ++r) {
       if (table.at(r, 1) != 0) {
-        table.fail("rank ", r, " cannot append its ", table.at(r, 0), " rows",
-                   r == m_rank ? ": " + problem : std::string(" (its exception says why)"));
+        // The first failing rank's reason, sent to all: the same message everywhere.
+        table.fail("rank ", r, " cannot append its ", table.at(r, 0),
+                   " rows: ", detail::broadcast_text(m_comm, r, problem));
       }
     }
     const std::vector<Index> rows = table.column(0);

@@ -64,6 +64,15 @@ inline int comm_size(MPI_Comm comm) {
   return size;
 }
 
+/// `text` as root has it, on every rank (collective).
+inline std::string broadcast_text(MPI_Comm comm, int root, const std::string& text) {
+  int length = int(text.size());
+  check_mpi(MPI_Bcast(&length, 1, MPI_INT, root, comm), "MPI_Bcast");
+  std::string received = comm_rank(comm) == root ? text : std::string(std::size_t(length), ' ');
+  check_mpi(MPI_Bcast(received.data(), length, MPI_CHAR, root, comm), "MPI_Bcast");
+  return received;
+}
+
 /// Seconds since construction, added to a Traffic field (or nowhere) by stop().
 class Stopwatch {
  public:

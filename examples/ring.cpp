@@ -88,10 +88,11 @@ int main(int argc, char** argv) {
   double error = 0;
   for (const attn::mpi::Segment& s : segments) {
     const attn::Index end = s.position + s.rows;
-    const attn::Matrix<float> expected = attn::scaled_dot_product_attention(
-        rows_of(s.position, s.rows, 1), rows_of(0, end, 2), rows_of(0, end, 3),
-        attn::Mask::causal(), options);
-    error = std::max(error, double((out.middleRows(s.local, s.rows) - expected).cwiseAbs().maxCoeff()));
+    const attn::Matrix<float> expected =
+        attn::scaled_dot_product_attention(rows_of(s.position, s.rows, 1), rows_of(0, end, 2),
+                                           rows_of(0, end, 3), attn::Mask::causal(), options);
+    error =
+        std::max(error, double((out.middleRows(s.local, s.rows) - expected).cwiseAbs().maxCoeff()));
   }
 
   // Rank 0 prints everyone's figures.
@@ -104,9 +105,10 @@ int main(int argc, char** argv) {
   const double tolerance = 1e-4;
   int failed = 0;
   if (rank == 0) {
-    std::printf("ring attention: %ld tokens, %ld heads of %ld, causal, float, over %d processes "
-                "(zigzag shards, one thread each)\n\n",
-                long(length), long(heads), long(head_dim), ranks);
+    std::printf(
+        "ring attention: %ld tokens, %ld heads of %ld, causal, float, over %d processes "
+        "(zigzag shards, one thread each)\n\n",
+        long(length), long(heads), long(head_dim), ranks);
     std::printf("  rank   rows   time (s)   sent (MB)   waiting (s)   max |error|\n");
     for (int r = 0; r < ranks; ++r) {
       const double* f = &all[5 * std::size_t(r)];
@@ -114,9 +116,10 @@ int main(int argc, char** argv) {
                   f[3], f[4]);
       if (!(f[4] <= tolerance)) failed = 1;
     }
-    std::printf("\n%s: every process's rows %s one process's attention over the whole sequence "
-                "(tolerance %.0e)\n",
-                failed ? "FAILED" : "ok", failed ? "differ from" : "match", tolerance);
+    std::printf(
+        "\n%s: every process's rows %s one process's attention over the whole sequence "
+        "(tolerance %.0e)\n",
+        failed ? "FAILED" : "ok", failed ? "differ from" : "match", tolerance);
   }
   MPI_Bcast(&failed, 1, MPI_INT, 0, MPI_COMM_WORLD);
   MPI_Finalize();

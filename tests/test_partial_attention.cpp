@@ -245,13 +245,14 @@ TYPED_TEST(PartialAttentionTest, PositionsPlaceABlockOfTheWholeProblem) {
     return s - Scalar(0.125) * Scalar(h + 1) * Scalar(q > k ? q - k : k - q);
   });
   // Keys in every third position hidden from odd queries, stated per block.
-  const auto sparse = attn::mask_function(
-      [](Index q, Index k) { return q % 2 == 0 || k % 3 != 0; },
-      [](Index q0, Index q1, Index k0, Index k1) {
-        return q1 - q0 == 1 && q0 % 2 == 0 ? attn::Visibility::all
-                                            : (k1 - k0 == 1 && k0 % 3 != 0 ? attn::Visibility::all
-                                                                           : attn::Visibility::partial);
-      });
+  const auto sparse =
+      attn::mask_function([](Index q, Index k) { return q % 2 == 0 || k % 3 != 0; },
+                          [](Index q0, Index q1, Index k0, Index k1) {
+                            return q1 - q0 == 1 && q0 % 2 == 0
+                                       ? attn::Visibility::all
+                                       : (k1 - k0 == 1 && k0 % 3 != 0 ? attn::Visibility::all
+                                                                      : attn::Visibility::partial);
+                          });
   std::uint32_t seed = 90;
   for (const auto& [n, m] : std::vector<std::pair<Index, Index>>{{150, 150}, {70, 190}, {3, 260}}) {
     Random rng(++seed);
@@ -265,8 +266,8 @@ TYPED_TEST(PartialAttentionTest, PositionsPlaceABlockOfTheWholeProblem) {
       // The default positions, stated: bitwise the call without them.
       attn::AttentionOptions stated = gqa_options();
       stated.positions = attn::Positions{m - n, 0};
-      EXPECT_TRUE(bitwise_equal(
-          attn::scaled_dot_product_attention(p.q, p.k, p.v, mask, stated), whole))
+      EXPECT_TRUE(
+          bitwise_equal(attn::scaled_dot_product_attention(p.q, p.k, p.v, mask, stated), whole))
           << mask_name;
       const double tol = 3 * kernel_tolerance<Scalar>(m);
       for (int trial = 0; trial < 3; ++trial) {
@@ -283,11 +284,10 @@ TYPED_TEST(PartialAttentionTest, PositionsPlaceABlockOfTheWholeProblem) {
         }
         const attn::PartialAttention<Scalar> merged = attn::merge_partial_attention(parts);
         const std::string what = std::string(mask_name) + " n=" + std::to_string(n) +
-                                 " m=" + std::to_string(m) + " rows [" + std::to_string(i0) +
-                                 ", " + std::to_string(i1) + ") " + describe(cuts);
+                                 " m=" + std::to_string(m) + " rows [" + std::to_string(i0) + ", " +
+                                 std::to_string(i1) + ") " + describe(cuts);
         EXPECT_TRUE(attn_test::matrix_near(merged.out, whole.middleRows(i0, i1 - i0), tol)) << what;
-        EXPECT_TRUE(
-            attn_test::matrix_near(merged.log_sum_exp, lse.middleRows(i0, i1 - i0), tol))
+        EXPECT_TRUE(attn_test::matrix_near(merged.log_sum_exp, lse.middleRows(i0, i1 - i0), tol))
             << what;
       }
     };
@@ -329,9 +329,9 @@ TYPED_TEST(PartialAttentionTest, PositionsAreRejectedWhereTheyCannotApply) {
   options.positions = attn::Positions{20, 4};
   attn::Matrix<Scalar> out = attn::Matrix<Scalar>::Constant(5, heads * value_dim, 7);
   // A tree describes the last keys of one shape: positions would not move it.
-  EXPECT_SHAPE_ERROR(attn::scaled_dot_product_attention_into(p.q, p.k, p.v, out,
-                                                             attn::tree({-1, 0, 0}), options),
-                     "options.positions", "tied to one shape");
+  EXPECT_SHAPE_ERROR(
+      attn::scaled_dot_product_attention_into(p.q, p.k, p.v, out, attn::tree({-1, 0, 0}), options),
+      "options.positions", "tied to one shape");
   EXPECT_TRUE((out.array() == 7).all());
   // A batch's sequences each count positions from their start.
   std::vector<attn::Matrix<Scalar>> ks = {p.k}, vs = {p.v};

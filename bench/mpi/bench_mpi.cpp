@@ -92,13 +92,12 @@ void one_rank(benchmark::State& state, bool causal) {
     }
     state.SetIterationTime(slowest(MPI_Wtime() - start));
   }
-  state.counters["GFLOP/s"] =
-      benchmark::Counter(flops(causal) * double(state.iterations()) / 1e9, benchmark::Counter::kIsRate);
+  state.counters["GFLOP/s"] = benchmark::Counter(flops(causal) * double(state.iterations()) / 1e9,
+                                                 benchmark::Counter::kIsRate);
 }
 
 void parallel(benchmark::State& state, Schedule schedule, Layout layout, bool causal) {
-  const auto segments =
-      attn::mpi::shard_segments(layout, setup.length, setup.ranks, setup.rank);
+  const auto segments = attn::mpi::shard_segments(layout, setup.length, setup.ranks, setup.rank);
   const Matrix<float> q = take(problem->q, segments), k = take(problem->k, segments),
                       v = take(problem->v, segments);
   Matrix<float> out(q.rows(), q.cols());
@@ -133,8 +132,8 @@ void link(benchmark::State& state) {
   for (auto _ : state) {
     MPI_Barrier(MPI_COMM_WORLD);
     const double start = MPI_Wtime();
-    MPI_Sendrecv(send.data(), int(count), MPI_FLOAT, next, 1, receive.data(), int(count),
-                 MPI_FLOAT, previous, 1, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+    MPI_Sendrecv(send.data(), int(count), MPI_FLOAT, next, 1, receive.data(), int(count), MPI_FLOAT,
+                 previous, 1, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
     state.SetIterationTime(slowest(MPI_Wtime() - start));
   }
   state.SetBytesProcessed(state.iterations() * count * Index(sizeof(float)));
@@ -150,17 +149,19 @@ class Summary : public attn_bench::SummaryReporter {
       std::sort(times.begin(), times.end());
       median[name] = times[times.size() / 2];
     }
-    std::printf("\nMedians of %d interleaved repetitions; %d ranks, 1 thread each; L = %ld, %ld "
-                "heads, d = %ld, float\n",
-                setup.repetitions, setup.ranks, long(setup.length), long(setup.heads),
-                long(setup.head_dim));
+    std::printf(
+        "\nMedians of %d interleaved repetitions; %d ranks, 1 thread each; L = %ld, %ld "
+        "heads, d = %ld, float\n",
+        setup.repetitions, setup.ranks, long(setup.length), long(setup.heads),
+        long(setup.head_dim));
     for (const bool causal : {false, true}) {
       const std::string suffix = causal ? "/causal" : "/none";
       const auto base = median.find("one_rank" + suffix);
       if (base == median.end()) continue;
       std::printf("%s mask: one rank %.3f s\n", causal ? "causal" : "no", base->second);
       for (const auto& [name, seconds] : median) {
-        if (name.size() < suffix.size() || name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0 ||
+        if (name.size() < suffix.size() ||
+            name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0 ||
             name == base->first)
           continue;
         std::printf("  %-32s %.3f s  %.2fx one rank\n", name.c_str(), seconds,
@@ -227,8 +228,10 @@ int main(int argc, char** argv) {
   // Each repetition registers every benchmark once, so that the repetitions interleave; one
   // iteration each (a run is seconds long), times from MPI_Wtime.
   const auto add = [](const std::string& name, auto fn) {
-    benchmark::RegisterBenchmark(name.c_str(), fn)->Iterations(1)->UseManualTime()->Unit(
-        benchmark::kMillisecond);
+    benchmark::RegisterBenchmark(name.c_str(), fn)
+        ->Iterations(1)
+        ->UseManualTime()
+        ->Unit(benchmark::kMillisecond);
   };
   for (int r = 0; r < setup.repetitions; ++r) {
     add("link", [](benchmark::State& s) { link(s); });

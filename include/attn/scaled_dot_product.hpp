@@ -111,9 +111,9 @@ double check_mask_and_options(const char* who, Index n, Index m, Index head_dim,
                               const SM& score_mask, const AttentionOptions& options) {
   const Mask& mask = score_mask.base();
   mask.check_shape(who, n, m, !options.positions.has_value());
-  if (options.positions && (one_sequence_v<typename SM::score_type> ||
-                            one_sequence_v<typename SM::mask_type> ||
-                            one_sequence_v<typename SM::blocks_type>)) {
+  if (options.positions &&
+      (one_sequence_v<typename SM::score_type> || one_sequence_v<typename SM::mask_type> ||
+       one_sequence_v<typename SM::blocks_type>)) {
     throw_shape_error(who,
                       ": options.positions is set, but a mask part is tied to one shape (a tree, "
                       "a per-head bias matrix, a BlockMap), which positions would not move");
@@ -447,8 +447,9 @@ void scaled_dot_product_attention_batch_into(const Eigen::MatrixBase<DQ>& q,
                               ", expected q.rows() = out.rows() = ", rows);
   }
   if (options.positions) {
-    detail::throw_shape_error(who, ": options.positions describes one sequence, expected none in a "
-                                   "batch (each sequence's positions count from its start)");
+    detail::throw_shape_error(who,
+                              ": options.positions describes one sequence, expected none in a "
+                              "batch (each sequence's positions count from its start)");
   }
   const ConstMatrixRef<QS> q_ref(q);
   const auto& score_mask = detail::as_score_mask(mask);

@@ -33,8 +33,8 @@ int main(int argc, char** argv) {
           const ::testing::TestPartResult& part = test.result()->GetTestPartResult(p);
           if (part.failed()) {
             std::fprintf(stderr, "rank %d: %s.%s failed at %s:%d: %s\n", rank, suite.name(),
-                         test.name(), part.file_name() ? part.file_name() : "?",
-                         part.line_number(), part.message());
+                         test.name(), part.file_name() ? part.file_name() : "?", part.line_number(),
+                         part.message());
           }
         }
       }

@@ -52,7 +52,9 @@ int ranks() {
 const char* name(Schedule s) {
   return s == Schedule::ring ? "ring" : s == Schedule::all_gather ? "all_gather" : "head_scatter";
 }
-const char* name(Layout l) { return l == Layout::contiguous ? "contiguous" : "zigzag"; }
+const char* name(Layout l) {
+  return l == Layout::contiguous ? "contiguous" : "zigzag";
+}
 
 // This rank's rows of a whole matrix, and back.
 template <typename Scalar>
@@ -78,8 +80,8 @@ template <typename Scalar>
 bool same_on_every_rank(const Matrix<Scalar>& m) {
   Matrix<Scalar> first = m;
   MPI_Bcast(first.data(), int(first.size() * Index(sizeof(Scalar))), MPI_BYTE, 0, MPI_COMM_WORLD);
-  return on_every_rank(std::memcmp(first.data(), m.data(), sizeof(Scalar) * std::size_t(m.size())) ==
-                       0);
+  return on_every_rank(
+      std::memcmp(first.data(), m.data(), sizeof(Scalar) * std::size_t(m.size())) == 0);
 }
 
 template <typename Scalar>
@@ -156,7 +158,8 @@ TYPED_TEST(MpiAttentionTest, EverySchedulePartitionAndMaskMatchesOneProcess) {
   const auto alibi = attn::score_function([](Scalar s, Index h, Index q, Index k) {
     return s - Scalar(0.25) * Scalar(h + 1) * Scalar(q > k ? q - k : k - q);
   });
-  const auto sparse = attn::mask_function([](Index q, Index k) { return q % 2 == 0 || k % 3 != 0; });
+  const auto sparse =
+      attn::mask_function([](Index q, Index k) { return q % 2 == 0 || k % 3 != 0; });
   for (const auto& [n, m] : std::vector<std::pair<Index, Index>>{{97, 97}, {41, 130}}) {
     expect_matches_one_process<Scalar>("no mask", n, m, 4, 2, Mask());
     expect_matches_one_process<Scalar>("causal", n, m, 4, 2, Mask::causal());
@@ -201,13 +204,13 @@ TYPED_TEST(MpiAttentionTest, BitwiseDeterministic) {
     const std::vector<Segment> s = attn::mpi::shard_segments(Layout::zigzag, 300, ranks(), rank());
     const Matrix<Scalar> q = take(w.q, s), k = take(w.k, s), v = take(w.v, s);
     options.executor = attn::serial_executor;
-    const Matrix<Scalar> first =
-        attn::mpi::scaled_dot_product_attention(MPI_COMM_WORLD, q, k, v, Mask::causal(), options, parallel);
-    const Matrix<Scalar> again =
-        attn::mpi::scaled_dot_product_attention(MPI_COMM_WORLD, q, k, v, Mask::causal(), options, parallel);
+    const Matrix<Scalar> first = attn::mpi::scaled_dot_product_attention(
+        MPI_COMM_WORLD, q, k, v, Mask::causal(), options, parallel);
+    const Matrix<Scalar> again = attn::mpi::scaled_dot_product_attention(
+        MPI_COMM_WORLD, q, k, v, Mask::causal(), options, parallel);
     options.executor = attn::thread_executor(3);
-    const Matrix<Scalar> threaded =
-        attn::mpi::scaled_dot_product_attention(MPI_COMM_WORLD, q, k, v, Mask::causal(), options, parallel);
+    const Matrix<Scalar> threaded = attn::mpi::scaled_dot_product_attention(
+        MPI_COMM_WORLD, q, k, v, Mask::causal(), options, parallel);
     EXPECT_TRUE(on_every_rank(attn_test::bitwise_equal(first, again))) << name(schedule);
     EXPECT_TRUE(on_every_rank(attn_test::bitwise_equal(first, threaded))) << name(schedule);
   }
@@ -255,7 +258,8 @@ TYPED_TEST(MpiAttentionTest, ShardedCacheDecodeMatchesOneProcess) {
     return s - Scalar(0.125) * Scalar(h + 1) * Scalar(q - k);
   });
   attn::mpi::ShardedKVCache<Scalar> cache(MPI_COMM_WORLD, total, kv_heads * d, d, 8);
-  const std::vector<Segment> s = attn::mpi::shard_segments(Layout::zigzag, prefill, ranks(), rank());
+  const std::vector<Segment> s =
+      attn::mpi::shard_segments(Layout::zigzag, prefill, ranks(), rank());
   cache.append_shards(take(w.k, s), take(w.v, s), Layout::zigzag);
   ASSERT_EQ(cache.size(), prefill);
   Index position = prefill;
@@ -267,10 +271,10 @@ TYPED_TEST(MpiAttentionTest, ShardedCacheDecodeMatchesOneProcess) {
     const bool windowed = step % 2 == 1;
     const auto mask = windowed ? (Mask::causal() & Mask::window(20, 0)) : Mask::causal();
     // Only the root's rows count: the others pass nothing.
-    const Matrix<Scalar> got =
-        rank() == root ? cache.attend(q, k, v, mask & alibi, options, root)
-                       : cache.attend(Matrix<Scalar>(), Matrix<Scalar>(), Matrix<Scalar>(),
-                                      mask & alibi, options, root);
+    const Matrix<Scalar> got = rank() == root
+                                   ? cache.attend(q, k, v, mask & alibi, options, root)
+                                   : cache.attend(Matrix<Scalar>(), Matrix<Scalar>(),
+                                                  Matrix<Scalar>(), mask & alibi, options, root);
     position += rows;
     ASSERT_EQ(cache.size(), position);
     const Matrix<Scalar> want = attn::scaled_dot_product_attention(
@@ -321,8 +325,8 @@ TYPED_TEST(MpiAttentionTest, LayersMatchOneProcess) {
       parallel.layout = layout;
       const std::vector<Segment> xs = attn::mpi::shard_segments(layout, 70, ranks(), rank());
       const std::vector<Segment> ss = attn::mpi::shard_segments(layout, 45, ranks(), rank());
-      const Matrix<Scalar> self_got =
-          attn::mpi::self_attention(MPI_COMM_WORLD, self, take(x, xs), Mask::causal(), {}, parallel);
+      const Matrix<Scalar> self_got = attn::mpi::self_attention(MPI_COMM_WORLD, self, take(x, xs),
+                                                                Mask::causal(), {}, parallel);
       EXPECT_TRUE(on_every_rank(attn_test::matrix_near(self_got, take(self_want, xs), tol)))
           << "self, " << name(schedule) << ", " << name(layout);
       const Matrix<Scalar> cross_got = attn::mpi::cross_attention(
@@ -395,7 +399,8 @@ TEST(MpiErrors, EveryRankThrowsTheSameErrorAndTheCommunicatorStillWorks) {
       const Mask mask = rank() == last ? Mask::causal() : Mask();
       expect_every_rank_throws(
           [&] {
-            attn::mpi::scaled_dot_product_attention(MPI_COMM_WORLD, q, k, v, mask, options, parallel);
+            attn::mpi::scaled_dot_product_attention(MPI_COMM_WORLD, q, k, v, mask, options,
+                                                    parallel);
           },
           "the mask's right reach");
     }
@@ -428,7 +433,8 @@ TEST(MpiErrors, EveryRankThrowsTheSameErrorAndTheCommunicatorStillWorks) {
     head_options.num_heads = heads;
     ParallelOptions parallel;
     parallel.schedule = Schedule::head_scatter;
-    const std::vector<Segment> c = attn::mpi::shard_segments(Layout::contiguous, 20, ranks(), rank());
+    const std::vector<Segment> c =
+        attn::mpi::shard_segments(Layout::contiguous, 20, ranks(), rank());
     expect_every_rank_throws(
         [&] {
           attn::mpi::scaled_dot_product_attention(MPI_COMM_WORLD, take(h.q, c), take(h.k, c),
@@ -437,7 +443,8 @@ TEST(MpiErrors, EveryRankThrowsTheSameErrorAndTheCommunicatorStillWorks) {
         "head_scatter needs num_heads divisible by the " + std::to_string(ranks()) + " ranks");
   }
   // The same communicator, after all of that: a call that must succeed, and match.
-  const Matrix<Scalar> expected = attn::scaled_dot_product_attention(w.q, w.k, w.v, Mask::causal(), options);
+  const Matrix<Scalar> expected =
+      attn::scaled_dot_product_attention(w.q, w.k, w.v, Mask::causal(), options);
   const Matrix<Scalar> out =
       attn::mpi::scaled_dot_product_attention(MPI_COMM_WORLD, q, k, v, Mask::causal(), options);
   EXPECT_TRUE(on_every_rank(attn_test::matrix_near(
@@ -452,13 +459,15 @@ TEST(MpiErrors, ShardedCacheRejectsBadStepsOnEveryRankAndStaysUnchanged) {
   const Matrix<Scalar> q = Matrix<Scalar>::Ones(1, 16), kv = Matrix<Scalar>::Ones(1, 16);
   // The root's key row is too wide.
   expect_every_rank_throws(
-      [&] { cache.attend(q, Matrix<Scalar>(Matrix<Scalar>::Ones(1, 17)), kv, Mask::causal(), options); },
+      [&] {
+        cache.attend(q, Matrix<Scalar>(Matrix<Scalar>::Ones(1, 17)), kv, Mask::causal(), options);
+      },
       "root 0 has q 1x16, k 1x17");
   EXPECT_EQ(cache.size(), 0);
   // Ranks that disagree on the root.
   if (ranks() > 1) {
-    expect_every_rank_throws([&] { cache.attend(q, kv, kv, Mask::causal(), options, rank() == 0 ? 0 : 1); },
-                             "root is");
+    expect_every_rank_throws(
+        [&] { cache.attend(q, kv, kv, Mask::causal(), options, rank() == 0 ? 0 : 1); }, "root is");
   }
   // Capacity: 4 rows per rank, so 4·R rows fit and the next one does not.
   for (int i = 0; i < 4 * ranks(); ++i)
@@ -475,7 +484,8 @@ TEST(MpiErrors, ShardedCacheRejectsBadStepsOnEveryRankAndStaysUnchanged) {
   // A prefill a rank's cache cannot hold: every rank refuses, none changes.
   attn::mpi::ShardedKVCache<Scalar> small(MPI_COMM_WORLD, 3, 16, 8);
   const Matrix<Scalar> rows = Matrix<Scalar>::Ones(rank() == 0 ? 5 : 2, 16);
-  expect_every_rank_throws([&] { small.append_shards(rows, rows); }, "rank 0 cannot append its 5 rows");
+  expect_every_rank_throws([&] { small.append_shards(rows, rows); },
+                           "rank 0 cannot append its 5 rows");
   EXPECT_EQ(small.size(), 0);
   EXPECT_EQ(small.local_size(), 0);
 }

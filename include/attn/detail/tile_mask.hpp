@@ -123,8 +123,8 @@ class TileMask {
         m_window.covers(q0, q1, j0, j1) && !has_explicit() ? Visibility::all : Visibility::partial;
     if (m_window.key_range(q0, q1).end <= j0) c.base = Visibility::none;
     if constexpr (Bound::has_blocks) {
-      c.rule = m_rule.classify(h + m_first_head, q0 + m_first_key, q1 + m_first_key, j0 + m_first_key,
-                               j1 + m_first_key);
+      c.rule = m_rule.classify(h + m_first_head, q0 + m_first_key, q1 + m_first_key,
+                               j0 + m_first_key, j1 + m_first_key);
     }
     return c;
   }
@@ -144,8 +144,7 @@ class TileMask {
     bool masked = false;
     if constexpr (has_score) {
       masked = apply_score(s, query_stride, key_stride, rows, cols, h + m_first_head,
-                           q0 + m_first_key,
-                           j0 + m_first_key);
+                           q0 + m_first_key, j0 + m_first_key);
     }
     if constexpr (has_mask_function) {
       if (block.rule != Visibility::all) {

@@ -77,9 +77,8 @@ Matrix<Scalar> self_attention(MPI_Comm comm, const SelfAttention<Scalar>& layer,
   for (const Segment& s : segments[std::size_t(detail::comm_rank(comm))])
     core.rotate_queries_keys(detail::view_of(qkv), s.local, s.rows, s.position);
   Matrix<Scalar> heads(x.rows(), e);
-  scaled_dot_product_attention_into(comm, qkv.leftCols(e), qkv.middleCols(e, kv),
-                                    qkv.rightCols(kv), heads, mask, core.kernel_options(options),
-                                    parallel);
+  scaled_dot_product_attention_into(comm, qkv.leftCols(e), qkv.middleCols(e, kv), qkv.rightCols(kv),
+                                    heads, mask, core.kernel_options(options), parallel);
   Matrix<Scalar> out(x.rows(), e);
   core.project_output(heads, out);
   return out;
@@ -102,8 +101,8 @@ Matrix<Scalar> cross_attention(MPI_Comm comm, const CrossAttention<Scalar>& laye
   constexpr const char* who = "attn::mpi::cross_attention";
   detail::agree_inputs(comm, who, "target", target.rows(), target.cols(), config.model_dim,
                        parallel.layout, parallel.traffic);
-  detail::agree_inputs(comm, who, "source", source.rows(), source.cols(),
-                       config.source_features(), parallel.layout, parallel.traffic);
+  detail::agree_inputs(comm, who, "source", source.rows(), source.cols(), config.source_features(),
+                       parallel.layout, parallel.traffic);
   const Index e = config.model_dim, kv = config.kv_dim();
   Matrix<Scalar> q(target.rows(), e);
   core.project_queries(ConstMatrixRef<Scalar>(target), detail::view_of(q));

@@ -40,7 +40,7 @@ struct Segment {
 inline std::vector<Segment> shard_segments(Layout layout, Index length, int ranks, int rank) {
   if (length < 0 || ranks < 1 || rank < 0 || rank >= ranks) {
     attn::detail::throw_shape_error("attn::mpi::shard_segments: length ", length, ", rank ", rank,
-                              " of ", ranks, ", expected length >= 0 and 0 <= rank < ranks");
+                                    " of ", ranks, ", expected length >= 0 and 0 <= rank < ranks");
   }
   const Index r = rank, count = ranks;
   if (layout == Layout::contiguous) {

@@ -84,8 +84,8 @@ struct SplitProblem {
   int rank = 0;
   int ranks = 1;
   Index heads = 1, kv_heads = 1, head_dim = 0, value_dim = 0;
-  Index queries = 0, keys = 0;                // N and M, the whole sequence's
-  std::vector<Index> query_rows, key_rows;    // per rank
+  Index queries = 0, keys = 0;              // N and M, the whole sequence's
+  std::vector<Index> query_rows, key_rows;  // per rank
   std::vector<std::vector<Segment>> query_segments, key_segments;
   /// The position of query row i of the whole sequence: i + M − N (bottom-right alignment).
   Index query_position(Index row) const { return row + keys - queries; }
@@ -98,35 +98,42 @@ SplitProblem agree(MPI_Comm comm, const char* who, Index q_rows_, Index q_cols_,
                    const SM& mask, const AttentionOptions& options,
                    const ParallelOptions& parallel) {
   const Mask& base = mask.base();
-  const std::vector<std::int64_t> mine = {
-      q_rows_,
-      q_cols_,
-      k_rows_,
-      k_cols_,
-      v_rows_,
-      v_cols_,
-      out_rows_,
-      out_cols_,
-      options.num_heads,
-      options.kv_heads(),
-      std::int64_t(parallel.schedule),
-      std::int64_t(parallel.layout),
-      base.left(),
-      base.right(),
-      base.has_key_length() ? base.visible_keys() : -1,
-      base.has_explicit() ? 1 : 0,
-      options.scale ? bits_of(*options.scale) : 0,
-      bits_of(options.softcap)};
+  const std::vector<std::int64_t> mine = {q_rows_,
+                                          q_cols_,
+                                          k_rows_,
+                                          k_cols_,
+                                          v_rows_,
+                                          v_cols_,
+                                          out_rows_,
+                                          out_cols_,
+                                          options.num_heads,
+                                          options.kv_heads(),
+                                          std::int64_t(parallel.schedule),
+                                          std::int64_t(parallel.layout),
+                                          base.left(),
+                                          base.right(),
+                                          base.has_key_length() ? base.visible_keys() : -1,
+                                          base.has_explicit() ? 1 : 0,
+                                          options.scale ? bits_of(*options.scale) : 0,
+                                          bits_of(options.softcap)};
   const Agreement table(comm, who, mine, parallel.traffic);
-  const char* names[] = {"q.cols()",          "k.cols()",          "v.cols()",
-                         "out.cols()",        "num_heads",         "num_kv_heads",
-                         "schedule",          "layout",            "the mask's left reach",
-                         "the mask's right reach", "the mask's key_length",
-                         "the mask's explicit part", "scale",      "softcap"};
-  const std::size_t same[] = {q_cols,     k_cols,     v_cols,          out_cols,
-                              heads,      kv_heads,   schedule,        layout,
-                              mask_left,  mask_right, mask_key_length, mask_explicit,
-                              scale_bits, softcap_bits};
+  const char* names[] = {"q.cols()",
+                         "k.cols()",
+                         "v.cols()",
+                         "out.cols()",
+                         "num_heads",
+                         "num_kv_heads",
+                         "schedule",
+                         "layout",
+                         "the mask's left reach",
+                         "the mask's right reach",
+                         "the mask's key_length",
+                         "the mask's explicit part",
+                         "scale",
+                         "softcap"};
+  const std::size_t same[] = {q_cols,          k_cols,        v_cols,     out_cols,    heads,
+                              kv_heads,        schedule,      layout,     mask_left,   mask_right,
+                              mask_key_length, mask_explicit, scale_bits, softcap_bits};
   for (std::size_t f = 0; f < sizeof(same) / sizeof(same[0]); ++f)
     table.require_same(same[f], names[f]);
 
@@ -164,9 +171,10 @@ SplitProblem agree(MPI_Comm comm, const char* who, Index q_rows_, Index q_cols_,
   p.head_dim = qc / p.heads;
   p.value_dim = vc / p.kv_heads;
   if (table.at(0, mask_explicit) != 0) {
-    table.fail("an explicit keep/bias mask describes one shard's rows, expected a structured "
-               "mask or mask and score functions of positions (which see the whole sequence's "
-               "positions)");
+    table.fail(
+        "an explicit keep/bias mask describes one shard's rows, expected a structured "
+        "mask or mask and score functions of positions (which see the whole sequence's "
+        "positions)");
   }
   if (base.has_key_length() && base.visible_keys() > p.keys) {
     table.fail("mask key_length is ", base.visible_keys(), ", expected <= the ", p.keys,
@@ -272,9 +280,10 @@ void ring(MPI_Comm comm, const SplitProblem& p, const ConstMatrixRef<Scalar>& q,
       // Pass the shard at hand on, and take the one before it, while attending over this one.
       const int incoming = (source + p.ranks - 1) % p.ranks;
       const Index send_count = p.key_rows[std::size_t(source)] * width;
-      check_mpi(MPI_Irecv(buffers[1 - at_hand].data(), int(p.key_rows[std::size_t(incoming)] * width),
-                          datatype<Scalar>(), previous, ring_tag, comm, &requests[pending++]),
-                "MPI_Irecv");
+      check_mpi(
+          MPI_Irecv(buffers[1 - at_hand].data(), int(p.key_rows[std::size_t(incoming)] * width),
+                    datatype<Scalar>(), previous, ring_tag, comm, &requests[pending++]),
+          "MPI_Irecv");
       check_mpi(MPI_Isend(buffers[at_hand].data(), int(send_count), datatype<Scalar>(), next,
                           ring_tag, comm, &requests[pending++]),
                 "MPI_Isend");
@@ -287,8 +296,7 @@ void ring(MPI_Comm comm, const SplitProblem& p, const ConstMatrixRef<Scalar>& q,
     for (const Segment& qs : p.query_segments[std::size_t(p.rank)]) {
       for (const Segment& ks : p.key_segments[std::size_t(source)]) {
         if (!may_see(mask.base(), p.query_position(qs.position),
-                     p.query_position(qs.position + qs.rows), ks.position,
-                     ks.position + ks.rows)) {
+                     p.query_position(qs.position + qs.rows), ks.position, ks.position + ks.rows)) {
           continue;
         }
         attend_part(p, q, qs, buffers[at_hand].data() + ks.local * width, ks.rows, kc, vc,
@@ -305,8 +313,8 @@ void ring(MPI_Comm comm, const SplitProblem& p, const ConstMatrixRef<Scalar>& q,
 template <typename Scalar, typename SM>
 void all_gather(MPI_Comm comm, const SplitProblem& p, const ConstMatrixRef<Scalar>& q,
                 const ConstMatrixRef<Scalar>& k, const ConstMatrixRef<Scalar>& v,
-                MatrixRef<Scalar> out, const SM& mask, AttentionOptions options,
-                Layout layout, Traffic* traffic) {
+                MatrixRef<Scalar> out, const SM& mask, AttentionOptions options, Layout layout,
+                Traffic* traffic) {
   const Index kc = k.cols(), vc = v.cols(), width = kc + vc;
   std::vector<Scalar> mine(std::size_t(k.rows() * width));
   pack_key_values(k, v, mine.data());
@@ -535,14 +543,14 @@ void scaled_dot_product_attention_into(MPI_Comm comm, const Eigen::MatrixBase<DQ
   using Scalar = typename DQ::Scalar;
   static_assert(std::is_same_v<Scalar, float> || std::is_same_v<Scalar, double>,
                 "attn::mpi::scaled_dot_product_attention: q must be float or double");
-  static_assert(std::is_same_v<typename DK::Scalar, Scalar> &&
-                    std::is_same_v<typename DV::Scalar, Scalar>,
-                "attn::mpi::scaled_dot_product_attention: k and v must have q's scalar type");
+  static_assert(
+      std::is_same_v<typename DK::Scalar, Scalar> && std::is_same_v<typename DV::Scalar, Scalar>,
+      "attn::mpi::scaled_dot_product_attention: k and v must have q's scalar type");
   constexpr const char* who = "attn::mpi::scaled_dot_product_attention";
   const auto& score_mask = attn::detail::as_score_mask(mask);
-  const detail::SplitProblem p = detail::agree<Scalar>(
-      comm, who, q.rows(), q.cols(), k.rows(), k.cols(), v.rows(), v.cols(), out.rows(),
-      out.cols(), score_mask, options, parallel);
+  const detail::SplitProblem p =
+      detail::agree<Scalar>(comm, who, q.rows(), q.cols(), k.rows(), k.cols(), v.rows(), v.cols(),
+                            out.rows(), out.cols(), score_mask, options, parallel);
   const ConstMatrixRef<Scalar> q_ref(q), k_ref(k), v_ref(v);
   switch (parallel.schedule) {
     case Schedule::ring:
@@ -562,13 +570,10 @@ void scaled_dot_product_attention_into(MPI_Comm comm, const Eigen::MatrixBase<DQ
 /// As scaled_dot_product_attention_into, returning this rank's (n_r, H·dv) rows.
 template <typename DQ, typename DK, typename DV, typename M = Mask,
           typename = std::enable_if_t<attn::detail::is_mask_argument<M>>>
-Matrix<typename DQ::Scalar> scaled_dot_product_attention(MPI_Comm comm,
-                                                         const Eigen::MatrixBase<DQ>& q,
-                                                         const Eigen::MatrixBase<DK>& k,
-                                                         const Eigen::MatrixBase<DV>& v,
-                                                         const M& mask = M(),
-                                                         const AttentionOptions& options = {},
-                                                         const ParallelOptions& parallel = {}) {
+Matrix<typename DQ::Scalar> scaled_dot_product_attention(
+    MPI_Comm comm, const Eigen::MatrixBase<DQ>& q, const Eigen::MatrixBase<DK>& k,
+    const Eigen::MatrixBase<DV>& v, const M& mask = M(), const AttentionOptions& options = {},
+    const ParallelOptions& parallel = {}) {
   const Index heads = options.num_heads, kv_heads = options.kv_heads();
   const Index value_width =
       (heads >= 1 && kv_heads >= 1 && v.cols() % kv_heads == 0) ? heads * (v.cols() / kv_heads) : 0;

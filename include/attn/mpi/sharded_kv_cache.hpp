@@ -113,9 +113,8 @@ class ShardedKVCache {
     } catch (const std::exception& error) {
       problem = error.what();
     }
-    const detail::Agreement table(m_comm, who,
-                                  {k.rows(), problem.empty() ? 0 : 1, std::int64_t(layout), m_size},
-                                  nullptr);
+    const detail::Agreement table(
+        m_comm, who, {k.rows(), problem.empty() ? 0 : 1, std::int64_t(layout), m_size}, nullptr);
     table.require_same(2, "layout");
     table.require_same(3, "size()");
     for (int r = 0; r < table.ranks(); ++r) {
@@ -184,12 +183,23 @@ class ShardedKVCache {
          options.scale ? detail::bits_of(*options.scale) : 0, detail::bits_of(options.softcap),
          options.positions ? 1 : 0},
         traffic);
-    const char* names[] = {"root",      "",          "",
-                           "",          "",          "",
-                           "",          "num_heads", "num_kv_heads",
-                           "size()",    "the mask's left reach", "the mask's right reach",
-                           "the mask's key_length", "the mask's explicit part", "scale",
-                           "softcap",   "options.positions"};
+    const char* names[] = {"root",
+                           "",
+                           "",
+                           "",
+                           "",
+                           "",
+                           "",
+                           "num_heads",
+                           "num_kv_heads",
+                           "size()",
+                           "the mask's left reach",
+                           "the mask's right reach",
+                           "the mask's key_length",
+                           "the mask's explicit part",
+                           "scale",
+                           "softcap",
+                           "options.positions"};
     for (std::size_t f : {0, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16})
       table.require_same(f, names[f]);
     if (root < 0 || root >= table.ranks()) {
@@ -199,8 +209,8 @@ class ShardedKVCache {
     const Index kv_heads = options.kv_heads();
     const Index head_dim = m_local.head_dim();
     if (heads < 1 || kv_heads < 1 || heads % kv_heads != 0 || kv_heads * head_dim != width()) {
-      table.fail("num_heads ", heads, " and num_kv_heads ", kv_heads, " with head_dim ",
-                 head_dim, ", expected num_kv_heads dividing num_heads and num_kv_heads*head_dim "
+      table.fail("num_heads ", heads, " and num_kv_heads ", kv_heads, " with head_dim ", head_dim,
+                 ", expected num_kv_heads dividing num_heads and num_kv_heads*head_dim "
                  "= width ",
                  width());
     }
@@ -212,8 +222,9 @@ class ShardedKVCache {
                  width());
     }
     if (table.at(0, 13) != 0) {
-      table.fail("an explicit keep/bias mask describes one shard's rows, expected structured "
-                 "masks or functions of positions");
+      table.fail(
+          "an explicit keep/bias mask describes one shard's rows, expected structured "
+          "masks or functions of positions");
     }
     if (table.at(0, 16) != 0) {
       table.fail("options.positions is set, expected it empty: the call places each shard");
@@ -233,8 +244,8 @@ class ShardedKVCache {
       }
       owners[std::size_t(i)] = owner;
       if (++rows[std::size_t(owner)] > capacity()) {
-        throw CapacityError(std::string(who) + ": rank " + std::to_string(owner) +
-                            " would hold " + std::to_string(rows[std::size_t(owner)]) +
+        throw CapacityError(std::string(who) + ": rank " + std::to_string(owner) + " would hold " +
+                            std::to_string(rows[std::size_t(owner)]) +
                             " rows, beyond the capacity " + std::to_string(capacity()) +
                             " of every rank");
       }
@@ -251,8 +262,8 @@ class ShardedKVCache {
       if (traffic != nullptr) {
         traffic->wait_seconds += clock.seconds();
         if (m_rank == root) {
-          traffic->bytes_sent += double(rows_all.size() * Index(sizeof(Scalar))) *
-                                 double(table.ranks() - 1);
+          traffic->bytes_sent +=
+              double(rows_all.size() * Index(sizeof(Scalar))) * double(table.ranks() - 1);
         }
         traffic->messages += 1;
       }
@@ -265,7 +276,8 @@ class ShardedKVCache {
     for (Index i = 0; i < n; ++i) {
       if (owners[std::size_t(i)] != m_rank) continue;
       add_segment(m_size + i, m_local.size(), 1);
-      m_local.append(rows_all.block(i, qc, 1, width()), rows_all.block(i, qc + width(), 1, width()));
+      m_local.append(rows_all.block(i, qc, 1, width()),
+                     rows_all.block(i, qc + width(), 1, width()));
     }
     m_rows = rows;
     m_block_end = block_end;
@@ -284,7 +296,8 @@ class ShardedKVCache {
       if (!detail::may_see(base, m_size - n, m_size, s.position, s.position + s.rows)) continue;
       shard.positions = Positions{m_size - n, s.position, 0};
       part_out.resize(n, heads * dv);
-      scaled_dot_product_attention_into(queries, attn::detail::view_rows(m_local.keys(), s.local, s.rows),
+      scaled_dot_product_attention_into(queries,
+                                        attn::detail::view_rows(m_local.keys(), s.local, s.rows),
                                         attn::detail::view_rows(m_local.values(), s.local, s.rows),
                                         part_out, score_mask, shard, extras);
       mine.merge(0, part_out, part_lse);
@@ -296,10 +309,10 @@ class ShardedKVCache {
     if (traffic != nullptr) traffic->compute_seconds += clock.seconds();
     {
       const detail::Stopwatch wait;
-      detail::check_mpi(MPI_Allgather(packed.data(), int(packed.size()), detail::datatype<Scalar>(),
-                                      gathered.data(), int(packed.size()),
-                                      detail::datatype<Scalar>(), m_comm),
-                        "MPI_Allgather");
+      detail::check_mpi(
+          MPI_Allgather(packed.data(), int(packed.size()), detail::datatype<Scalar>(),
+                        gathered.data(), int(packed.size()), detail::datatype<Scalar>(), m_comm),
+          "MPI_Allgather");
       if (traffic != nullptr) {
         traffic->wait_seconds += wait.seconds();
         traffic->bytes_sent +=
@@ -332,10 +345,10 @@ class ShardedKVCache {
   Cache m_local;
   Index m_block;
   int m_rank = 0;
-  Index m_size = 0;               // positions of the whole sequence
-  std::vector<Index> m_rows;      // positions each rank holds
+  Index m_size = 0;           // positions of the whole sequence
+  std::vector<Index> m_rows;  // positions each rank holds
   std::vector<Segment> m_segments;
-  Index m_block_end = 0;          // decoding: the current block's owner takes rows up to here
+  Index m_block_end = 0;  // decoding: the current block's owner takes rows up to here
   int m_owner = 0;
 };
 

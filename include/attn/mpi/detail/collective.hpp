@@ -49,8 +49,8 @@ inline void check_mpi(int status, const char* call) {
   char text[MPI_MAX_ERROR_STRING];
   int length = 0;
   MPI_Error_string(status, text, &length);
-  throw std::runtime_error(std::string("attn::mpi: ") + call + " failed: " +
-                           std::string(text, std::size_t(length)));
+  throw std::runtime_error(std::string("attn::mpi: ") + call +
+                           " failed: " + std::string(text, std::size_t(length)));
 }
 
 inline int comm_rank(MPI_Comm comm) {
@@ -91,14 +91,13 @@ class Stopwatch {
 class Agreement {
  public:
   /// Collective over comm. `who` prefixes every message.
-  Agreement(MPI_Comm comm, const char* who, const std::vector<std::int64_t>& mine,
-            Traffic* traffic)
+  Agreement(MPI_Comm comm, const char* who, const std::vector<std::int64_t>& mine, Traffic* traffic)
       : m_who(who), m_fields(mine.size()) {
     m_ranks = comm_size(comm);
     m_table.resize(m_fields * std::size_t(m_ranks));
     const Stopwatch clock;
-    check_mpi(MPI_Allgather(mine.data(), int(m_fields), MPI_INT64_T, m_table.data(),
-                            int(m_fields), MPI_INT64_T, comm),
+    check_mpi(MPI_Allgather(mine.data(), int(m_fields), MPI_INT64_T, m_table.data(), int(m_fields),
+                            MPI_INT64_T, comm),
               "MPI_Allgather");
     if (traffic != nullptr) {
       traffic->wait_seconds += clock.seconds();

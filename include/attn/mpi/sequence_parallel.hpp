@@ -219,10 +219,17 @@ SplitProblem agree(MPI_Comm comm, const char* who, Index q_rows_, Index q_cols_,
   return p;
 }
 
+/// Elements of a buffer for `count`: at least one, so that views into it (even of no rows) never
+/// offset a null pointer.
+inline std::size_t buffer_size(Index count) {
+  return std::size_t(std::max<Index>(count, 1));
+}
+
 /// Rows of k and v side by side, [k row | v row], as one contiguous buffer to send.
 template <typename Scalar>
 void pack_key_values(const ConstMatrixRef<Scalar>& k, const ConstMatrixRef<Scalar>& v,
                      Scalar* buffer) {
+  if (k.rows() == 0) return;  // k and v may be null
   const Index width = k.cols() + v.cols();
   MatrixView<Scalar> packed(buffer, k.rows(), width, Eigen::OuterStride<>(width));
   packed.leftCols(k.cols()) = k;
@@ -265,8 +272,8 @@ void ring(MPI_Comm comm, const SplitProblem& p, const ConstMatrixRef<Scalar>& q,
           const SM& mask, const AttentionOptions& options, Traffic* traffic) {
   const Index kc = k.cols(), vc = v.cols(), width = kc + vc;
   const Index most = *std::max_element(p.key_rows.begin(), p.key_rows.end());
-  std::vector<Scalar> buffers[2] = {std::vector<Scalar>(std::size_t(most * width)),
-                                    std::vector<Scalar>(std::size_t(most * width))};
+  std::vector<Scalar> buffers[2] = {std::vector<Scalar>(buffer_size(most * width)),
+                                    std::vector<Scalar>(buffer_size(most * width))};
   pack_key_values(k, v, buffers[0].data());
   RowParts<Scalar> parts(q.rows(), p.heads, p.value_dim);
   Matrix<Scalar> part_out, part_lse;
@@ -316,7 +323,7 @@ void all_gather(MPI_Comm comm, const SplitProblem& p, const ConstMatrixRef<Scala
                 MatrixRef<Scalar> out, const SM& mask, AttentionOptions options, Layout layout,
                 Traffic* traffic) {
   const Index kc = k.cols(), vc = v.cols(), width = kc + vc;
-  std::vector<Scalar> mine(std::size_t(k.rows() * width));
+  std::vector<Scalar> mine(buffer_size(k.rows() * width));
   pack_key_values(k, v, mine.data());
   std::vector<int> counts(static_cast<std::size_t>(p.ranks)), displacements(std::size_t(p.ranks));
   for (int r = 0, offset = 0; r < p.ranks; ++r) {
@@ -324,7 +331,7 @@ void all_gather(MPI_Comm comm, const SplitProblem& p, const ConstMatrixRef<Scala
     displacements[std::size_t(r)] = offset;
     offset += counts[std::size_t(r)];
   }
-  std::vector<Scalar> gathered(std::size_t(p.keys * width));
+  std::vector<Scalar> gathered(buffer_size(p.keys * width));
   {
     const Stopwatch clock;
     check_mpi(MPI_Allgatherv(mine.data(), counts[std::size_t(p.rank)], datatype<Scalar>(),
@@ -427,20 +434,23 @@ void head_scatter(MPI_Comm comm, const SplitProblem& p, const ConstMatrixRef<Sca
   }
   const std::vector<int> send_offsets = offsets_of(send_counts);
   const std::vector<int> receive_offsets = offsets_of(receive_counts);
-  std::vector<Scalar> send(std::size_t(send_offsets.back() + send_counts.back()));
+  std::vector<Scalar> send(buffer_size(send_offsets.back() + send_counts.back()));
   for (std::size_t r = 0; r < ranks; ++r) {
+    // (A rank with no rows may hold null matrices: nothing of them is viewed.)
     Scalar* to = send.data() + send_offsets[r];
-    MatrixView<Scalar>(to, q.rows(), local * d, Eigen::OuterStride<>(local * d)) =
-        q.middleCols(Index(r) * local * d, local * d);
+    if (q.rows() > 0) {
+      MatrixView<Scalar>(to, q.rows(), local * d, Eigen::OuterStride<>(local * d)) =
+          q.middleCols(Index(r) * local * d, local * d);
+    }
     to += q.rows() * local * d;
     const Index width = kv_width(r), heads_r = Index(kv_heads[r].size());
     MatrixView<Scalar> kv(to, k.rows(), width, Eigen::OuterStride<>(width));
-    for (Index g = 0; g < heads_r; ++g) {
+    for (Index g = 0; g < heads_r && k.rows() > 0; ++g) {
       kv.middleCols(g * d, d) = k.middleCols(kv_heads[r][std::size_t(g)] * d, d);
       kv.middleCols(heads_r * d + g * dv, dv) = v.middleCols(kv_heads[r][std::size_t(g)] * dv, dv);
     }
   }
-  std::vector<Scalar> received(std::size_t(receive_offsets.back() + receive_counts.back()));
+  std::vector<Scalar> received(buffer_size(receive_offsets.back() + receive_counts.back()));
   all_to_all(comm, send.data(), send_counts, send_offsets, received.data(), receive_counts,
              receive_offsets, datatype<Scalar>(), sizeof(Scalar), p.rank, traffic);
 
@@ -472,7 +482,7 @@ void head_scatter(MPI_Comm comm, const SplitProblem& p, const ConstMatrixRef<Sca
   }
   const std::vector<int> back_send_offsets = offsets_of(send_counts);
   const std::vector<int> back_receive_offsets = offsets_of(receive_counts);
-  send.resize(std::size_t(back_send_offsets.back() + send_counts.back()));
+  send.resize(buffer_size(back_send_offsets.back() + send_counts.back()));
   for (std::size_t r = 0; r < ranks; ++r) {
     MatrixView<Scalar> to(send.data() + back_send_offsets[r], p.query_rows[r], local * dv,
                           Eigen::OuterStride<>(local * dv));
@@ -480,10 +490,10 @@ void head_scatter(MPI_Comm comm, const SplitProblem& p, const ConstMatrixRef<Sca
       to.middleRows(s.local, s.rows) = all_out.middleRows(s.position, s.rows);
   }
   if (traffic != nullptr) traffic->compute_seconds += clock.seconds();
-  received.resize(std::size_t(back_receive_offsets.back() + receive_counts.back()));
+  received.resize(buffer_size(back_receive_offsets.back() + receive_counts.back()));
   all_to_all(comm, send.data(), send_counts, back_send_offsets, received.data(), receive_counts,
              back_receive_offsets, datatype<Scalar>(), sizeof(Scalar), p.rank, traffic);
-  for (std::size_t r = 0; r < ranks; ++r) {
+  for (std::size_t r = 0; r < ranks && q.rows() > 0; ++r) {
     out.middleCols(Index(r) * local * dv, local * dv) =
         ConstMatrixView<Scalar>(received.data() + back_receive_offsets[r], q.rows(), local * dv,
                                 Eigen::OuterStride<>(local * dv));
@@ -551,6 +561,10 @@ void scaled_dot_product_attention_into(MPI_Comm comm, const Eigen::MatrixBase<DQ
   const detail::SplitProblem p =
       detail::agree<Scalar>(comm, who, q.rows(), q.cols(), k.rows(), k.cols(), v.rows(), v.cols(),
                             out.rows(), out.cols(), score_mask, options, parallel);
+  if (p.queries == 0 || p.keys == 0) {
+    out.setZero();  // no key anywhere: zero rows (every rank knows, so none communicates)
+    return;
+  }
   const ConstMatrixRef<Scalar> q_ref(q), k_ref(k), v_ref(v);
   switch (parallel.schedule) {
     case Schedule::ring:

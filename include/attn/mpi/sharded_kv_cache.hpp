@@ -200,7 +200,7 @@ class ShardedKVCache {
                            "scale",
                            "softcap",
                            "options.positions"};
-    for (std::size_t f : {0, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16})
+    for (const std::size_t f : {0u, 7u, 8u, 9u, 10u, 11u, 12u, 13u, 14u, 15u, 16u})
       table.require_same(f, names[f]);
     if (root < 0 || root >= table.ranks()) {
       table.fail("root is ", root, ", expected a rank of the ", table.ranks(), " in comm");
@@ -232,6 +232,7 @@ class ShardedKVCache {
     AttentionOptions whole = options;
     whole.positions = Positions{0, 0, 0};
     attn::detail::check_mask_and_options<Scalar>(who, n, m_size + n, head_dim, score_mask, whole);
+    if (n == 0) return Matrix<Scalar>(0, heads * head_dim);  // every rank knows: nothing to do
     // Who stores each new row, and whether it fits, decided alike on every rank.
     std::vector<int> owners(static_cast<std::size_t>(n));
     std::vector<Index> rows = m_rows;

@@ -195,10 +195,11 @@ class TileMask {
 
  private:
   /// The score function over the tile (positions from q0 and k0), the unit stride innermost, so
-  /// that simple functions vectorise: positions advance in a 32-bit counter (a function that works in int32, as the
-  /// built-ins do, then needs no 64-bit lanes), and whether a result is −∞ is kept over its bits
-  /// in one flag per line of the unit stride (a float min would be a reduction, which does not
-  /// vectorise, and -ffinite-math-only may fold x == −∞). Returns whether a result is −∞.
+  /// that simple functions vectorise: positions advance in a 32-bit counter (a function that
+  /// works in int32, as the built-ins do, then needs no 64-bit lanes), and whether a result is −∞
+  /// is kept over its bits in one flag per line of the unit stride (a float min would be a
+  /// reduction, which does not vectorise, and -ffinite-math-only may fold x == −∞). Returns
+  /// whether a result is −∞.
   bool apply_score(Scalar* s, Index query_stride, Index key_stride, Index rows, Index cols, Index h,
                    Index q0, Index k0) const {
     using Bits = FloatBits<Scalar>;

@@ -1,0 +1,301 @@
+// SPDX-License-Identifier: MIT
+// Copyright (c) 2026 The attn authors
+
+// scaled_dot_product_attention_backward: dQ, dK and dV against the fp64 reference gradients
+// (support/reference_gradients.hpp) for every mask kind, grouped and multi-query heads, dv ≠ d,
+// softcap, cross shapes and rows that see nothing; the reference against central finite
+// differences of its own forward, and the library's double backward against finite differences
+// of the library's forward; bitwise the same for any thread count; hidden NaN values never reach
+// a gradient; bad shapes throw and leave the outputs alone.
+
+#include <attn/gradients.hpp>
+#include <attn/parallel.hpp>
+#include <attn/scaled_dot_product.hpp>
+#include <attn/score_mask.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "support/matrix_near.hpp"
+#include "support/random.hpp"
+#include "support/reference.hpp"
+#include "support/reference_gradients.hpp"
+#include "support/shape_error.hpp"
+#include "support/tolerance.hpp"
+
+namespace {
+
+using attn::Index;
+using attn::Mask;
+using attn::Matrix;
+using attn_test::MatrixB;
+using attn_test::MatrixD;
+using attn_test::Random;
+using attn_test::ReferenceMask;
+
+template <typename Scalar>
+class GradientsTest : public ::testing::Test {};
+using Scalars = ::testing::Types<float, double>;
+TYPED_TEST_SUITE(GradientsTest, Scalars);
+
+struct Shape {
+  Index n, m, heads, kv_heads, d, dv;
+};
+
+template <typename Scalar>
+struct Inputs {
+  Matrix<Scalar> q, k, v, d_out;
+};
+
+template <typename Scalar>
+Inputs<Scalar> random_inputs(Random& rng, const Shape& s) {
+  return {rng.uniform_matrix<Scalar>(s.n, s.heads * s.d),
+          rng.uniform_matrix<Scalar>(s.m, s.kv_heads * s.d),
+          rng.uniform_matrix<Scalar>(s.m, s.kv_heads * s.dv),
+          rng.uniform_matrix<Scalar>(s.n, s.heads * s.dv)};
+}
+
+attn::AttentionOptions options_of(const Shape& s, double softcap = 0) {
+  attn::AttentionOptions options;
+  options.num_heads = s.heads;
+  options.num_kv_heads = s.kv_heads;
+  options.softcap = softcap;
+  return options;
+}
+
+// Forward with the log-sum-exp kept, then backward.
+template <typename Scalar, typename M>
+attn::AttentionGradients<Scalar> library_gradients(const Inputs<Scalar>& in, const M& mask,
+                                                   const attn::AttentionOptions& options) {
+  Matrix<Scalar> lse;
+  attn::AttentionExtras<Scalar> extras;
+  extras.log_sum_exp = &lse;
+  const Matrix<Scalar> out =
+      attn::scaled_dot_product_attention(in.q, in.k, in.v, mask, options, extras);
+  return attn::scaled_dot_product_attention_backward(in.q, in.k, in.v, out, lse, in.d_out, mask,
+                                                     options);
+}
+
+// Tolerance of a gradient against the fp64 reference: the entries of q, k, v and dO are in
+// [−1, 1]. The backward recomputes P with the forward's error (attention_tolerance T, relative to
+// the O(1) values), then forms dP = dO·Vᵀ (a length-dv sum), dS = P ∘ (dP − D) and products of
+// length m (dQ) or n·H/Hkv (dK, dV) of terms each within a few u of exact: a gradient entry errs
+// by about T·(√dv + 1)·(the gradient's own scale), and the gradients' entries are O(1) here.
+// A factor 8 keeps a margin while a wrong index (a head, a row, a missing factor) is O(0.1).
+template <typename Scalar>
+double gradient_tolerance(const Shape& s) {
+  return 8 * attn_test::attention_tolerance<Scalar>(std::sqrt(double(s.d)), std::max(s.n, s.m)) *
+         (std::sqrt(double(s.dv)) + 1);
+}
+
+template <typename Scalar, typename M>
+void expect_matches_reference(const char* what, const Shape& s, const M& mask,
+                              const ReferenceMask& reference_mask, double softcap = 0,
+                              std::uint32_t seed = 1) {
+  Random rng(seed);
+  const Inputs<Scalar> in = random_inputs<Scalar>(rng, s);
+  const attn::AttentionOptions options = options_of(s, softcap);
+  const attn::AttentionGradients<Scalar> got = library_gradients(in, mask, options);
+  const attn_test::ReferenceGradients want = attn_test::reference_gradients(
+      in.q, in.k, in.v, in.d_out, s.heads, s.kv_heads, reference_mask, std::nullopt, softcap);
+  const double tol = gradient_tolerance<Scalar>(s);
+  const std::string context = std::string(what) + ": n=" + std::to_string(s.n) +
+                              " m=" + std::to_string(s.m) + " heads " + std::to_string(s.heads) +
+                              "/" + std::to_string(s.kv_heads) + " d=" + std::to_string(s.d) +
+                              " dv=" + std::to_string(s.dv);
+  EXPECT_TRUE(attn_test::matrix_near(got.dq, want.dq, tol)) << context << ", dq";
+  EXPECT_TRUE(attn_test::matrix_near(got.dk, want.dk, tol)) << context << ", dk";
+  EXPECT_TRUE(attn_test::matrix_near(got.dv, want.dv, tol)) << context << ", dv";
+}
+
+TYPED_TEST(GradientsTest, EveryMaskKindMatchesTheReference) {
+  using Scalar = TypeParam;
+  const Shape self{130, 130, 4, 2, 8, 6};
+  const Shape cross{37, 150, 4, 4, 16, 16};
+  for (const Shape& s : {self, cross}) {
+    Random rng(7);
+    const MatrixB keep = rng.bernoulli_matrix(s.n, s.m, 0.7);
+    const MatrixD bias = rng.uniform_matrix<double>(s.n, s.m, -2, 2);
+    expect_matches_reference<Scalar>("none", s, Mask(), ReferenceMask());
+    expect_matches_reference<Scalar>("causal", s, Mask::causal(), ReferenceMask::causal());
+    expect_matches_reference<Scalar>("window(7, 3)", s, Mask::window(7, 3),
+                                     ReferenceMask::window(7, 3));
+    expect_matches_reference<Scalar>("causal & key_length", s,
+                                     Mask::causal() & Mask::key_length(s.m - 11),
+                                     ReferenceMask::causal() & ReferenceMask::key_length(s.m - 11));
+    expect_matches_reference<Scalar>("keep", s, Mask::keep(keep), ReferenceMask::keep(keep));
+    expect_matches_reference<Scalar>("bias & causal", s, Mask::bias(bias) & Mask::causal(),
+                                     ReferenceMask::bias(bias) & ReferenceMask::causal());
+    expect_matches_reference<Scalar>("softcap 2 & causal", s, Mask::causal(),
+                                     ReferenceMask::causal(), 2.0);
+  }
+}
+
+TYPED_TEST(GradientsTest, GroupedAndMultiQueryHeadsAndEmptyRows) {
+  using Scalar = TypeParam;
+  // 8 query heads over 2 and over 1 kv heads: dK and dV sum over each group.
+  expect_matches_reference<Scalar>("GQA 8/2", Shape{70, 90, 8, 2, 8, 8}, Mask::causal(),
+                                   ReferenceMask::causal());
+  expect_matches_reference<Scalar>("MQA 8/1", Shape{70, 90, 8, 1, 8, 12}, Mask(), ReferenceMask());
+  // n > m under causal: the first n − m queries see no key; their gradients are zero.
+  expect_matches_reference<Scalar>("rows that see nothing", Shape{20, 8, 2, 2, 4, 4},
+                                   Mask::causal(), ReferenceMask::causal());
+  // One query (a decode step) and one key.
+  expect_matches_reference<Scalar>("one query", Shape{1, 300, 2, 1, 16, 16}, Mask(),
+                                   ReferenceMask());
+  expect_matches_reference<Scalar>("one key", Shape{9, 1, 2, 1, 16, 16}, Mask(), ReferenceMask());
+}
+
+TYPED_TEST(GradientsTest, MaskFunctionsMatchTheReference) {
+  using Scalar = TypeParam;
+  const Shape s{96, 96, 2, 2, 8, 8};
+  const auto striped =
+      attn::mask_function([](Index q, Index k) { return k <= q && (q - k) % 3 != 1; });
+  MatrixB keep(s.n, s.m);
+  for (Index i = 0; i < s.n; ++i) {
+    for (Index j = 0; j < s.m; ++j)
+      keep(i, j) = j <= i && (i - j) % 3 != 1;
+  }
+  expect_matches_reference<Scalar>("mask function", s, striped, ReferenceMask::keep(keep));
+}
+
+// The reference's gradients are those of its own forward (central differences in double), so the
+// comparisons above check the library against derivatives, not against a formula alone.
+TEST(GradientsReference, MatchesFiniteDifferencesOfTheReferenceForward) {
+  Random rng(11);
+  const Shape s{6, 7, 2, 1, 4, 3};
+  const Inputs<double> in = random_inputs<double>(rng, s);
+  const MatrixD bias = rng.uniform_matrix<double>(s.n, s.m, -1, 1);
+  const ReferenceMask mask = ReferenceMask::causal() & ReferenceMask::bias(bias);
+  const double softcap = 1.5;
+  const auto loss = [&](const MatrixD& q, const MatrixD& k, const MatrixD& v) {
+    return (attn_test::reference_multi_head(q, k, v, s.heads, s.kv_heads, mask, std::nullopt,
+                                            softcap)
+                .array() *
+            in.d_out.array())
+        .sum();
+  };
+  const attn_test::ReferenceGradients g = attn_test::reference_gradients(
+      in.q, in.k, in.v, in.d_out, s.heads, s.kv_heads, mask, std::nullopt, softcap);
+  // Central differences err by O(step²·f''') + O(u/step): about 1e-10 at step 1e-6.
+  const double tol = 1e-8;
+  EXPECT_TRUE(attn_test::matrix_near(
+      g.dq,
+      attn_test::finite_differences(in.q, [&](const MatrixD& x) { return loss(x, in.k, in.v); }),
+      tol));
+  EXPECT_TRUE(attn_test::matrix_near(
+      g.dk,
+      attn_test::finite_differences(in.k, [&](const MatrixD& x) { return loss(in.q, x, in.v); }),
+      tol));
+  EXPECT_TRUE(attn_test::matrix_near(
+      g.dv,
+      attn_test::finite_differences(in.v, [&](const MatrixD& x) { return loss(in.q, in.k, x); }),
+      tol));
+}
+
+// The library's double backward against central differences of the library's double forward,
+// under a window, a keep matrix, GQA and a softcap.
+TEST(GradientsLibrary, MatchFiniteDifferencesOfTheLibraryForward) {
+  Random rng(12);
+  const Shape s{9, 11, 4, 2, 4, 5};
+  const Inputs<double> in = random_inputs<double>(rng, s);
+  const MatrixB keep = rng.bernoulli_matrix(s.n, s.m, 0.8);
+  const Mask mask = Mask::window(5, 2) & Mask::keep(keep);
+  const attn::AttentionOptions options = options_of(s, 3.0);
+  const auto loss = [&](const MatrixD& q, const MatrixD& k, const MatrixD& v) {
+    return (attn::scaled_dot_product_attention(q, k, v, mask, options).array() * in.d_out.array())
+        .sum();
+  };
+  const attn::AttentionGradients<double> g = library_gradients(in, mask, options);
+  const double tol = 1e-8;
+  EXPECT_TRUE(attn_test::matrix_near(
+      g.dq,
+      attn_test::finite_differences(in.q, [&](const MatrixD& x) { return loss(x, in.k, in.v); }),
+      tol));
+  EXPECT_TRUE(attn_test::matrix_near(
+      g.dk,
+      attn_test::finite_differences(in.k, [&](const MatrixD& x) { return loss(in.q, x, in.v); }),
+      tol));
+  EXPECT_TRUE(attn_test::matrix_near(
+      g.dv,
+      attn_test::finite_differences(in.v, [&](const MatrixD& x) { return loss(in.q, in.k, x); }),
+      tol));
+}
+
+TYPED_TEST(GradientsTest, BitwiseTheSameForAnyThreadCount) {
+  using Scalar = TypeParam;
+  Random rng(13);
+  const Shape s{300, 700, 4, 2, 32, 32};
+  const Inputs<Scalar> in = random_inputs<Scalar>(rng, s);
+  attn::AttentionOptions options = options_of(s);
+  options.executor = attn::serial_executor;
+  const attn::AttentionGradients<Scalar> serial = library_gradients(in, Mask::causal(), options);
+  for (const int threads : {2, 3}) {
+    options.executor = attn::thread_executor(threads);
+    const attn::AttentionGradients<Scalar> threaded =
+        library_gradients(in, Mask::causal(), options);
+    EXPECT_TRUE(attn_test::bitwise_equal(serial.dq, threaded.dq)) << threads << " threads";
+    EXPECT_TRUE(attn_test::bitwise_equal(serial.dk, threaded.dk)) << threads << " threads";
+    EXPECT_TRUE(attn_test::bitwise_equal(serial.dv, threaded.dv)) << threads << " threads";
+  }
+}
+
+// A value row that the mask hides from every query may hold anything: NaN there reaches no
+// gradient (its dV row is zero: no query weighs it).
+TYPED_TEST(GradientsTest, HiddenNanValuesReachNoGradient) {
+  using Scalar = TypeParam;
+  Random rng(14);
+  const Shape s{40, 50, 2, 2, 8, 8};
+  Inputs<Scalar> in = random_inputs<Scalar>(rng, s);
+  in.v.row(47).setConstant(std::numeric_limits<Scalar>::quiet_NaN());
+  in.k.row(48).setConstant(std::numeric_limits<Scalar>::quiet_NaN());
+  const Mask mask = Mask::key_length(45);
+  const attn::AttentionGradients<Scalar> g = library_gradients(in, mask, options_of(s));
+  EXPECT_TRUE(g.dq.allFinite());
+  EXPECT_TRUE(g.dk.topRows(45).allFinite());
+  EXPECT_TRUE(g.dv.allFinite());
+  EXPECT_TRUE(g.dv.bottomRows(5).isZero(0));
+}
+
+TEST(GradientsErrors, BadShapesThrowAndLeaveTheOutputsAlone) {
+  Random rng(15);
+  const Shape s{10, 12, 2, 1, 4, 4};
+  const Inputs<float> in = random_inputs<float>(rng, s);
+  const attn::AttentionOptions options = options_of(s);
+  Matrix<float> lse;
+  attn::AttentionExtras<float> extras;
+  extras.log_sum_exp = &lse;
+  const Matrix<float> out =
+      attn::scaled_dot_product_attention(in.q, in.k, in.v, Mask(), options, extras);
+  Matrix<float> dq = Matrix<float>::Constant(10, 8, 7), dk = Matrix<float>::Constant(12, 4, 7),
+                dv = Matrix<float>::Constant(12, 4, 7);
+  const auto untouched = [&] {
+    return (dq.array() == 7).all() && (dk.array() == 7).all() && (dv.array() == 7).all();
+  };
+  EXPECT_SHAPE_ERROR(attn::scaled_dot_product_attention_backward_into(
+                         in.q, in.k, in.v, out, Matrix<float>(lse.leftCols(1)), in.d_out, dq, dk,
+                         dv, Mask(), options),
+                     "log_sum_exp is 10x1", "expected 10x2");
+  EXPECT_SHAPE_ERROR(attn::scaled_dot_product_attention_backward_into(
+                         in.q, in.k, in.v, out, lse, Matrix<float>(in.d_out.topRows(9)), dq, dk, dv,
+                         Mask(), options),
+                     "d_out is 9x8", "expected 10x8");
+  EXPECT_SHAPE_ERROR(attn::scaled_dot_product_attention_backward_into(
+                         in.q, in.k, in.v, Matrix<float>(out.leftCols(7)), lse, in.d_out, dq, dk,
+                         dv, Mask(), options),
+                     "out is 10x7");
+  Matrix<float> wrong_dk(11, 4);
+  EXPECT_SHAPE_ERROR(attn::scaled_dot_product_attention_backward_into(
+                         in.q, in.k, in.v, out, lse, in.d_out, dq, wrong_dk, dv, Mask(), options),
+                     "dk is 11x4", "expected 12x4");
+  EXPECT_SHAPE_ERROR(attn::scaled_dot_product_attention_backward_into(
+                         in.q, in.k, in.v, out, lse, in.d_out, dq, dk, dv, Mask::causal(),
+                         options_of(Shape{10, 12, 3, 1, 4, 4})),
+                     "num_heads");
+  EXPECT_TRUE(untouched());
+}
+
+}  // namespace

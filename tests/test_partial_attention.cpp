@@ -254,7 +254,8 @@ TYPED_TEST(PartialAttentionTest, PositionsPlaceABlockOfTheWholeProblem) {
                                                                       : attn::Visibility::partial);
                           });
   std::uint32_t seed = 90;
-  for (const auto& [n, m] : std::vector<std::pair<Index, Index>>{{150, 150}, {70, 190}, {3, 260}}) {
+  for (const auto& shape : std::vector<std::pair<Index, Index>>{{150, 150}, {70, 190}, {3, 260}}) {
+    const Index n = shape.first, m = shape.second;  // (lambdas below capture them)
     Random rng(++seed);
     const Problem<Scalar> p = random_problem<Scalar>(rng, n, m);
     const auto check = [&](const auto& mask, const char* mask_name) {

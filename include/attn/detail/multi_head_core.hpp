@@ -80,9 +80,14 @@ class SequenceOffsets {
   const std::vector<Index>* m_many = nullptr;
 };
 
-/// Reaches a functor's MultiHeadCore, for code that runs a layer's steps itself (the
-/// sequence-parallel layers of attn/mpi.hpp); defined there.
-struct LayerAccess;
+/// Reaches a functor's MultiHeadCore, for code that runs a layer's steps itself (training.hpp's
+/// forward and backward, the sequence-parallel layers of attn/mpi.hpp); a friend of both.
+struct LayerAccess {
+  template <typename Layer>
+  static const auto& core(const Layer& layer) {
+    return layer.m_core;
+  }
+};
 
 template <typename Scalar>
 class MultiHeadCore {
@@ -284,6 +289,20 @@ class MultiHeadCore {
              out.middleRows(first, rows));
     }
   }
+
+  // The weights as the backward pass reads them (PyTorch layout, see MultiHeadWeights).
+  /// Wq (E × E).
+  auto query_weight() const { return m_in_weight.topRows(m_config.model_dim); }
+  /// [Wk; Wv] (2·kv_dim × S).
+  auto key_value_weight() const {
+    return m_kv_weight.size() != 0 ? m_kv_weight.topRows(m_kv_weight.rows())
+                                   : m_in_weight.bottomRows(2 * m_config.kv_dim());
+  }
+  /// [Wq; Wk; Wv] ((E + 2·kv_dim) × E); precondition: source_dim is E.
+  const Matrix<Scalar>& fused_weight() const { return m_in_weight; }
+  const Matrix<Scalar>& out_weight() const { return m_out_weight; }
+  /// The rotary embedding, or null when the layer has none.
+  const Rotary* rotary() const { return m_rotary ? &*m_rotary : nullptr; }
 
  private:
   Eigen::VectorBlock<const Vector<Scalar>> in_bias_segment(Index start, Index size) const {

@@ -16,17 +16,6 @@
 #include "../self_attention.hpp"
 #include "sequence_parallel.hpp"
 
-namespace attn::detail {
-
-struct LayerAccess {
-  template <typename Layer>
-  static const auto& core(const Layer& layer) {
-    return layer.m_core;
-  }
-};
-
-}  // namespace attn::detail
-
 namespace attn::mpi {
 
 namespace detail {

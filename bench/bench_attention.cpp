@@ -189,6 +189,74 @@ void BM_Kernel(benchmark::State& state) {
                                                 benchmark::Counter::kIsIterationInvariantRate);
 }
 
+// ---- 3a. The backward pass (float, no mask): the kernel's against a naive Eigen backward that
+//          materialises P per head. FLOPs are counted as FlashAttention counts them: 2.5 times
+//          the forward's (five products of the forward's two sizes), for both.
+double backward_flops(Index n, Index m) {
+  return 2.5 * attention_flops(n, m, head_dim, heads, false);
+}
+
+struct BackwardInputs : Inputs {
+  Matrix<float> lse, d_out, dq, dk, dv;
+  BackwardInputs(Index n, Index m)
+      : Inputs(n, m, heads, head_dim),
+        d_out(Matrix<float>::Random(n, heads * head_dim)),
+        dq(n, heads * head_dim),
+        dk(m, heads * head_dim),
+        dv(m, heads * head_dim) {
+    attn::AttentionOptions options;
+    options.num_heads = heads;
+    attn::AttentionExtras<float> extras;
+    extras.log_sum_exp = &lse;
+    attn::scaled_dot_product_attention_into(q, k, v, out, attn::Mask(), options, extras);
+  }
+};
+
+void BM_Backward(benchmark::State& state) {
+  const Index l = state.range(0);
+  const int threads = int(state.range(1));
+  BackwardInputs in(l, l);
+  attn::AttentionOptions options;
+  options.num_heads = heads;
+  options.executor = attn::thread_executor(threads);
+  for (auto _ : state) {
+    attn::scaled_dot_product_attention_backward_into(in.q, in.k, in.v, in.out, in.lse, in.d_out,
+                                                     in.dq, in.dk, in.dv, attn::Mask(), options);
+    benchmark::DoNotOptimize(in.dq.data());
+  }
+  state.counters["FLOP/s"] =
+      benchmark::Counter(backward_flops(l, l), benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// Per head: S and P = softmax(S) materialised (n×m), then dV = Pᵀ·dO, dP = dO·Vᵀ,
+// dS = P ∘ (dP − rowsum(P ∘ dP)), dQ = scale·dS·K, dK = scale·dSᵀ·Q, each one Eigen expression.
+void BM_NaiveBackward(benchmark::State& state) {
+  const Index l = state.range(0), d = head_dim;
+  BackwardInputs in(l, l);
+  const float scale = 1.0f / std::sqrt(float(d));
+  Matrix<float> p(l, l), dp(l, l);
+  for (auto _ : state) {
+    for (Index h = 0; h < heads; ++h) {
+      const auto q = in.q.middleCols(h * d, d), k = in.k.middleCols(h * d, d);
+      const auto v = in.v.middleCols(h * d, d), d_out = in.d_out.middleCols(h * d, d);
+      p.noalias() = scale * q * k.transpose();
+      const Eigen::VectorXf row_max = p.rowwise().maxCoeff();
+      p = (p.colwise() - row_max).array().exp();
+      const Eigen::VectorXf row_sum = p.rowwise().sum();
+      p.array().colwise() /= row_sum.array();
+      in.dv.middleCols(h * d, d).noalias() = p.transpose() * d_out;
+      dp.noalias() = d_out * v.transpose();
+      const Eigen::VectorXf dot = (p.array() * dp.array()).rowwise().sum();
+      dp = (p.array() * (dp.colwise() - dot).array()) * scale;
+      in.dq.middleCols(h * d, d).noalias() = dp * k;
+      in.dk.middleCols(h * d, d).noalias() = dp.transpose() * q;
+    }
+    benchmark::DoNotOptimize(in.dq.data());
+  }
+  state.counters["FLOP/s"] =
+      benchmark::Counter(backward_flops(l, l), benchmark::Counter::kIsIterationInvariantRate);
+}
+
 // ---- 3b. Score and mask functions (float, 1 thread): each against the plain kernel it extends,
 //          or, for the sparse patterns at L = 16 384, against the dense kernel's throughput at
 //          L = 4 096 (a dense run at 16 384 takes seconds). FLOPs count the visible pairs only.
@@ -398,6 +466,20 @@ void register_all() {
       ->Arg(long_l)
       ->ArgName("L")
       ->Unit(benchmark::kMillisecond);
+  // The backward pass.
+  for (const Index l : {1024, 4096}) {
+    benchmark::RegisterBenchmark("NaiveBackward", BM_NaiveBackward)
+        ->Arg(l)
+        ->ArgName("L")
+        ->Unit(benchmark::kMillisecond);
+    for (const int threads : {1, 2}) {
+      benchmark::RegisterBenchmark("Backward", BM_Backward)
+          ->Args({l, threads})
+          ->ArgNames({"L", "threads"})
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime();
+    }
+  }
   // Cross-attention shape: a short target over a long source.
   benchmark::RegisterBenchmark("Naive", BM_Naive)
       ->Args({64, 4096, 0})
@@ -431,6 +513,11 @@ class SummaryReporter : public attn_bench::SummaryReporter {
     const std::string name = run.run_name.str();
     const double seconds =
         run.GetAdjustedRealTime() / benchmark::GetTimeUnitMultiplier(run.time_unit);
+    if (name.rfind("Backward/", 0) == 0 || name.rfind("NaiveBackward/", 0) == 0) {
+      const auto it = run.counters.find("FLOP/s");
+      m_backward.push_back({name, it == run.counters.end() ? 0.0 : it->second.value, seconds});
+      return;
+    }
     if (name.rfind("Masked/", 0) == 0 || name.rfind("BlockMap/", 0) == 0) {
       const auto it = run.counters.find("FLOP/s");
       m_masks.push_back({name, it == run.counters.end() ? 0.0 : it->second.value, seconds});
@@ -493,6 +580,36 @@ class SummaryReporter : public attn_bench::SummaryReporter {
                   to_dense.c_str(), scaling.c_str(), to_float.c_str());
     }
     print_masks(kernel);
+    print_backward(peak);
+  }
+
+  // The backward pass: GFLOP/s at 2.5 times the forward's FLOPs, its fraction of the 1-core FMA
+  // peak, its ratio to the naive backward of the same L, and a 2-thread run's to 1 thread.
+  void print_backward(double peak) const {
+    if (m_backward.empty()) return;
+    std::map<std::string, double> flops;
+    for (const auto& row : m_backward)
+      flops[row.name] = row.flops;
+    std::printf(
+        "\nBackward (float, d = 64, 8 heads, no mask; GFLOP/s counting 2.5x the forward's FLOPs, "
+        "as FlashAttention does; x naive = ratio to an Eigen backward that materialises P, 1 "
+        "thread; x 1 thread = a 2-thread run's ratio to 1 thread)\n");
+    std::printf("%-40s %10s %8s %9s %11s\n", "run", "GFLOP/s", "% peak", "x naive", "x 1 thread");
+    for (const auto& [name, value] : flops) {
+      const auto at = name.find("/L:");
+      const std::string l = name.substr(at + 3, name.find('/', at + 3) - at - 3);
+      std::string to_naive, scaling;
+      if (name.rfind("Backward/", 0) == 0) {
+        const auto naive = flops.find("NaiveBackward/L:" + l);
+        if (naive != flops.end()) to_naive = std::to_string(value / naive->second).substr(0, 5);
+        if (name.find("/threads:2") != std::string::npos) {
+          const auto one = flops.find("Backward/L:" + l + "/threads:1/real_time");
+          if (one != flops.end()) scaling = std::to_string(value / one->second).substr(0, 5);
+        }
+      }
+      std::printf("%-40s %10.1f %8.1f %9s %11s\n", name.c_str(), value * 1e-9,
+                  peak > 0 ? 100.0 * value / peak : 0.0, to_naive.c_str(), scaling.c_str());
+    }
   }
 
   // Score and mask functions: GFLOP/s on visible pairs against the kernel they extend (identity:
@@ -593,6 +710,7 @@ class SummaryReporter : public attn_bench::SummaryReporter {
   }
   std::vector<Row> m_rows;
   std::vector<Row> m_masks;
+  std::vector<Row> m_backward;
 };
 
 }  // namespace

@@ -98,6 +98,17 @@ inline Rgb heat(double t) {
 }
 
 /// Every pixel becomes a factor × factor block.
+/// A matrix of weights in [0, 1] as a grid of cell × cell squares, one per entry, 1 px apart.
+template <typename Weights>
+Image heatmap(const Weights& weights, int cell) {
+  const int rows = int(weights.rows()), cols = int(weights.cols());
+  Image image(cols * cell + 1, rows * cell + 1, {40, 40, 40});
+  for (int i = 0; i < rows; ++i)
+    for (int j = 0; j < cols; ++j)
+      image.fill_rect(j * cell + 1, i * cell + 1, cell - 1, cell - 1, heat(double(weights(i, j))));
+  return image;
+}
+
 inline Image upscale(const Image& src, int factor) {
   Image out(src.width() * factor, src.height() * factor);
   for (int y = 0; y < out.height(); ++y)

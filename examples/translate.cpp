@@ -409,16 +409,6 @@ BeamSearch beam_search(const std::vector<Index>& source, Index beam) {
   return result;
 }
 
-// The weights as a grid of cell × cell squares, one per (target, source) pair, 1 px apart.
-example::Image heatmap(const Matrix& weights, int cell) {
-  const int rows = int(weights.rows()), cols = int(weights.cols());
-  example::Image image(cols * cell + 1, rows * cell + 1, {40, 40, 40});
-  for (int i = 0; i < rows; ++i)
-    for (int j = 0; j < cols; ++j)
-      image.fill_rect(j * cell + 1, i * cell + 1, cell - 1, cell - 1, example::heat(weights(i, j)));
-  return image;
-}
-
 // The tokens, and </s> after them if `finished`.
 std::string spell_all(const std::vector<Index>& tokens, bool finished = false) {
   std::string s;
@@ -469,7 +459,7 @@ int main(int argc, char** argv) {
     }
 
     const char* path = "translate_attention.png";
-    const example::Image picture = heatmap(result.alignment, 32);
+    const example::Image picture = example::heatmap(result.alignment, 32);
     example::write_png(path, picture);
     std::printf("\nwrote %s (%d x %d px): rows are the %d steps, columns the %d source tokens\n",
                 path, picture.width(), picture.height(), int(result.alignment.rows()),

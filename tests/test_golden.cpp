@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "support/golden.hpp"
+#include "support/golden_layers.hpp"
 #include "support/matrix_near.hpp"
 
 namespace {
@@ -23,8 +24,11 @@ using attn::Index;
 using attn::Mask;
 using attn::Matrix;
 using attn::Vector;
+using attn_test::config_from;
 using attn_test::Golden;
 using attn_test::load_golden;
+using attn_test::vector_or_empty;
+using attn_test::weights_from;
 
 // Tolerances.
 //
@@ -164,36 +168,6 @@ TYPED_TEST(GoldenTest, KernelLongSequenceSpansTiles) {
 // ---------------------------------------------------------------------------------------------
 // Functors: SelfAttention and CrossAttention against torch.nn.MultiheadAttention (and torch ops
 // for grouped-query attention), with the weights as PyTorch holds them.
-
-template <typename T>
-Vector<T> vector_or_empty(const Golden& g, const std::string& name) {
-  return g.has(name) ? g.vector<T>(name) : Vector<T>();
-}
-
-/// The weights through MultiHeadWeights::from_pytorch: the packed overload when the file has
-/// in_proj_weight, the separate-weights one otherwise.
-template <typename T>
-attn::MultiHeadWeights<T> weights_from(const Golden& g) {
-  const Vector<T> in_bias = vector_or_empty<T>(g, "in_proj_bias");
-  const Vector<T> out_bias = vector_or_empty<T>(g, "out_proj.bias");
-  if (g.has("in_proj_weight")) {
-    return attn::MultiHeadWeights<T>::from_pytorch(g.matrix<T>("in_proj_weight"), in_bias,
-                                                   g.matrix<T>("out_proj.weight"), out_bias);
-  }
-  return attn::MultiHeadWeights<T>::from_pytorch(
-      g.matrix<T>("q_proj_weight"), g.matrix<T>("k_proj_weight"), g.matrix<T>("v_proj_weight"),
-      in_bias, g.matrix<T>("out_proj.weight"), out_bias);
-}
-
-attn::MultiHeadConfig config_from(const Golden& g, Index model_dim, Index source_dim) {
-  attn::MultiHeadConfig cfg;
-  cfg.model_dim = model_dim;
-  cfg.num_heads = g.index("num_heads");
-  cfg.num_kv_heads = g.has("num_kv_heads") ? g.index("num_kv_heads") : 0;
-  cfg.source_dim = source_dim;
-  cfg.bias = g.has("in_proj_bias");
-  return cfg;
-}
 
 /// Reduction length of a functor's output: input projection over S, the kernel over d and m,
 /// the output projection over E.

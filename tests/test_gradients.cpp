@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "support/golden.hpp"
 #include "support/matrix_near.hpp"
 #include "support/random.hpp"
 #include "support/reference.hpp"
@@ -258,6 +259,35 @@ TYPED_TEST(GradientsTest, HiddenNanValuesReachNoGradient) {
   EXPECT_TRUE(g.dk.topRows(45).allFinite());
   EXPECT_TRUE(g.dv.allFinite());
   EXPECT_TRUE(g.dv.bottomRows(5).isZero(0));
+}
+
+// Against torch autograd (tests/reference/generate_golden.py, float64) through its manual
+// attention: grouped-query heads under a causal mask; one head with a softcap and a bias.
+TYPED_TEST(GradientsTest, MatchTorchAutograd) {
+  using Scalar = TypeParam;
+  for (const char* name : {"grad_kernel_gqa_causal", "grad_kernel_softcap_bias"}) {
+    const attn_test::Golden g = attn_test::load_golden(name);
+    const Matrix<Scalar> q = g.matrix<Scalar>("q"), k = g.matrix<Scalar>("k");
+    const Matrix<Scalar> v = g.matrix<Scalar>("v"), d_out = g.matrix<Scalar>("d_out");
+    attn::AttentionOptions options;
+    options.num_heads = g.index("num_heads");
+    options.num_kv_heads = g.index("num_kv_heads");
+    options.softcap = g.scalar<double>("softcap");
+    const Mask mask = g.has("bias") ? Mask::bias(g.matrix<Scalar>("bias")) : Mask::causal();
+    const Inputs<Scalar> in{q, k, v, d_out};
+    const attn::AttentionGradients<Scalar> got = library_gradients(in, mask, options);
+    const Shape s{q.rows(),
+                  k.rows(),
+                  options.num_heads,
+                  options.kv_heads(),
+                  q.cols() / options.num_heads,
+                  v.cols() / options.kv_heads()};
+    // The bias reaches ±2 and the inputs ±1: logits up to about 2 + √d·scale.
+    const double tol = 2 * gradient_tolerance<Scalar>(s);
+    EXPECT_TRUE(attn_test::matrix_near(got.dq, g.matrix<double>("dq"), tol)) << name;
+    EXPECT_TRUE(attn_test::matrix_near(got.dk, g.matrix<double>("dk"), tol)) << name;
+    EXPECT_TRUE(attn_test::matrix_near(got.dv, g.matrix<double>("dv"), tol)) << name;
+  }
 }
 
 TEST(GradientsErrors, BadShapesThrowAndLeaveTheOutputsAlone) {

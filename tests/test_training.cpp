@@ -12,8 +12,11 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
+#include "support/golden.hpp"
+#include "support/golden_layers.hpp"
 #include "support/matrix_near.hpp"
 #include "support/random.hpp"
 #include "support/reference_gradients.hpp"
@@ -199,6 +202,71 @@ TEST(TrainingSelfAttention, FloatGradientsAgreeWithDouble) {
   EXPECT_TRUE(attn_test::matrix_near(g_f.weights.v_weight, g.weights.v_weight, tol));
   EXPECT_TRUE(attn_test::matrix_near(g_f.weights.out_weight, g.weights.out_weight, tol));
   EXPECT_TRUE(attn_test::matrix_near(g_f.weights.out_bias, g.weights.out_bias, tol));
+}
+
+// Against torch autograd through nn.MultiheadAttention (tests/reference/generate_golden.py,
+// float64): the inputs' gradients and every parameter's, in PyTorch's names.
+template <typename Scalar>
+class TrainingGoldenTest : public ::testing::Test {};
+using Scalars = ::testing::Types<float, double>;
+TYPED_TEST_SUITE(TrainingGoldenTest, Scalars);
+
+template <typename Scalar>
+void expect_parameters_match(const attn_test::Golden& g, const attn::LayerGradients<Scalar>& got,
+                             double tol) {
+  const auto& w = got.weights;
+  if (g.has("d_in_proj_weight")) {
+    Matrix<Scalar> in_proj(w.q_weight.rows() + w.k_weight.rows() + w.v_weight.rows(),
+                           w.q_weight.cols());
+    in_proj << w.q_weight, w.k_weight, w.v_weight;
+    EXPECT_TRUE(attn_test::matrix_near(in_proj, g.matrix<double>("d_in_proj_weight"), tol));
+  } else {
+    EXPECT_TRUE(attn_test::matrix_near(w.q_weight, g.matrix<double>("d_q_proj_weight"), tol));
+    EXPECT_TRUE(attn_test::matrix_near(w.k_weight, g.matrix<double>("d_k_proj_weight"), tol));
+    EXPECT_TRUE(attn_test::matrix_near(w.v_weight, g.matrix<double>("d_v_proj_weight"), tol));
+  }
+  attn::Vector<Scalar> in_bias(w.q_bias.size() + w.k_bias.size() + w.v_bias.size());
+  in_bias << w.q_bias, w.k_bias, w.v_bias;
+  EXPECT_TRUE(attn_test::matrix_near(in_bias, g.vector<double>("d_in_proj_bias"), tol));
+  EXPECT_TRUE(attn_test::matrix_near(w.out_weight, g.matrix<double>("d_out_proj.weight"), tol));
+  EXPECT_TRUE(attn_test::matrix_near(w.out_bias, g.vector<double>("d_out_proj.bias"), tol));
+}
+
+// Float: sums over 6–9 rows of products of O(1) values, each within a few ulps: 1e-5 leaves a
+// wide margin under an error from a wrong block (O(0.01) and more). Double: 1e-12.
+template <typename Scalar>
+double golden_tolerance() {
+  return std::is_same_v<Scalar, float> ? 1e-5 : 1e-12;
+}
+
+TYPED_TEST(TrainingGoldenTest, SelfAttentionMatchesTorchAutograd) {
+  using Scalar = TypeParam;
+  const attn_test::Golden g = attn_test::load_golden("grad_mha_self_causal");
+  const Matrix<Scalar> x = g.matrix<Scalar>("target");
+  const attn::SelfAttention<Scalar> layer(attn_test::config_from(g, x.cols(), 0),
+                                          attn_test::weights_from<Scalar>(g));
+  attn::LayerTape<Scalar> tape;
+  attn::forward(layer, x, tape, Mask::causal());
+  const auto got = attn::backward(layer, tape, g.matrix<Scalar>("d_out"), Mask::causal());
+  EXPECT_TRUE(attn_test::matrix_near(got.d_input, g.matrix<double>("d_target"),
+                                     golden_tolerance<Scalar>()));
+  expect_parameters_match(g, got, golden_tolerance<Scalar>());
+}
+
+TYPED_TEST(TrainingGoldenTest, CrossAttentionMatchesTorchAutograd) {
+  using Scalar = TypeParam;
+  const attn_test::Golden g = attn_test::load_golden("grad_mha_cross_kdim");
+  const Matrix<Scalar> target = g.matrix<Scalar>("target"), source = g.matrix<Scalar>("source");
+  const attn::CrossAttention<Scalar> layer(attn_test::config_from(g, target.cols(), source.cols()),
+                                           attn_test::weights_from<Scalar>(g));
+  attn::LayerTape<Scalar> tape;
+  attn::forward(layer, target, source, tape);
+  const auto got = attn::backward(layer, tape, g.matrix<Scalar>("d_out"));
+  EXPECT_TRUE(attn_test::matrix_near(got.d_input, g.matrix<double>("d_target"),
+                                     golden_tolerance<Scalar>()));
+  EXPECT_TRUE(attn_test::matrix_near(got.d_source, g.matrix<double>("d_source"),
+                                     golden_tolerance<Scalar>()));
+  expect_parameters_match(g, got, golden_tolerance<Scalar>());
 }
 
 TEST(TrainingErrors, ATapeOfAnotherLayerOrAWrongGradientThrows) {

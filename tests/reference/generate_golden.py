@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 # SPDX-FileCopyrightText: 2026 The attn authors
 # SPDX-License-Identifier: MIT
-"""Writes the golden files of tests/test_golden.cpp (attention outputs computed by PyTorch) and of
-tests/test_rotary.cpp (rotary position embeddings, rotary_*.txt).
+"""Writes the golden files of tests/test_golden.cpp (attention outputs computed by PyTorch), of
+tests/test_rotary.cpp (rotary position embeddings, rotary_*.txt) and of tests/test_gradients.cpp
+and tests/test_training.cpp (gradients by torch autograd, grad_*.txt).
 
 Run it with Debian's python3, which has PyTorch (`apt-get install python3-torch`):
 
@@ -858,6 +859,85 @@ def rotary_cases():
                     positions=[4, 4, 0, 513]),
     ]
 
+# ---------------------------------------------------------------------------------------------
+# Gradient cases: torch autograd through the manual attention above and through
+# nn.MultiheadAttention, for loss = sum(d_out * y).
+
+
+def gradient_kernel_case(name, description, seed, n, m, heads, kv_heads, d, dv, keep=None,
+                         bias=None, softcap=0.0):
+    torch.manual_seed(seed)
+    q = grid((n, heads * d)).requires_grad_()
+    k = grid((m, kv_heads * d)).requires_grad_()
+    v = grid((m, kv_heads * dv)).requires_grad_()
+    d_out = grid((n, heads * dv))
+    g = GoldenFile(name, description)
+    g.matrix("num_heads", heads)
+    g.matrix("num_kv_heads", kv_heads)
+    g.matrix("softcap", softcap)
+    g.matrix("q", q)
+    g.matrix("k", k)
+    g.matrix("v", v)
+    if bias is not None:
+        g.matrix("bias", bias)
+    g.matrix("d_out", d_out)
+    out = multi_head_attention(q, k, v, heads, kv_heads, keep=keep, bias=bias, softcap=softcap)
+    (out * d_out).sum().backward()
+    g.comment("gradients of sum(d_out * out) by torch autograd (float64)")
+    g.matrix("dq", q.grad)
+    g.matrix("dk", k.grad)
+    g.matrix("dv", v.grad)
+    return g
+
+
+def gradient_mha_case(name, description, seed, n, m, kdim=None, causal=False):
+    e, heads = 16, 4
+    mha = make_mha(seed, e, heads, kdim=kdim)
+    mha.train()  # no dropout: dropout = 0 by default
+    target = grid((n, e)).requires_grad_()
+    source = target if kdim is None and m is None else grid((m, kdim or e)).requires_grad_()
+    length = target.shape[0]
+    keys = source.shape[0]
+    attn_mask = ~causal_keep(length, keys) if causal else None
+    d_out = grid((length, e))
+    g = GoldenFile(name, description)
+    g.matrix("num_heads", heads)
+    save_state(g, mha)
+    g.matrix("target", target)
+    if source is not target:
+        g.matrix("source", source)
+    g.matrix("d_out", d_out)
+    y, _ = mha(target.unsqueeze(0), source.unsqueeze(0), source.unsqueeze(0),
+               attn_mask=attn_mask, need_weights=False)
+    (y.squeeze(0) * d_out).sum().backward()
+    g.comment("gradients of sum(d_out * y) by torch autograd; d_<parameter> in state_dict names")
+    g.matrix("d_target", target.grad)
+    if source is not target:
+        g.matrix("d_source", source.grad)
+    for pname, param in mha.named_parameters():
+        g.matrix("d_" + pname, param.grad)
+    return g
+
+
+def gradient_cases():
+    n, m = 7, 9
+    bias = grid((n, m), bound=2.0)
+    return [
+        gradient_kernel_case("grad_kernel_gqa_causal", "dQ, dK, dV of 4 heads over 2 kv heads, "
+                             "d = 8, dv = 6, n = 7, m = 9, bottom-right causal", 501, n, m, 4, 2,
+                             8, 6, keep=causal_keep(n, m)),
+        gradient_kernel_case("grad_kernel_softcap_bias", "dQ, dK, dV of one head, d = 16, "
+                             "softcap 3, an additive bias, n = 7, m = 9", 502, n, m, 1, 1, 16, 16,
+                             bias=bias, softcap=3.0),
+        gradient_mha_case("grad_mha_self_causal", "nn.MultiheadAttention(16, 4) self-attention, "
+                          "L = 6, causal: d_x and every parameter's gradient", 503, 6, None,
+                          causal=True),
+        gradient_mha_case("grad_mha_cross_kdim", "nn.MultiheadAttention(16, 4, kdim=vdim=12) "
+                          "cross-attention, n = 5, m = 8: d_target, d_source, every parameter's "
+                          "gradient", 504, 5, 8, kdim=12),
+    ]
+
+
 def main():
     torch.set_num_threads(1)
     os.makedirs(GOLDEN_DIR, exist_ok=True)
@@ -865,7 +945,7 @@ def main():
         if stale.endswith(".txt"):
             os.remove(os.path.join(GOLDEN_DIR, stale))
     total = 0
-    for g in kernel_cases() + module_cases() + mask_cases() + rotary_cases():
+    for g in kernel_cases() + module_cases() + mask_cases() + rotary_cases() + gradient_cases():
         path = g.write()
         size = os.path.getsize(path)
         total += size

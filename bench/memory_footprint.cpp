@@ -8,7 +8,9 @@
 //   ./build/default/bench/bench_memory_footprint      (or under /usr/bin/time -v)
 //
 // Prints the peak resident set size before and after the call (getrusage's high-water mark);
-// their difference is what the call added. Exits 1 if it exceeds 32 MiB.
+// their difference is what the call added. Exits 1 if it exceeds 32 MiB. Then the same for the
+// backward pass over that forward (its inputs, dO and the three gradients allocated and written
+// first): exits 1 if it adds 64 MiB or more.
 
 #include <sys/resource.h>
 
@@ -49,5 +51,26 @@ int main() {
               inputs_mib, before, after);
   std::printf("added by the call: %.1f MiB (a materialised n x m float score matrix: %.0f GiB)\n",
               after - before, scores_gib);
-  return after - before < 32.0 ? 0 : 1;
+  // The backward pass: dO, the log-sum-exp and the gradients resident first.
+  attn::Matrix<float> lse(length, 1);
+  attn::AttentionExtras<float> extras;
+  extras.log_sum_exp = &lse;
+  attn::scaled_dot_product_attention_into(q, k, v, out, attn::Mask::causal(), {}, extras);
+  attn::Matrix<float> d_out = attn::Matrix<float>::Random(length, head_dim);
+  attn::Matrix<float> dq = attn::Matrix<float>::Zero(length, head_dim);
+  attn::Matrix<float> dk = attn::Matrix<float>::Zero(length, head_dim);
+  attn::Matrix<float> dv = attn::Matrix<float>::Zero(length, head_dim);
+  const double backward_before = peak_rss_mib();
+  const auto backward_start = std::chrono::steady_clock::now();
+  attn::scaled_dot_product_attention_backward_into(q, k, v, out, lse, d_out, dq, dk, dv,
+                                                   attn::Mask::causal());
+  const double backward_seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - backward_start).count();
+  const double backward_after = peak_rss_mib();
+  std::printf(
+      "backward: %.2f s; peak RSS before %.1f MiB, after %.1f MiB; added %.1f MiB "
+      "(materialised P and dP: %.0f GiB)\n",
+      backward_seconds, backward_before, backward_after, backward_after - backward_before,
+      2 * scores_gib);
+  return after - before < 32.0 && backward_after - backward_before < 64.0 ? 0 : 1;
 }

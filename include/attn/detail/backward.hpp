@@ -42,8 +42,8 @@ struct BackwardProblem {
 /// Tile sizes of the backward pass: a key block's dK and dV stay in cache while every query
 /// block of its heads passes over it.
 struct BackwardBlocks {
-  static constexpr Index query_rows = 64;
-  static constexpr Index key_rows = 64;
+  static constexpr Index query_rows = 128;
+  static constexpr Index key_rows = 128;
 };
 
 /// How many chunks the keys are cut into: enough work items for several threads on few heads,
@@ -103,6 +103,7 @@ void backward_keys(const BackwardProblem<Scalar>& p, const TileMask<Scalar, SM>&
   const Index n = p.q.rows(), d = p.head_dim, dv = p.value_dim;
   const Index bq_max = BackwardBlocks::query_rows, bk_max = BackwardBlocks::key_rows;
   const Index stride = bk_max;  // of the tiles s, t, dp
+  Vector<Scalar> d_column(bq_max);
   for (Index j0 = key_begin; j0 < key_end; j0 += bk_max) {
     const Index bk = std::min(bk_max, key_end - j0);
     const auto k_j = p.k.block(j0, g * d, bk, d);
@@ -139,14 +140,20 @@ void backward_keys(const BackwardProblem<Scalar>& p, const TileMask<Scalar, SM>&
         // s now holds P.
         dv_acc.noalias() += s.transpose() * do_i;
         dp.noalias() = do_i * v_j.transpose();
-        // dS = P ∘ (dP − D); where P is 0 (hidden, or no key), 0 even if dP is not finite (a
-        // hidden value row holding NaN must not reach the gradients through a zero weight).
-        for (Index r = 0; r < bq; ++r) {
-          const Scalar d_r = d_rows(i0 + r, h);
-          for (Index c = 0; c < bk; ++c) {
-            const Scalar prob = s(r, c);
-            dp(r, c) = prob == Scalar(0) ? Scalar(0) : prob * (dp(r, c) - d_r);
+        // dS = P ∘ (dP − D). In a tile the mask cut, where P is 0 (hidden) dS is 0 even if dP is
+        // not finite: a hidden value row holding NaN must not reach the gradients through a zero
+        // weight. (In a wholly visible tile a NaN value is seen, and spreads as in the forward.)
+        if (masked) {
+          for (Index r = 0; r < bq; ++r) {
+            const Scalar d_r = d_rows(i0 + r, h);
+            for (Index c = 0; c < bk; ++c) {
+              const Scalar prob = s(r, c);
+              dp(r, c) = prob == Scalar(0) ? Scalar(0) : prob * (dp(r, c) - d_r);
+            }
           }
+        } else {
+          d_column.head(bq) = d_rows.col(h).segment(i0, bq);
+          dp.array() = s.array() * (dp.array().colwise() - d_column.head(bq).array());
         }
         if (p.softcap > 0) dp.array() *= Scalar(1) - t.array().square();
         dp *= p.scale;

@@ -163,6 +163,26 @@ TYPED_TEST(GradientsTest, MaskFunctionsMatchTheReference) {
   expect_matches_reference<Scalar>("mask function", s, striped, ReferenceMask::keep(keep));
 }
 
+// dq, dk and dv against central differences of loss(q, k, v) at the inputs, which err by
+// O(step²·f''') + O(u/step): about 1e-10 at step 1e-6, so 1e-8 holds them.
+template <typename Loss>
+void expect_finite_differences(const MatrixD& dq, const MatrixD& dk, const MatrixD& dv,
+                               const Inputs<double>& in, const Loss& loss) {
+  const double tol = 1e-8;
+  EXPECT_TRUE(attn_test::matrix_near(
+      dq,
+      attn_test::finite_differences(in.q, [&](const MatrixD& x) { return loss(x, in.k, in.v); }),
+      tol));
+  EXPECT_TRUE(attn_test::matrix_near(
+      dk,
+      attn_test::finite_differences(in.k, [&](const MatrixD& x) { return loss(in.q, x, in.v); }),
+      tol));
+  EXPECT_TRUE(attn_test::matrix_near(
+      dv,
+      attn_test::finite_differences(in.v, [&](const MatrixD& x) { return loss(in.q, in.k, x); }),
+      tol));
+}
+
 // The reference's gradients are those of its own forward (central differences in double), so the
 // comparisons above check the library against derivatives, not against a formula alone.
 TEST(GradientsReference, MatchesFiniteDifferencesOfTheReferenceForward) {
@@ -181,20 +201,7 @@ TEST(GradientsReference, MatchesFiniteDifferencesOfTheReferenceForward) {
   };
   const attn_test::ReferenceGradients g = attn_test::reference_gradients(
       in.q, in.k, in.v, in.d_out, s.heads, s.kv_heads, mask, std::nullopt, softcap);
-  // Central differences err by O(step²·f''') + O(u/step): about 1e-10 at step 1e-6.
-  const double tol = 1e-8;
-  EXPECT_TRUE(attn_test::matrix_near(
-      g.dq,
-      attn_test::finite_differences(in.q, [&](const MatrixD& x) { return loss(x, in.k, in.v); }),
-      tol));
-  EXPECT_TRUE(attn_test::matrix_near(
-      g.dk,
-      attn_test::finite_differences(in.k, [&](const MatrixD& x) { return loss(in.q, x, in.v); }),
-      tol));
-  EXPECT_TRUE(attn_test::matrix_near(
-      g.dv,
-      attn_test::finite_differences(in.v, [&](const MatrixD& x) { return loss(in.q, in.k, x); }),
-      tol));
+  expect_finite_differences(g.dq, g.dk, g.dv, in, loss);
 }
 
 // The library's double backward against central differences of the library's double forward,
@@ -211,19 +218,7 @@ TEST(GradientsLibrary, MatchFiniteDifferencesOfTheLibraryForward) {
         .sum();
   };
   const attn::AttentionGradients<double> g = library_gradients(in, mask, options);
-  const double tol = 1e-8;
-  EXPECT_TRUE(attn_test::matrix_near(
-      g.dq,
-      attn_test::finite_differences(in.q, [&](const MatrixD& x) { return loss(x, in.k, in.v); }),
-      tol));
-  EXPECT_TRUE(attn_test::matrix_near(
-      g.dk,
-      attn_test::finite_differences(in.k, [&](const MatrixD& x) { return loss(in.q, x, in.v); }),
-      tol));
-  EXPECT_TRUE(attn_test::matrix_near(
-      g.dv,
-      attn_test::finite_differences(in.v, [&](const MatrixD& x) { return loss(in.q, in.k, x); }),
-      tol));
+  expect_finite_differences(g.dq, g.dk, g.dv, in, loss);
 }
 
 TYPED_TEST(GradientsTest, BitwiseTheSameForAnyThreadCount) {

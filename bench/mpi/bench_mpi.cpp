@@ -50,16 +50,6 @@ struct Problem {
 };
 Problem* problem = nullptr;
 
-Matrix<float> take(const Matrix<float>& whole, const std::vector<attn::mpi::Segment>& segments) {
-  Index rows = 0;
-  for (const auto& s : segments)
-    rows += s.rows;
-  Matrix<float> part(rows, whole.cols());
-  for (const auto& s : segments)
-    part.middleRows(s.local, s.rows) = whole.middleRows(s.position, s.rows);
-  return part;
-}
-
 double slowest(double seconds) {
   double most = 0;
   MPI_Allreduce(&seconds, &most, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
@@ -98,8 +88,9 @@ void one_rank(benchmark::State& state, bool causal) {
 
 void parallel(benchmark::State& state, Schedule schedule, Layout layout, bool causal) {
   const auto segments = attn::mpi::shard_segments(layout, setup.length, setup.ranks, setup.rank);
-  const Matrix<float> q = take(problem->q, segments), k = take(problem->k, segments),
-                      v = take(problem->v, segments);
+  const Matrix<float> q = attn::mpi::shard_of(problem->q, segments),
+                      k = attn::mpi::shard_of(problem->k, segments),
+                      v = attn::mpi::shard_of(problem->v, segments);
   Matrix<float> out(q.rows(), q.cols());
   const attn::Mask mask = causal ? attn::Mask::causal() : attn::Mask();
   attn::mpi::Traffic traffic;

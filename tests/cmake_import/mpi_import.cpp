@@ -14,21 +14,6 @@
 #include <cstdio>
 #include <vector>
 
-namespace {
-
-attn::Matrix<double> take(const attn::Matrix<double>& whole,
-                          const std::vector<attn::mpi::Segment>& segments) {
-  attn::Index rows = 0;
-  for (const attn::mpi::Segment& s : segments)
-    rows += s.rows;
-  attn::Matrix<double> part(rows, whole.cols());
-  for (const attn::mpi::Segment& s : segments)
-    part.middleRows(s.local, s.rows) = whole.middleRows(s.position, s.rows);
-  return part;
-}
-
-}  // namespace
-
 int main(int argc, char** argv) {
   MPI_Init(&argc, &argv);
   int rank = 0, ranks = 1;
@@ -54,15 +39,15 @@ int main(int argc, char** argv) {
     parallel.layout = attn::mpi::Layout::zigzag;
     const auto segments = attn::mpi::shard_segments(parallel.layout, length, ranks, rank);
     const attn::Matrix<double> got = attn::mpi::scaled_dot_product_attention(
-        MPI_COMM_WORLD, take(q, segments), take(k, segments), take(v, segments),
-        attn::Mask::causal(), options, parallel);
-    worst = std::max(worst, (got - take(want, segments)).cwiseAbs().maxCoeff());
+        MPI_COMM_WORLD, attn::mpi::shard_of(q, segments), attn::mpi::shard_of(k, segments),
+        attn::mpi::shard_of(v, segments), attn::Mask::causal(), options, parallel);
+    worst = std::max(worst, (got - attn::mpi::shard_of(want, segments)).cwiseAbs().maxCoeff());
   }
   // Decoding over a sharded cache: the last row as a step after the others.
   attn::mpi::ShardedKVCache<double> cache(MPI_COMM_WORLD, length, heads * d, d);
   const auto prefix =
       attn::mpi::shard_segments(attn::mpi::Layout::contiguous, length - 1, ranks, rank);
-  cache.append_shards(take(k, prefix), take(v, prefix));
+  cache.append_shards(attn::mpi::shard_of(k, prefix), attn::mpi::shard_of(v, prefix));
   const attn::Matrix<double> step = cache.attend(q.bottomRows(1), k.bottomRows(1), v.bottomRows(1),
                                                  attn::Mask::causal(), options);
   worst = std::max(worst, (step - want.bottomRows(1)).cwiseAbs().maxCoeff());

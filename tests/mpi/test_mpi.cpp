@@ -56,18 +56,6 @@ const char* name(Layout l) {
   return l == Layout::contiguous ? "contiguous" : "zigzag";
 }
 
-// This rank's rows of a whole matrix, and back.
-template <typename Scalar>
-Matrix<Scalar> take(const Matrix<Scalar>& whole, const std::vector<Segment>& segments) {
-  Index rows = 0;
-  for (const Segment& s : segments)
-    rows += s.rows;
-  Matrix<Scalar> part(rows, whole.cols());
-  for (const Segment& s : segments)
-    part.middleRows(s.local, s.rows) = whole.middleRows(s.position, s.rows);
-  return part;
-}
-
 // Whether every rank's flag is true (so that all ranks agree on a test's outcome).
 bool on_every_rank(bool mine) {
   int in = mine ? 1 : 0, all = 0;
@@ -143,8 +131,9 @@ void expect_matches_one_process(const char* what, Index n, Index m, Index heads,
       parallel.schedule = schedule;
       parallel.layout = layout;
       const Matrix<Scalar> out = attn::mpi::scaled_dot_product_attention(
-          MPI_COMM_WORLD, take(w.q, qs), take(w.k, ks), take(w.v, ks), mask, options, parallel);
-      const Matrix<Scalar> want = take(expected, qs);
+          MPI_COMM_WORLD, attn::mpi::shard_of(w.q, qs), attn::mpi::shard_of(w.k, ks),
+          attn::mpi::shard_of(w.v, ks), mask, options, parallel);
+      const Matrix<Scalar> want = attn::mpi::shard_of(expected, qs);
       EXPECT_TRUE(on_every_rank(attn_test::matrix_near(out, want, tol)))
           << what << ": " << name(schedule) << ", " << name(layout) << ", n=" << n << " m=" << m
           << " heads " << heads << "/" << kv_heads << (uneven ? ", uneven" : "") << ", rank "
@@ -202,7 +191,8 @@ TYPED_TEST(MpiAttentionTest, BitwiseDeterministic) {
     parallel.schedule = schedule;
     parallel.layout = Layout::zigzag;
     const std::vector<Segment> s = attn::mpi::shard_segments(Layout::zigzag, 300, ranks(), rank());
-    const Matrix<Scalar> q = take(w.q, s), k = take(w.k, s), v = take(w.v, s);
+    const Matrix<Scalar> q = attn::mpi::shard_of(w.q, s), k = attn::mpi::shard_of(w.k, s),
+                         v = attn::mpi::shard_of(w.v, s);
     options.executor = attn::serial_executor;
     const Matrix<Scalar> first = attn::mpi::scaled_dot_product_attention(
         MPI_COMM_WORLD, q, k, v, Mask::causal(), options, parallel);
@@ -227,7 +217,8 @@ TYPED_TEST(MpiAttentionTest, TrafficCountsTheBytesSent) {
   ParallelOptions parallel;
   parallel.traffic = &traffic;
   const std::vector<Segment> s = attn::mpi::shard_segments(Layout::contiguous, n, ranks(), rank());
-  attn::mpi::scaled_dot_product_attention(MPI_COMM_WORLD, take(w.q, s), take(w.k, s), take(w.v, s),
+  attn::mpi::scaled_dot_product_attention(MPI_COMM_WORLD, attn::mpi::shard_of(w.q, s),
+                                          attn::mpi::shard_of(w.k, s), attn::mpi::shard_of(w.v, s),
                                           Mask(), options, parallel);
   // The shards that pass through this rank: its own and those of the R − 2 ranks before it.
   double shard_bytes = 0;
@@ -260,7 +251,7 @@ TYPED_TEST(MpiAttentionTest, ShardedCacheDecodeMatchesOneProcess) {
   attn::mpi::ShardedKVCache<Scalar> cache(MPI_COMM_WORLD, total, kv_heads * d, d, 8);
   const std::vector<Segment> s =
       attn::mpi::shard_segments(Layout::zigzag, prefill, ranks(), rank());
-  cache.append_shards(take(w.k, s), take(w.v, s), Layout::zigzag);
+  cache.append_shards(attn::mpi::shard_of(w.k, s), attn::mpi::shard_of(w.v, s), Layout::zigzag);
   ASSERT_EQ(cache.size(), prefill);
   Index position = prefill;
   for (Index step = 0; step < steps; ++step) {
@@ -325,13 +316,16 @@ TYPED_TEST(MpiAttentionTest, LayersMatchOneProcess) {
       parallel.layout = layout;
       const std::vector<Segment> xs = attn::mpi::shard_segments(layout, 70, ranks(), rank());
       const std::vector<Segment> ss = attn::mpi::shard_segments(layout, 45, ranks(), rank());
-      const Matrix<Scalar> self_got = attn::mpi::self_attention(MPI_COMM_WORLD, self, take(x, xs),
-                                                                Mask::causal(), {}, parallel);
-      EXPECT_TRUE(on_every_rank(attn_test::matrix_near(self_got, take(self_want, xs), tol)))
+      const Matrix<Scalar> self_got = attn::mpi::self_attention(
+          MPI_COMM_WORLD, self, attn::mpi::shard_of(x, xs), Mask::causal(), {}, parallel);
+      EXPECT_TRUE(
+          on_every_rank(attn_test::matrix_near(self_got, attn::mpi::shard_of(self_want, xs), tol)))
           << "self, " << name(schedule) << ", " << name(layout);
-      const Matrix<Scalar> cross_got = attn::mpi::cross_attention(
-          MPI_COMM_WORLD, cross, take(x, xs), take(source, ss), Mask(), {}, parallel);
-      EXPECT_TRUE(on_every_rank(attn_test::matrix_near(cross_got, take(cross_want, xs), tol)))
+      const Matrix<Scalar> cross_got =
+          attn::mpi::cross_attention(MPI_COMM_WORLD, cross, attn::mpi::shard_of(x, xs),
+                                     attn::mpi::shard_of(source, ss), Mask(), {}, parallel);
+      EXPECT_TRUE(on_every_rank(
+          attn_test::matrix_near(cross_got, attn::mpi::shard_of(cross_want, xs), tol)))
           << "cross, " << name(schedule) << ", " << name(layout);
     }
   }
@@ -363,7 +357,8 @@ TEST(MpiErrors, EveryRankThrowsTheSameErrorAndTheCommunicatorStillWorks) {
   attn::AttentionOptions options;
   options.num_heads = 4;
   const std::vector<Segment> s = attn::mpi::shard_segments(Layout::contiguous, 40, ranks(), rank());
-  const Matrix<Scalar> q = take(w.q, s), k = take(w.k, s), v = take(w.v, s);
+  const Matrix<Scalar> q = attn::mpi::shard_of(w.q, s), k = attn::mpi::shard_of(w.k, s),
+                       v = attn::mpi::shard_of(w.v, s);
   const int last = ranks() - 1;
   for (const Schedule schedule : {Schedule::ring, Schedule::all_gather, Schedule::head_scatter}) {
     ParallelOptions parallel;
@@ -419,8 +414,9 @@ TEST(MpiErrors, EveryRankThrowsTheSameErrorAndTheCommunicatorStillWorks) {
       const std::vector<Segment> c = segments_of(Layout::contiguous, true, 40);
       expect_every_rank_throws(
           [&] {
-            attn::mpi::scaled_dot_product_attention(MPI_COMM_WORLD, take(w.q, c), take(w.k, c),
-                                                    take(w.v, c), Mask(), options, zigzag);
+            attn::mpi::scaled_dot_product_attention(
+                MPI_COMM_WORLD, attn::mpi::shard_of(w.q, c), attn::mpi::shard_of(w.k, c),
+                attn::mpi::shard_of(w.v, c), Mask(), options, zigzag);
           },
           "zigzag shard");
     }
@@ -437,8 +433,9 @@ TEST(MpiErrors, EveryRankThrowsTheSameErrorAndTheCommunicatorStillWorks) {
         attn::mpi::shard_segments(Layout::contiguous, 20, ranks(), rank());
     expect_every_rank_throws(
         [&] {
-          attn::mpi::scaled_dot_product_attention(MPI_COMM_WORLD, take(h.q, c), take(h.k, c),
-                                                  take(h.v, c), Mask(), head_options, parallel);
+          attn::mpi::scaled_dot_product_attention(
+              MPI_COMM_WORLD, attn::mpi::shard_of(h.q, c), attn::mpi::shard_of(h.k, c),
+              attn::mpi::shard_of(h.v, c), Mask(), head_options, parallel);
         },
         "head_scatter needs num_heads divisible by the " + std::to_string(ranks()) + " ranks");
   }
@@ -447,8 +444,9 @@ TEST(MpiErrors, EveryRankThrowsTheSameErrorAndTheCommunicatorStillWorks) {
       attn::scaled_dot_product_attention(w.q, w.k, w.v, Mask::causal(), options);
   const Matrix<Scalar> out =
       attn::mpi::scaled_dot_product_attention(MPI_COMM_WORLD, q, k, v, Mask::causal(), options);
-  EXPECT_TRUE(on_every_rank(attn_test::matrix_near(
-      out, take(expected, s), 3 * attn_test::attention_tolerance<Scalar>(std::sqrt(8.0), 40))));
+  EXPECT_TRUE(on_every_rank(
+      attn_test::matrix_near(out, attn::mpi::shard_of(expected, s),
+                             3 * attn_test::attention_tolerance<Scalar>(std::sqrt(8.0), 40))));
 }
 
 TEST(MpiErrors, ShardedCacheRejectsBadStepsOnEveryRankAndStaysUnchanged) {

@@ -6,6 +6,7 @@
 /// How a sequence's rows are split across the ranks of a communicator: which positions each rank
 /// holds, as segments of its local rows.
 
+#include <algorithm>
 #include <vector>
 
 #include "../error.hpp"
@@ -59,6 +60,21 @@ inline Index shard_rows(Layout layout, Index length, int ranks, int rank) {
   for (const Segment& s : shard_segments(layout, length, ranks, rank))
     rows += s.rows;
   return rows;
+}
+
+/// This rank's rows of a whole sequence's matrix, placed as `segments` (from shard_segments)
+/// say: what a program that holds the whole input passes as its shard.
+template <typename Derived>
+Matrix<typename Derived::Scalar> shard_of(const Eigen::MatrixBase<Derived>& whole,
+                                          const std::vector<Segment>& segments) {
+  Index rows = 0;
+  for (const Segment& s : segments)
+    rows = std::max(rows, s.local + s.rows);
+  Matrix<typename Derived::Scalar> part(rows, whole.cols());
+  for (const Segment& s : segments) {
+    if (s.rows > 0) part.middleRows(s.local, s.rows) = whole.middleRows(s.position, s.rows);
+  }
+  return part;
 }
 
 namespace detail {

@@ -64,7 +64,7 @@ void linear_gradients(const Eigen::MatrixBase<DY>& dy, const Eigen::MatrixBase<D
   }
 }
 
-/// Rotates rows i of x back from position first + i (the transpose of the forward's rotation).
+/// Rotates row i of x back from position i (the transpose of the forward's rotation).
 template <typename Scalar>
 void rotate_back(const Rotary& rotary, MatrixRef<Scalar> x) {
   std::vector<Index> positions(static_cast<std::size_t>(x.rows()));
@@ -85,9 +85,7 @@ Matrix<Scalar> output_backward(const Core& core, const LayerTape<Scalar>& tape,
 inline void check_tape(const char* who, bool filled, bool self) {
   if (!filled) {
     throw_shape_error(who, ": the tape holds no forward",
-                      self ? " of a SelfAttention"
-                           : " of a "
-                             "CrossAttention",
+                      self ? " of a SelfAttention" : " of a CrossAttention",
                       ", expected the tape attn::forward filled for this layer");
   }
 }

@@ -27,7 +27,7 @@ struct AttentionGradients {
 
 namespace detail {
 
-template <typename Scalar, typename Shaped>
+template <typename Shaped>
 void check_backward_shape(const char* who, const char* name, const Shaped& x, Index rows,
                           Index cols) {
   if (x.rows() != rows || x.cols() != cols) {
@@ -105,11 +105,11 @@ void scaled_dot_product_attention_backward_into(
                               Eigen::OuterStride<>(v_ref.outerStride())),
       out_view, score_mask, options);
   const Index n = q.rows(), m = k.rows(), heads = forward.num_heads;
-  detail::check_backward_shape<Scalar>(who, "log_sum_exp", lse_ref, n, heads);
-  detail::check_backward_shape<Scalar>(who, "d_out", d_out_ref, n, heads * forward.value_dim);
-  detail::check_backward_shape<Scalar>(who, "dq", dq, n, q.cols());
-  detail::check_backward_shape<Scalar>(who, "dk", dk, m, k.cols());
-  detail::check_backward_shape<Scalar>(who, "dv", dv, m, v.cols());
+  detail::check_backward_shape(who, "log_sum_exp", lse_ref, n, heads);
+  detail::check_backward_shape(who, "d_out", d_out_ref, n, heads * forward.value_dim);
+  detail::check_backward_shape(who, "dq", dq, n, q.cols());
+  detail::check_backward_shape(who, "dk", dk, m, k.cols());
+  detail::check_backward_shape(who, "dv", dv, m, v.cols());
   const auto view = [](const ConstMatrixRef<Scalar>& x) {
     return ConstMatrixView<Scalar>(x.data(), x.rows(), x.cols(),
                                    Eigen::OuterStride<>(x.outerStride()));

@@ -11,10 +11,7 @@
 /// atomics: the gradients are bitwise the same for any executor.
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
-#include <limits>
-#include <vector>
 
 #include "../parallel.hpp"
 #include "../types.hpp"

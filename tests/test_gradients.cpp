@@ -8,6 +8,7 @@
 // of the library's forward; bitwise the same for any thread count; hidden NaN values never reach
 // a gradient; bad shapes throw and leave the outputs alone.
 
+#include <attn/builtin_masks.hpp>
 #include <attn/gradients.hpp>
 #include <attn/parallel.hpp>
 #include <attn/scaled_dot_product.hpp>
@@ -220,6 +221,108 @@ TEST(GradientsLibrary, MatchFiniteDifferencesOfTheLibraryForward) {
   const attn::AttentionGradients<double> g = library_gradients(in, mask, options);
   expect_finite_differences(g.dq, g.dk, g.dv, in, loss);
 }
+
+// Score functions: the library's backward (float and double) against central differences of
+// reference_score_mask, a forward that knows nothing of attn and applies the score at the
+// documented place (after the softcap) and positions (query row i at i + m − n). So the
+// derivative the user gave, the chain through a composition and the softcap are all checked
+// against derivatives of the function itself. n ≠ m and grouped heads, so positions and heads
+// must be the ones the forward used.
+struct ScoreCase {
+  const char* name;
+  attn_test::ReferenceScore reference;
+  double softcap;
+};
+
+template <typename Scalar, typename M>
+void expect_score_gradients(const ScoreCase& c, const M& mask) {
+  Random rng(21);
+  const Shape s{9, 13, 4, 2, 4, 5};
+  const Inputs<double> in = random_inputs<double>(rng, s);
+  const auto causal = [](Index, Index q, Index k) { return k <= q; };
+  const auto loss = [&](const MatrixD& q, const MatrixD& k, const MatrixD& v) {
+    return (attn_test::reference_score_mask(q, k, v, s.heads, s.kv_heads, c.reference, causal,
+                                            std::nullopt, c.softcap)
+                .array() *
+            in.d_out.array())
+        .sum();
+  };
+  const MatrixD dq =
+      attn_test::finite_differences(in.q, [&](const MatrixD& x) { return loss(x, in.k, in.v); });
+  const MatrixD dk =
+      attn_test::finite_differences(in.k, [&](const MatrixD& x) { return loss(in.q, x, in.v); });
+  const MatrixD dv =
+      attn_test::finite_differences(in.v, [&](const MatrixD& x) { return loss(in.q, in.k, x); });
+  const Inputs<Scalar> cast{in.q.cast<Scalar>(), in.k.cast<Scalar>(), in.v.cast<Scalar>(),
+                            in.d_out.cast<Scalar>()};
+  const attn::AttentionGradients<Scalar> got =
+      library_gradients(cast, Mask::causal() & mask, options_of(s, c.softcap));
+  // Finite differences err by about 1e-9 here; the library by its own precision's tolerance.
+  const double tol = std::max(1e-8, gradient_tolerance<Scalar>(s));
+  EXPECT_TRUE(attn_test::matrix_near(got.dq, dq, tol)) << c.name << ", dq";
+  EXPECT_TRUE(attn_test::matrix_near(got.dk, dk, tol)) << c.name << ", dk";
+  EXPECT_TRUE(attn_test::matrix_near(got.dv, dv, tol)) << c.name << ", dv";
+}
+
+TYPED_TEST(GradientsTest, ScoreFunctionsMatchFiniteDifferences) {
+  using Scalar = TypeParam;
+  const std::vector<double> slopes = attn_test::reference_alibi_slopes(4);
+  const auto alibi_reference = [slopes](Index h, Index q, Index k, double x) {
+    return x + slopes[std::size_t(h)] * double(k - q);
+  };
+  expect_score_gradients<Scalar>({"alibi", alibi_reference, 0}, attn::alibi(4));
+  expect_score_gradients<Scalar>({"alibi, softcap 2", alibi_reference, 2.0}, attn::alibi(4));
+
+  // An additive bias of the user's: derivative 1 without being told.
+  const auto bias = [](Index h, Index q, Index k) {
+    return 0.25 * double(h) - 0.1 * double(q % 3 + k % 2);
+  };
+  expect_score_gradients<Scalar>(
+      {"score_bias", [&](Index h, Index q, Index k, double x) { return x + bias(h, q, k); }, 0},
+      attn::score_bias(bias));
+
+  // A non-linear score with its derivative: s + a_h·sin(s), the slope varying along the logits.
+  const auto wavy = [](auto x, Index h, Index, Index) {
+    return x + decltype(x)(0.3 * double(h + 1)) * std::sin(x);
+  };
+  const auto wavy_derivative = [](auto x, Index h, Index, Index) {
+    return decltype(x)(1) + decltype(x)(0.3 * double(h + 1)) * std::cos(x);
+  };
+  const auto wavy_reference = [](Index h, Index, Index, double x) {
+    return x + 0.3 * double(h + 1) * std::sin(x);
+  };
+  expect_score_gradients<Scalar>({"s + a sin s", wavy_reference, 0},
+                                 attn::score_function(wavy, wavy_derivative));
+  expect_score_gradients<Scalar>({"s + a sin s, softcap 1.5", wavy_reference, 1.5},
+                                 attn::score_function(wavy, wavy_derivative));
+
+  // Composition, applied left to right and differentiated by the chain rule: a temperature per
+  // head, then the wave, then ALiBi.
+  const auto temperature = [](auto x, Index h, Index, Index) {
+    return x * decltype(x)(0.5 + 0.5 * double(h));
+  };
+  const auto temperature_derivative = [](auto x, Index h, Index, Index) {
+    return decltype(x)(0.5 + 0.5 * double(h));
+  };
+  expect_score_gradients<Scalar>(
+      {"temperature, wave, alibi",
+       [&](Index h, Index q, Index k, double x) {
+         return alibi_reference(h, q, k, wavy_reference(h, q, k, x * (0.5 + 0.5 * double(h))));
+       },
+       0},
+      attn::score_function(temperature, temperature_derivative) &
+          attn::score_function(wavy, wavy_derivative) & attn::alibi(4));
+}
+
+// A score function without a derivative cannot reach the backward pass (a compile-time error,
+// which a test can only state): additive and differentiated ones can.
+const auto squared = [](float x, Index, Index, Index) { return x * x; };
+const auto no_bias = [](Index, Index, Index) { return 0.0; };
+static_assert(
+    !attn::detail::TileMask<float, decltype(attn::score_function(squared))>::score_differentiable);
+static_assert(attn::detail::TileMask<float, decltype(attn::alibi(2))>::score_additive);
+static_assert(attn::detail::TileMask<float, decltype(attn::alibi(2) &
+                                                     attn::score_bias(no_bias))>::score_additive);
 
 TYPED_TEST(GradientsTest, BitwiseTheSameForAnyThreadCount) {
   using Scalar = TypeParam;

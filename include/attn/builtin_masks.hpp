@@ -70,6 +70,7 @@ inline Visibility causal_blocks(Index q0, Index q1, Index k0, Index k1) {
 
 /// ALiBi: s + slope[h]·(k − q), one slope per query head.
 struct Alibi {
+  static constexpr bool additive = true;  // the backward pass's derivative is 1
   std::shared_ptr<const std::vector<double>> slopes;
   template <typename Scalar>
   EIGEN_ALWAYS_INLINE Scalar operator()(Scalar s, Index h, Index q, Index k) const {
@@ -93,6 +94,7 @@ struct RelativePositionBias {
   Index max_distance;
 
   struct Bound {
+    static constexpr bool additive = true;
     std::vector<T> bias;  // head h, distance k − q: bias[h·span + (k − q) + reach]
     Index span;
     Index reach;
@@ -128,6 +130,7 @@ struct HeadBias {
   std::shared_ptr<const Matrix<T>> bias;
 
   struct Bound {
+    static constexpr bool additive = true;
     const Matrix<T>* bias;
     Index n;
     Index first_position;  // m − n: query row i stands at position i + m − n

@@ -53,9 +53,12 @@ void check_backward_shape(const char* who, const char* name, const Shaped& x, In
 /// \param d_out       In: ∂loss/∂out, (n, H·dv).
 /// \param dq,dk,dv    Out: (n, H·d), (m, Hkv·d), (m, Hkv·dv), row-major storage.
 /// \param mask        The forward's mask: structured masks, key_length, keep and bias matrices
-///                    (a bias is a constant: it gets no gradient) and mask functions. Score
-///                    functions are not differentiated yet: a ScoreMask with one is rejected at
-///                    compile time.
+///                    (a bias is a constant: it gets no gradient), mask functions, and score
+///                    functions that are differentiable (score_function(fn, derivative),
+///                    score_bias, alibi, relative_position_bias, head_bias; compositions by the
+///                    chain rule): dS is multiplied by ∂score/∂logit. Their parameters (slopes,
+///                    tables, biases) get no gradient. A score function without a derivative is
+///                    rejected at compile time.
 /// \param options     The forward's heads, scale, softcap and positions; executor.
 ///
 /// Deterministic: the gradients are bitwise the same for any executor and thread count. Work
@@ -86,9 +89,11 @@ void scaled_dot_product_attention_backward_into(
                 "attn::scaled_dot_product_attention_backward: every input must have q's scalar "
                 "type");
   const auto& score_mask = detail::as_score_mask(mask);
-  static_assert(!std::decay_t<decltype(score_mask)>::has_score,
-                "attn::scaled_dot_product_attention_backward: score functions are not "
-                "differentiated; use a structured mask, a bias matrix or mask functions");
+  static_assert(detail::TileMask<Scalar, std::decay_t<decltype(score_mask)>>::score_differentiable,
+                "attn::scaled_dot_product_attention_backward: the score function has no "
+                "derivative; make it with attn::score_function(fn, derivative) or "
+                "attn::score_bias(bias), or use a differentiable built-in (alibi, "
+                "relative_position_bias, head_bias)");
   constexpr const char* who = "scaled_dot_product_attention_backward";
   const ConstMatrixRef<Scalar> q_ref(q), k_ref(k), v_ref(v), out_ref(out), lse_ref(log_sum_exp),
       d_out_ref(d_out);

@@ -37,7 +37,9 @@ namespace attn {
 /// **The hooks.**
 /// - score function `(score, head, q, k) → score`, on the scaled logit after soft-capping and
 ///   before the base mask's bias; −∞ hides the key. Called for every visible pair (never for a
-///   block the mask functions hide), so it must be cheap and pure.
+///   block the mask functions hide), so it must be cheap and pure. For the backward pass it must
+///   be differentiable: give its derivative (score_function(fn, derivative)), or make it additive
+///   (score_bias); the built-ins alibi, relative_position_bias and head_bias are.
 /// - mask function `(head, q, k) → bool` or `(q, k) → bool`, true where query q may see key k. The
 ///   two-argument form says the pattern is the same for every head (a BlockMap then holds one
 ///   plane instead of one per head).
@@ -141,6 +143,42 @@ ScoreMask<Fn> score_function(Fn fn) {
                 "score(float or double score, Index head, Index query, Index key) and return the "
                 "new score");
   return {Mask(), std::move(fn), {}, {}};
+}
+
+/// A score function with its derivative, for the backward pass (attn/gradients.hpp):
+/// `derivative(score, head, q, k)` returns ∂fn(score, head, q, k)/∂score at that score. The
+/// forward calls only `fn`.
+/// \code
+/// // A temperature per head, trainable through the logits:
+/// auto temperature = attn::score_function(
+///     [&](float s, attn::Index h, attn::Index, attn::Index) { return s * t[h]; },
+///     [&](float, attn::Index h, attn::Index, attn::Index) { return t[h]; });
+/// \endcode
+template <typename Fn, typename Derivative>
+ScoreMask<detail::DifferentiableScore<Fn, Derivative>> score_function(Fn fn,
+                                                                      Derivative derivative) {
+  static_assert(std::is_invocable_r_v<float, const Fn&, float, Index, Index, Index> ||
+                    std::is_invocable_r_v<double, const Fn&, double, Index, Index, Index>,
+                "attn::score_function: the function must be callable as "
+                "score(float or double score, Index head, Index query, Index key) and return the "
+                "new score");
+  static_assert(std::is_invocable_r_v<float, const Derivative&, float, Index, Index, Index> ||
+                    std::is_invocable_r_v<double, const Derivative&, double, Index, Index, Index>,
+                "attn::score_function: the derivative must be callable as "
+                "derivative(float or double score, Index head, Index query, Index key) and return "
+                "d score_function / d score");
+  return {Mask(), {std::move(fn), std::move(derivative)}, {}, {}};
+}
+
+/// An additive score function: score + bias(head, q, k), the bias a float or double; −∞ hides
+/// the key. The backward pass differentiates it with nothing more from the user (its derivative
+/// is 1; the bias itself gets no gradient).
+template <typename Fn>
+ScoreMask<detail::ScoreBias<Fn>> score_bias(Fn bias) {
+  static_assert(std::is_invocable_r_v<double, const Fn&, Index, Index, Index>,
+                "attn::score_bias: the function must be callable as bias(Index head, Index query, "
+                "Index key) and return a float or double");
+  return {Mask(), {std::move(bias)}, {}, {}};
 }
 
 /// A mask function `(head, q, k) → bool` or `(q, k) → bool`, true where query q may see key k

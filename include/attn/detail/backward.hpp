@@ -55,16 +55,17 @@ inline Index backward_chunks(Index n, Index m, Index heads, Index head_dim, Inde
 }
 
 /// The scratch of one worker: a tile's logits (then P), tanh of the capped logits, dP (then dS),
-/// and a key block's dK and dV.
+/// the score function's derivative, and a key block's dK and dV.
 template <typename Scalar>
 struct BackwardScratch {
   BackwardScratch(Index head_dim, Index value_dim)
       : s(BackwardBlocks::query_rows, BackwardBlocks::key_rows),
         t(BackwardBlocks::query_rows, BackwardBlocks::key_rows),
         dp(BackwardBlocks::query_rows, BackwardBlocks::key_rows),
+        u(BackwardBlocks::query_rows, BackwardBlocks::key_rows),
         dk(BackwardBlocks::key_rows, head_dim),
         dv(BackwardBlocks::key_rows, value_dim) {}
-  Matrix<Scalar> s, t, dp, dk, dv;
+  Matrix<Scalar> s, t, dp, u, dk, dv;
 };
 
 /// P = exp(S − lse_r) over a tile of `rows` × `cols` (row stride `stride`), in place; a row whose
@@ -99,7 +100,9 @@ void backward_keys(const BackwardProblem<Scalar>& p, const TileMask<Scalar, SM>&
                    Scalar* dq_part, Index dq_stride, BackwardScratch<Scalar>& scratch) {
   const Index n = p.q.rows(), d = p.head_dim, dv = p.value_dim;
   const Index bq_max = BackwardBlocks::query_rows, bk_max = BackwardBlocks::key_rows;
-  const Index stride = bk_max;  // of the tiles s, t, dp
+  const Index stride = bk_max;  // of the tiles s, t, dp, u
+  // A score function that is not additive multiplies dS by its derivative at the logit.
+  constexpr bool chain_score = !TileMask<Scalar, SM>::score_additive;
   Vector<Scalar> d_column(bq_max);
   for (Index j0 = key_begin; j0 < key_end; j0 += bk_max) {
     const Index bk = std::min(bk_max, key_end - j0);
@@ -122,11 +125,16 @@ void backward_keys(const BackwardProblem<Scalar>& p, const TileMask<Scalar, SM>&
         auto s = scratch.s.topLeftCorner(bq, bk);
         auto t = scratch.t.topLeftCorner(bq, bk);
         auto dp = scratch.dp.topLeftCorner(bq, bk);
+        auto u = scratch.u.topLeftCorner(bq, bk);
         s.noalias() = q_i * k_j.transpose();
         s *= p.scale;
         if (p.softcap > 0) {
           t = (s.array() / p.softcap).tanh();
           s = p.softcap * t;
+        }
+        if constexpr (chain_score) {
+          mask.score_derivatives(scratch.s.data(), stride, scratch.u.data(), stride, bq, bk, h, i0,
+                                 j0);
         }
         bool masked = false;
         if (visible.combined() != Visibility::all || TileMask<Scalar, SM>::has_score) {
@@ -145,12 +153,15 @@ void backward_keys(const BackwardProblem<Scalar>& p, const TileMask<Scalar, SM>&
             const Scalar d_r = d_rows(i0 + r, h);
             for (Index c = 0; c < bk; ++c) {
               const Scalar prob = s(r, c);
-              dp(r, c) = prob == Scalar(0) ? Scalar(0) : prob * (dp(r, c) - d_r);
+              Scalar ds = prob * (dp(r, c) - d_r);
+              if constexpr (chain_score) ds *= u(r, c);
+              dp(r, c) = prob == Scalar(0) ? Scalar(0) : ds;
             }
           }
         } else {
           d_column.head(bq) = d_rows.col(h).segment(i0, bq);
           dp.array() = s.array() * (dp.array().colwise() - d_column.head(bq).array());
+          if constexpr (chain_score) dp.array() *= u.array();
         }
         if (p.softcap > 0) dp.array() *= Scalar(1) - t.array().square();
         dp *= p.scale;

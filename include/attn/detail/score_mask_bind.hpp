@@ -131,6 +131,20 @@ class BoundScoreMask {
       return s;
     }
   }
+  /// True if the score function leaves ∂score/∂logit at 1 (none, or additive).
+  static constexpr bool score_additive = !SM::has_score || is_additive_score<ScoreBound>;
+  /// True if the backward pass can differentiate the score function.
+  static constexpr bool score_differentiable =
+      !SM::has_score || is_differentiable_score<ScoreBound, Scalar>;
+  /// ∂score(s, h, q, k)/∂s. Precondition: score_differentiable.
+  EIGEN_ALWAYS_INLINE Scalar score_derivative(Scalar s, Index h, Index q, Index k) const {
+    if constexpr (score_additive) {
+      (void)s, (void)h, (void)q, (void)k;
+      return Scalar(1);
+    } else {
+      return detail::score_derivative<Scalar>(m_score, s, h, q, k);
+    }
+  }
   EIGEN_ALWAYS_INLINE bool visible(Index h, Index q, Index k) const {
     if constexpr (SM::has_mask_function) {
       return call_mask(m_mask, h, q, k);

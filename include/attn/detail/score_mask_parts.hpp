@@ -12,6 +12,7 @@
 #include <utility>
 
 #include "../types.hpp"
+#include "float_bits.hpp"
 
 namespace attn {
 
@@ -157,6 +158,89 @@ struct ThenScore {
     return second(first(s, head, q, k), head, q, k);
   }
 };
+
+/// A score function with its derivative with respect to the score: derivative(s, head, q, k) =
+/// ∂fn(s, head, q, k)/∂s, which the backward pass chains through (attn::score_function(fn,
+/// derivative)).
+template <typename Fn, typename Derivative>
+struct DifferentiableScore {
+  Fn fn;
+  Derivative derivative_fn;
+  template <typename Scalar>
+  EIGEN_ALWAYS_INLINE Scalar operator()(Scalar s, Index head, Index q, Index k) const {
+    return static_cast<Scalar>(fn(s, head, q, k));
+  }
+  template <typename Scalar>
+  EIGEN_ALWAYS_INLINE Scalar derivative(Scalar s, Index head, Index q, Index k) const {
+    return static_cast<Scalar>(derivative_fn(s, head, q, k));
+  }
+};
+
+/// An additive score function s + bias(head, q, k) (attn::score_bias): its derivative is 1, so
+/// the backward pass needs nothing more. A bias of −∞ hides the key, whatever the logit.
+template <typename Fn>
+struct ScoreBias {
+  static constexpr bool additive = true;
+  Fn bias;
+  template <typename Scalar>
+  EIGEN_ALWAYS_INLINE Scalar operator()(Scalar s, Index head, Index q, Index k) const {
+    const Scalar b = static_cast<Scalar>(bias(head, q, k));
+    return is_minus_infinity(b) ? -std::numeric_limits<Scalar>::infinity() : s + b;
+  }
+};
+
+template <typename T, typename = void>
+struct additive_member : std::false_type {};
+template <typename T>
+struct additive_member<T, std::void_t<decltype(T::additive)>> : std::bool_constant<T::additive> {};
+template <typename A, typename B>
+struct additive_member<ThenScore<A, B>>
+    : std::bool_constant<additive_member<std::decay_t<A>>::value &&
+                         additive_member<std::decay_t<B>>::value> {};
+
+/// True if a (bound) score function is s + something that does not depend on s: the backward
+/// pass then passes the gradient through unchanged.
+template <typename T>
+inline constexpr bool is_additive_score = additive_member<std::decay_t<T>>::value;
+
+template <typename T, typename Scalar, typename = void>
+struct has_derivative_member : std::false_type {};
+template <typename T, typename Scalar>
+struct has_derivative_member<
+    T, Scalar,
+    std::void_t<decltype(std::declval<const T&>().derivative(Scalar(), Index(), Index(), Index()))>>
+    : std::true_type {};
+template <typename T, typename Scalar>
+struct differentiable_score
+    : std::bool_constant<is_additive_score<T> || has_derivative_member<T, Scalar>::value> {};
+template <typename A, typename B, typename Scalar>
+struct differentiable_score<ThenScore<A, B>, Scalar>
+    : std::bool_constant<differentiable_score<std::decay_t<A>, Scalar>::value &&
+                         differentiable_score<std::decay_t<B>, Scalar>::value> {};
+
+/// True if the backward pass can differentiate a (bound) score function: additive, or with a
+/// derivative, or a composition of such.
+template <typename T, typename Scalar>
+inline constexpr bool is_differentiable_score =
+    differentiable_score<std::decay_t<T>, Scalar>::value;
+
+/// ∂fn(s, head, q, k)/∂s of a differentiable score function; a composition by the chain rule.
+template <typename Scalar, typename Fn>
+EIGEN_ALWAYS_INLINE Scalar score_derivative(const Fn& fn, Scalar s, Index head, Index q, Index k) {
+  if constexpr (is_additive_score<Fn>) {
+    (void)fn, (void)s, (void)head, (void)q, (void)k;
+    return Scalar(1);
+  } else {
+    return static_cast<Scalar>(fn.derivative(s, head, q, k));
+  }
+}
+template <typename Scalar, typename A, typename B>
+EIGEN_ALWAYS_INLINE Scalar score_derivative(const ThenScore<A, B>& fn, Scalar s, Index head,
+                                            Index q, Index k) {
+  const Scalar inner = static_cast<Scalar>(fn.first(s, head, q, k));
+  return score_derivative<Scalar>(fn.second, inner, head, q, k) *
+         score_derivative<Scalar>(fn.first, s, head, q, k);
+}
 
 template <typename A, typename B>
 struct AndMask {

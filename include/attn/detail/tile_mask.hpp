@@ -66,6 +66,10 @@ class TileMask {
  public:
   static constexpr bool has_score = SM::has_score;
   static constexpr bool has_mask_function = SM::has_mask_function;
+  /// Whether the score function's derivative is 1 (none, or additive), and whether the backward
+  /// pass can differentiate it at all.
+  static constexpr bool score_additive = Bound::score_additive;
+  static constexpr bool score_differentiable = Bound::score_differentiable;
 
   /// Resolves `mask` for n queries and m keys of `heads` query heads, query row i at position
   /// first_query + i and key row j at first_key + j (bottom-right alignment: m − n and 0), head h
@@ -191,6 +195,20 @@ class TileMask {
       }
     }
     return true;
+  }
+
+  /// The backward pass's chain factor: out(r, c) = ∂score/∂s at the logit s(r, c) of head h,
+  /// query row i0 + r and key row j0 + c (row-major tiles, row strides s_stride and out_stride).
+  /// Precondition: score_differentiable.
+  void score_derivatives(const Scalar* s, Index s_stride, Scalar* out, Index out_stride, Index rows,
+                         Index cols, Index h, Index i0, Index j0) const {
+    const Index q0 = i0 + m_position_offset + m_first_key, k0 = j0 + m_first_key;
+    for (Index r = 0; r < rows; ++r) {
+      for (Index c = 0; c < cols; ++c) {
+        out[r * out_stride + c] =
+            m_rule.score_derivative(s[r * s_stride + c], h + m_first_head, q0 + r, k0 + c);
+      }
+    }
   }
 
  private:

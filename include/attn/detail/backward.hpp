@@ -18,6 +18,7 @@
 #include "convert.hpp"
 #include "float_bits.hpp"
 #include "packet_math.hpp"
+#include "register_tile.hpp"
 #include "tile_mask.hpp"
 
 namespace attn::detail {
@@ -37,35 +38,48 @@ struct BackwardProblem {
 };
 
 /// Tile sizes of the backward pass: a key block's dK and dV stay in cache while every query
-/// block of its heads passes over it.
+/// block of its heads passes over it. The key block is a whole number of column panels of the
+/// register tile, the query block a whole number of its rows.
+template <typename Scalar>
 struct BackwardBlocks {
-  static constexpr Index query_rows = 128;
-  static constexpr Index key_rows = 128;
+  using Tile = TileTraits<Scalar>;
+  static constexpr Index key_rows = 128 / Tile::columns * Tile::columns;
+  static constexpr Index query_rows = 128 / Tile::rows * Tile::rows;
+  /// Columns rounded up to whole packets: the row length of the padded copies.
+  static Index padded(Index cols) {
+    return (cols + Tile::packet_size - 1) / Tile::packet_size * Tile::packet_size;
+  }
 };
 
 /// How many chunks the keys are cut into: enough work items for several threads on few heads,
-/// and at most 32 MiB of partial dQ (n × H·d each, beyond the first, which is dQ itself). A
-/// function of the shape only.
-inline Index backward_chunks(Index n, Index m, Index heads, Index head_dim, Index scalar_bytes) {
-  const Index key_blocks = (m + BackwardBlocks::key_rows - 1) / BackwardBlocks::key_rows;
-  const double partial_bytes = double(n) * double(heads * head_dim) * double(scalar_bytes);
-  const Index by_memory =
-      partial_bytes > 0 ? Index(double(Index(32) << 20) / partial_bytes) + 1 : Index(8);
+/// and at most 32 MiB of partial dQ (n × H·d each, padded to whole packets; the first chunk adds
+/// into dQ itself when `direct`). A function of the shape only.
+inline Index backward_chunks(Index n, Index key_blocks, Index heads, Index padded_head_dim,
+                             Index scalar_bytes, bool direct) {
+  const double partial_bytes = double(n) * double(heads * padded_head_dim) * double(scalar_bytes);
+  const Index by_memory = partial_bytes > 0
+                              ? Index(double(Index(32) << 20) / partial_bytes) + (direct ? 1 : 0)
+                              : Index(8);
   return std::max<Index>(1, std::min<Index>({Index(8), key_blocks, by_memory}));
 }
 
-/// The scratch of one worker: a tile's logits (then P), tanh of the capped logits, dP (then dS),
-/// the score function's derivative, and a key block's dK and dV.
+/// The scratch of one worker: a tile's logits (then P), tanh of the capped logits, dP (then dS)
+/// and the score function's derivative, each Bq × Bk; a key block's copies, scaled (scale·K)
+/// and transposed (scale·Kᵀ, Vᵀ), with zeros in their padding; its dKᵀ and dVᵀ.
 template <typename Scalar>
 struct BackwardScratch {
+  using Blocks = BackwardBlocks<Scalar>;
   BackwardScratch(Index head_dim, Index value_dim)
-      : s(BackwardBlocks::query_rows, BackwardBlocks::key_rows),
-        t(BackwardBlocks::query_rows, BackwardBlocks::key_rows),
-        dp(BackwardBlocks::query_rows, BackwardBlocks::key_rows),
-        u(BackwardBlocks::query_rows, BackwardBlocks::key_rows),
-        dk(BackwardBlocks::key_rows, head_dim),
-        dv(BackwardBlocks::key_rows, value_dim) {}
-  Matrix<Scalar> s, t, dp, u, dk, dv;
+      : s(Blocks::query_rows, Blocks::key_rows),
+        t(Blocks::query_rows, Blocks::key_rows),
+        dp(Blocks::query_rows, Blocks::key_rows),
+        u(Blocks::query_rows, Blocks::key_rows),
+        k(Matrix<Scalar>::Zero(Blocks::key_rows, Blocks::padded(head_dim))),
+        k_t(Matrix<Scalar>::Zero(head_dim, Blocks::key_rows)),
+        v_t(Matrix<Scalar>::Zero(value_dim, Blocks::key_rows)),
+        dk_t(head_dim, Blocks::key_rows),
+        dv_t(value_dim, Blocks::key_rows) {}
+  Matrix<Scalar> s, t, dp, u, k, k_t, v_t, dk_t, dv_t;
 };
 
 /// P = exp(S − lse_r) over a tile of `rows` × `cols` (row stride `stride`), in place; a row whose
@@ -91,43 +105,65 @@ void tile_probabilities(Scalar* s, Index stride, Index rows, Index cols, const S
   }
 }
 
+/// Where an item adds its part of dQ: head h's d columns at data + i·stride + h·head_stride.
+template <typename Scalar>
+struct DqTarget {
+  Scalar* data;
+  Index stride, head_stride;
+};
+
 /// The gradients of the keys [key_begin, key_end) of kv head g over every query of its group's
 /// heads: dK and dV of those rows, and the group's heads' part of dQ from these keys, added to
-/// dq_part (n × H·d, row stride dq_stride). D (n × H) is rowsum(dO ∘ O).
+/// `dq`. D (n × H) is rowsum(dO ∘ O).
+///
+/// Per tile of Bq queries × Bk keys, five products on the register tile (register_product, every
+/// operand read in place or from the key block's copies):
+///   S = Q·(scale·K)ᵀ, dP = dO·Vᵀ (queries × keys), dVᵀ += dOᵀ·P, dKᵀ += Qᵀ·dS (columns: keys),
+///   dQ += dS·(scale·K) (columns: d),
+/// between them P = exp(S − lse) and dS = P ∘ (dP − D) element by element; dK takes its scale
+/// when it is stored.
 template <typename Scalar, typename SM>
 void backward_keys(const BackwardProblem<Scalar>& p, const TileMask<Scalar, SM>& mask,
                    const Matrix<Scalar>& d_rows, Index g, Index key_begin, Index key_end,
-                   Scalar* dq_part, Index dq_stride, BackwardScratch<Scalar>& scratch) {
+                   const DqTarget<Scalar>& dq, BackwardScratch<Scalar>& scratch) {
+  using Blocks = BackwardBlocks<Scalar>;
   const Index n = p.q.rows(), d = p.head_dim, dv = p.value_dim;
-  const Index bq_max = BackwardBlocks::query_rows, bk_max = BackwardBlocks::key_rows;
-  const Index stride = bk_max;  // of the tiles s, t, dp, u
+  const Index stride = Blocks::key_rows;  // of the tiles and the transposed copies
+  const Index q_stride = p.q.outerStride(), do_stride = p.d_out.outerStride();
   // A score function that is not additive multiplies dS by its derivative at the logit.
   constexpr bool chain_score = !TileMask<Scalar, SM>::score_additive;
-  Vector<Scalar> d_column(bq_max);
-  for (Index j0 = key_begin; j0 < key_end; j0 += bk_max) {
-    const Index bk = std::min(bk_max, key_end - j0);
-    const auto k_j = p.k.block(j0, g * d, bk, d);
-    const auto v_j = p.v.block(j0, g * dv, bk, dv);
+  Vector<Scalar> d_column(Blocks::query_rows);
+  for (Index j0 = key_begin; j0 < key_end; j0 += Blocks::key_rows) {
+    const Index bk = std::min(Blocks::key_rows, key_end - j0);
+    const Index bk_padded = Blocks::padded(bk);
+    // The key block's copies; the padding columns of the transposes are zero (rows past bk).
+    if (bk < Blocks::key_rows) {
+      scratch.k_t.rightCols(Blocks::key_rows - bk).setZero();
+      scratch.v_t.rightCols(Blocks::key_rows - bk).setZero();
+    }
+    const Scalar* k_block = p.k.data() + j0 * p.k.outerStride() + g * d;
+    transpose_scaled(k_block, p.k.outerStride(), bk, d, p.scale, scratch.k_t.data(), stride);
+    transpose_scaled(p.v.data() + j0 * p.v.outerStride() + g * dv, p.v.outerStride(), bk, dv,
+                     Scalar(1), scratch.v_t.data(), stride);
+    scratch.k.topLeftCorner(bk, d) = p.scale * p.k.block(j0, g * d, bk, d);
     // A key row the mask hides may hold anything: where it is not finite, dQ's product must skip
     // the zeros of dS instead of multiplying through them.
     const bool keys_finite = rows_finite(p.k, j0, bk, g * d, d);
-    auto dk_acc = scratch.dk.topRows(bk);
-    auto dv_acc = scratch.dv.topRows(bk);
-    dk_acc.setZero();
-    dv_acc.setZero();
+    scratch.dk_t.setZero();
+    scratch.dv_t.setZero();
     for (Index h = g * p.group(); h < (g + 1) * p.group(); ++h) {
-      for (Index i0 = 0; i0 < n; i0 += bq_max) {
-        const Index bq = std::min(bq_max, n - i0);
+      for (Index i0 = 0; i0 < n; i0 += Blocks::query_rows) {
+        const Index bq = std::min(Blocks::query_rows, n - i0);
         const BlockClass visible = mask.classify(h, i0, i0 + bq, j0, j0 + bk);
         if (visible.combined() == Visibility::none) continue;
-        const auto q_i = p.q.block(i0, h * d, bq, d);
-        const auto do_i = p.d_out.block(i0, h * dv, bq, dv);
+        const Scalar* q_i = p.q.data() + i0 * q_stride + h * d;
+        const Scalar* do_i = p.d_out.data() + i0 * do_stride + h * dv;
         auto s = scratch.s.topLeftCorner(bq, bk);
         auto t = scratch.t.topLeftCorner(bq, bk);
         auto dp = scratch.dp.topLeftCorner(bq, bk);
         auto u = scratch.u.topLeftCorner(bq, bk);
-        s.noalias() = q_i * k_j.transpose();
-        s *= p.scale;
+        register_product<false>(bq, bk, d, q_i, q_stride, 1, scratch.k_t.data(), stride,
+                                scratch.s.data(), stride);
         if (p.softcap > 0) {
           t = (s.array() / p.softcap).tanh();
           s = p.softcap * t;
@@ -143,8 +179,8 @@ void backward_keys(const BackwardProblem<Scalar>& p, const TileMask<Scalar, SM>&
         tile_probabilities(scratch.s.data(), stride, bq, bk,
                            p.lse.data() + i0 * p.lse.outerStride() + h, p.lse.outerStride());
         // s now holds P.
-        dv_acc.noalias() += s.transpose() * do_i;
-        dp.noalias() = do_i * v_j.transpose();
+        register_product<false>(bq, bk, dv, do_i, do_stride, 1, scratch.v_t.data(), stride,
+                                scratch.dp.data(), stride);
         // dS = P ∘ (dP − D). In a tile the mask cut, where P is 0 (hidden) dS is 0 even if dP is
         // not finite: a hidden value row holding NaN must not reach the gradients through a zero
         // weight. (In a wholly visible tile a NaN value is seen, and spreads as in the forward.)
@@ -164,23 +200,28 @@ void backward_keys(const BackwardProblem<Scalar>& p, const TileMask<Scalar, SM>&
           if constexpr (chain_score) dp.array() *= u.array();
         }
         if (p.softcap > 0) dp.array() *= Scalar(1) - t.array().square();
-        dp *= p.scale;
-        dk_acc.noalias() += dp.transpose() * q_i;
-        MatrixView<Scalar> dq_i(dq_part + i0 * dq_stride + h * d, bq, d,
-                                Eigen::OuterStride<>(dq_stride));
+        // dp now holds dS / scale: the scale is in the copies of K, and dK takes it when stored.
+        register_product<true>(dv, bk_padded, bq, do_i, 1, do_stride, scratch.s.data(), stride,
+                               scratch.dv_t.data(), stride);
+        register_product<true>(d, bk_padded, bq, q_i, 1, q_stride, scratch.dp.data(), stride,
+                               scratch.dk_t.data(), stride);
+        Scalar* dq_i = dq.data + i0 * dq.stride + h * dq.head_stride;
         if (masked && !keys_finite) {
+          MatrixView<Scalar> dq_rows(dq_i, bq, d, Eigen::OuterStride<>(dq.stride));
           for (Index r = 0; r < bq; ++r) {
             for (Index c = 0; c < bk; ++c) {
-              if (dp(r, c) != Scalar(0)) dq_i.row(r) += dp(r, c) * k_j.row(c);
+              if (dp(r, c) != Scalar(0)) dq_rows.row(r) += dp(r, c) * scratch.k.row(c).head(d);
             }
           }
         } else {
-          dq_i.noalias() += dp * k_j;
+          register_product<true>(bq, d, bk, scratch.dp.data(), stride, 1, scratch.k.data(),
+                                 scratch.k.cols(), dq_i, dq.stride);
         }
       }
     }
-    MatrixView<Scalar>(p.dk).block(j0, g * d, bk, d) = dk_acc;
-    MatrixView<Scalar>(p.dv).block(j0, g * dv, bk, dv) = dv_acc;
+    MatrixView<Scalar>(p.dk).block(j0, g * d, bk, d) =
+        p.scale * scratch.dk_t.leftCols(bk).transpose();
+    MatrixView<Scalar>(p.dv).block(j0, g * dv, bk, dv) = scratch.dv_t.leftCols(bk).transpose();
   }
 }
 
@@ -204,14 +245,26 @@ void run_backward(const BackwardProblem<Scalar>& p, const SM& score_mask,
       d_rows(i, h) = p.d_out.row(i).segment(h * dv, dv).dot(p.out.row(i).segment(h * dv, dv));
     }
   }
-  const Index chunks = backward_chunks(n, m, heads, p.head_dim, Index(sizeof(Scalar)));
-  const Index key_blocks = (m + BackwardBlocks::key_rows - 1) / BackwardBlocks::key_rows;
+  using Blocks = BackwardBlocks<Scalar>;
+  const Index key_blocks = (m + Blocks::key_rows - 1) / Blocks::key_rows;
+  // dQ's parts are written in whole packets: the first chunk adds into dQ itself when a head's
+  // columns are whole packets, every other chunk into a partial (head h at columns h·d_padded),
+  // summed in chunk order afterwards.
+  const Index d_padded = Blocks::padded(p.head_dim);
+  const bool direct = d_padded == p.head_dim;
+  const Index chunks =
+      backward_chunks(n, key_blocks, heads, d_padded, Index(sizeof(Scalar)), direct);
   const auto chunk_begin = [&](Index c) {
-    return std::min(m, (key_blocks * c / chunks) * BackwardBlocks::key_rows);
+    return std::min(m, (key_blocks * c / chunks) * Blocks::key_rows);
   };
-  // Chunk 0 adds into dQ itself; the others into partials, summed in order afterwards.
-  const Index width = heads * p.head_dim;
-  Matrix<Scalar> partials = Matrix<Scalar>::Zero((chunks - 1) * n, width);
+  const Index width = heads * d_padded;
+  const Index first_partial = direct ? 1 : 0;
+  Matrix<Scalar> partials = Matrix<Scalar>::Zero((chunks - first_partial) * n, width);
+  const auto target = [&](Index c) {
+    if (c < first_partial)
+      return DqTarget<Scalar>{MatrixView<Scalar>(p.dq).data(), p.dq.outerStride(), p.head_dim};
+    return DqTarget<Scalar>{partials.data() + (c - first_partial) * n * width, width, d_padded};
+  };
   const Index items = p.num_kv_heads * chunks;
   parallel_for(
       items,
@@ -219,16 +272,17 @@ void run_backward(const BackwardProblem<Scalar>& p, const SM& score_mask,
         BackwardScratch<Scalar> scratch(p.head_dim, dv);
         for (Index item = begin; item < end; ++item) {
           const Index g = item / chunks, c = item % chunks;
-          Scalar* dq_part =
-              c == 0 ? MatrixView<Scalar>(p.dq).data() : partials.data() + (c - 1) * n * width;
-          const Index dq_stride = c == 0 ? p.dq.outerStride() : width;
-          backward_keys(p, mask, d_rows, g, chunk_begin(c), chunk_begin(c + 1), dq_part, dq_stride,
-                        scratch);
+          backward_keys(p, mask, d_rows, g, chunk_begin(c), chunk_begin(c + 1), target(c), scratch);
         }
       },
       executor);
-  for (Index c = 1; c < chunks; ++c)
-    MatrixView<Scalar>(p.dq) += partials.middleRows((c - 1) * n, n);
+  for (Index c = first_partial; c < chunks; ++c) {
+    const auto part = partials.middleRows((c - first_partial) * n, n);
+    for (Index h = 0; h < heads; ++h) {
+      MatrixView<Scalar>(p.dq).middleCols(h * p.head_dim, p.head_dim) +=
+          part.middleCols(h * d_padded, p.head_dim);
+    }
+  }
 }
 
 }  // namespace attn::detail

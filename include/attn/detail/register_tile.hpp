@@ -123,6 +123,63 @@ void register_block(Index rows, Index depth, const Scalar* a, Index a_row, Index
                                                             c_stride, column_max);
 }
 
+/// register_block's rows for N packets of columns: full tiles, then the remainder tile.
+template <int N, bool Accumulate, typename Scalar>
+EIGEN_ALWAYS_INLINE void register_rows(Index rows, Index depth, const Scalar* a, Index a_row,
+                                       Index a_col, const Scalar* b, Index b_stride, Scalar* c,
+                                       Index c_stride) {
+  constexpr int tile_rows = TileTraits<Scalar>::rows;
+  Index r = 0;
+  for (; r + tile_rows <= rows; r += tile_rows) {
+    register_tile<tile_rows, N, Accumulate>(depth, a + r * a_row, a_row, a_col, b, b_stride,
+                                            c + r * c_stride, c_stride,
+                                            static_cast<Scalar*>(nullptr));
+  }
+  if (r < rows) {
+    register_remainder<tile_rows, N, Accumulate>(rows - r, depth, a + r * a_row, a_row, a_col, b,
+                                                 b_stride, c + r * c_stride, c_stride,
+                                                 static_cast<Scalar*>(nullptr));
+  }
+}
+
+/// The last column panel of register_product: `packets` < N packets, one instantiation per
+/// count.
+template <int N, bool Accumulate, typename Scalar>
+void register_last_panel(Index packets, Index rows, Index depth, const Scalar* a, Index a_row,
+                         Index a_col, const Scalar* b, Index b_stride, Scalar* c, Index c_stride) {
+  if constexpr (N > 1) {
+    if (packets == N - 1) {
+      register_rows<N - 1, Accumulate>(rows, depth, a, a_row, a_col, b, b_stride, c, c_stride);
+    } else {
+      register_last_panel<N - 1, Accumulate>(packets, rows, depth, a, a_row, a_col, b, b_stride, c,
+                                             c_stride);
+    }
+  }
+}
+
+/// C (=, or += if Accumulate) A·B for a `rows` × `cols` block of C, any shape: A(r, k) =
+/// a[r·a_row + k·a_col] for r < rows, k < depth (read in place, any layout: a transpose is a
+/// swap of the strides), B row-major. The columns are taken in whole packets, so B's rows and
+/// C's rows must hold `cols` rounded up to the packet size (the caller pads them); the padding
+/// columns of C get whatever the padding of B makes. The backward pass's five products, whose
+/// operands are blocks of q, k, v and dO and tiles of P and dS.
+template <bool Accumulate, typename Scalar>
+void register_product(Index rows, Index cols, Index depth, const Scalar* a, Index a_row,
+                      Index a_col, const Scalar* b, Index b_stride, Scalar* c, Index c_stride) {
+  using Tile = TileTraits<Scalar>;
+  const Index padded = (cols + Tile::packet_size - 1) / Tile::packet_size * Tile::packet_size;
+  Index col = 0;
+  for (; col + Tile::columns <= padded; col += Tile::columns) {
+    register_rows<Tile::packets, Accumulate>(rows, depth, a, a_row, a_col, b + col, b_stride,
+                                             c + col, c_stride);
+  }
+  const Index packets = (padded - col) / Tile::packet_size;  // fewer than Tile::packets
+  if (packets > 0) {
+    register_last_panel<Tile::packets, Accumulate>(packets, rows, depth, a, a_row, a_col, b + col,
+                                                   b_stride, c + col, c_stride);
+  }
+}
+
 /// dst(c, r) = scale · src(r, c) for r < rows, c < cols (row-major, strides in elements), in
 /// P × P squares through registers (P the packet size) and scalars at the ragged edges; src may
 /// be stored in a narrower type (queries in bfloat16 or half). The kernel transposes every query

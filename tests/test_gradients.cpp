@@ -149,6 +149,10 @@ TYPED_TEST(GradientsTest, GroupedAndMultiQueryHeadsAndEmptyRows) {
   expect_matches_reference<Scalar>("one query", Shape{1, 300, 2, 1, 16, 16}, Mask(),
                                    ReferenceMask());
   expect_matches_reference<Scalar>("one key", Shape{9, 1, 2, 1, 16, 16}, Mask(), ReferenceMask());
+  // Head dims that are no whole number of packets on any instruction set (dQ then goes through
+  // padded partials), over several query blocks, key blocks and chunks, each with a remainder.
+  expect_matches_reference<Scalar>("odd dims", Shape{131, 300, 3, 1, 5, 7}, Mask::causal(),
+                                   ReferenceMask::causal());
 }
 
 TYPED_TEST(GradientsTest, MaskFunctionsMatchTheReference) {

@@ -22,24 +22,23 @@ struct ReferenceGradients {
   MatrixD dq, dk, dv;
 };
 
-/// ∂loss/∂(q, k, v) for loss = Σ d_out ∘ reference_multi_head(q, k, v, …), head by head:
+/// ∂loss/∂(q, k, v) for loss = Σ d_out ∘ (attention with the given weights), head by head, the
+/// weights ((H·n) × m, head h in rows [h·n, (h + 1)·n)) those of a reference forward whose mask
+/// and score function leave ∂logit/∂(scale·q·k) at 1 (masks, biases, additive score functions),
+/// or 1 − tanh² with a softcap:
 ///   P = the weights, dV_g += Pᵀ·dO, dP = dO·V_gᵀ, dS(i, j) = P(i, j)·(dP(i, j) − Σ_j' P·dP),
 ///   times 1 − tanh²(scale·q·k/softcap) with a softcap, dQ = scale·dS·K_g, dK_g += scale·dSᵀ·Q.
 template <typename DQ, typename DK, typename DV, typename DO>
-ReferenceGradients reference_gradients(
+ReferenceGradients reference_gradients_of_weights(
     const Eigen::MatrixBase<DQ>& q, const Eigen::MatrixBase<DK>& k, const Eigen::MatrixBase<DV>& v,
-    const Eigen::MatrixBase<DO>& d_out, Index num_heads, Index num_kv_heads,
-    const ReferenceMask& mask = ReferenceMask(), std::optional<double> scale = std::nullopt,
-    double softcap = 0) {
+    const Eigen::MatrixBase<DO>& d_out, Index num_heads, Index num_kv_heads, const MatrixD& weights,
+    std::optional<double> scale = std::nullopt, double softcap = 0) {
   const MatrixD qd = q.template cast<double>(), kd = k.template cast<double>();
   const MatrixD vd = v.template cast<double>(), dod = d_out.template cast<double>();
   const Index n = qd.rows(), m = kd.rows();
   const Index d = qd.cols() / num_heads, dv = vd.cols() / num_kv_heads;
   const Index group = num_heads / num_kv_heads;
   const double head_scale = scale ? *scale : 1.0 / std::sqrt(static_cast<double>(d));
-  MatrixD weights;
-  reference_multi_head(qd, kd, vd, num_heads, num_kv_heads, mask, scale, softcap, nullptr,
-                       &weights);
   ReferenceGradients g{MatrixD::Zero(n, qd.cols()), MatrixD::Zero(m, kd.cols()),
                        MatrixD::Zero(m, vd.cols())};
   for (Index h = 0; h < num_heads; ++h) {
@@ -76,6 +75,22 @@ ReferenceGradients reference_gradients(
     }
   }
   return g;
+}
+
+/// ∂loss/∂(q, k, v) for loss = Σ d_out ∘ reference_multi_head(q, k, v, …): the gradients of
+/// reference_multi_head's own weights (reference_gradients_of_weights).
+template <typename DQ, typename DK, typename DV, typename DO>
+ReferenceGradients reference_gradients(
+    const Eigen::MatrixBase<DQ>& q, const Eigen::MatrixBase<DK>& k, const Eigen::MatrixBase<DV>& v,
+    const Eigen::MatrixBase<DO>& d_out, Index num_heads, Index num_kv_heads,
+    const ReferenceMask& mask = ReferenceMask(), std::optional<double> scale = std::nullopt,
+    double softcap = 0) {
+  MatrixD weights;
+  reference_multi_head(q.template cast<double>(), k.template cast<double>(),
+                       v.template cast<double>(), num_heads, num_kv_heads, mask, scale, softcap,
+                       nullptr, &weights);
+  return reference_gradients_of_weights(q, k, v, d_out, num_heads, num_kv_heads, weights, scale,
+                                        softcap);
 }
 
 /// Central differences (f(x + step·e) − f(x − step·e)) / 2·step of a scalar function of a matrix,

@@ -320,13 +320,16 @@ TYPED_TEST(GradientsTest, ScoreFunctionsMatchFiniteDifferences) {
 
 // A score function without a derivative cannot reach the backward pass (a compile-time error,
 // which a test can only state): additive and differentiated ones can.
-const auto squared = [](float x, Index, Index, Index) { return x * x; };
-const auto no_bias = [](Index, Index, Index) { return 0.0; };
-static_assert(
-    !attn::detail::TileMask<float, decltype(attn::score_function(squared))>::score_differentiable);
+struct Squared {
+  float operator()(float x, Index, Index, Index) const { return x * x; }
+};
+struct NoBias {
+  double operator()(Index, Index, Index) const { return 0.0; }
+};
+static_assert(!attn::detail::TileMask<float, attn::ScoreMask<Squared>>::score_differentiable);
 static_assert(attn::detail::TileMask<float, decltype(attn::alibi(2))>::score_additive);
 static_assert(attn::detail::TileMask<float, decltype(attn::alibi(2) &
-                                                     attn::score_bias(no_bias))>::score_additive);
+                                                     attn::score_bias(NoBias{}))>::score_additive);
 
 TYPED_TEST(GradientsTest, BitwiseTheSameForAnyThreadCount) {
   using Scalar = TypeParam;

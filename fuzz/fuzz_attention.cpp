@@ -51,9 +51,35 @@
 // stored keys and values (keys() and values() converted to double); a half or qint8 cache must
 // reject a row whose keys or values it cannot hold (ShapeError, the cache unchanged).
 //
+// The backward (attn::scaled_dot_product_attention_backward) is checked for a valid problem whose
+// forward call returned, with q, k and v in Scalar (no reduced storage, not paged), not in NaN
+// mode, without a score function (not differentiated yet: backward_takes is the one switch for when
+// they are; mask functions are checked) and with n·m·H·(d + dv + 1) ≤ 2.5e5 (its reference costs
+// about three forward references). The forward is called again with AttentionExtras::log_sum_exp
+// (its output must be bitwise the checked call's), then the backward on the operands exactly as the
+// forward took them (strided and column-major included), with d_out in [−1, 1] from the input's
+// side seed (Input::side_seed, which leaves the layout's stream alone): by value, or (flag 4) into
+// blocks of sentinel-filled matrices whose other entries must stay; with two threads (flag 2) also
+// with the serial executor, which must give bitwise the same dq, dk and dv. They are compared with
+// attn_test::reference_gradients (tests/support/reference_gradients.hpp) run head by head on the
+// stored inputs in double, each head's visibility (mask and mask function) as a keep matrix, with
+// the summed bias. Each entry must be finite and within its own bound (expected_gradients): a
+// first-order model of the backward's rounding, scaled by the magnitudes that entry is computed
+// from (the reference's weights P, |dO|·max|V|, |K| or |Q|) rather than by a global maximum; its
+// logit error is twice the forward's model (tolerance.hpp), as P is recomputed from new logits and
+// the forward's log-sum-exp. A query row that sees no key of a head must have exactly zero dq
+// there, a key that no query of a kv head sees exactly zero dk and dv. Such a key may hold anything
+// (gradients.hpp): the forward and the backward run again with NaN in those rows of k and v, and
+// must pass the same comparison. With bit 3 of byte 7, the problem is also cut into two query
+// blocks × two key parts (the cuts from the side seed), each a backward call placed by
+// AttentionOptions::positions {first_query, first_key} with the whole's out, log-sum-exp and d_out
+// rows (keep and bias matrices cut to the block; not with a tree, which is tied to one shape):
+// summed, the parts' dq, dk and dv must equal the whole call's within twice its bound.
+//
 // It aborts, printing what it found, when
 //   - the library disagrees with the reference beyond the documented tolerance
 //     (tests/support/tolerance.hpp), or a row that sees no key is not exactly zero;
+//   - a backward check above fails;
 //   - the library gives NaN or ±∞ where the reference is finite, or (NaN mode) NaN anywhere but
 //     exactly the output entries the NaN inputs reach;
 //   - it throws anything but attn::ShapeError, or ShapeError for a valid problem, or nothing for
@@ -76,7 +102,10 @@
 //          {0, 1, 2, 4, 3, -1, 0, 1}[(b >> 3) % 8]; bit 6: through one attn::Workspace kept
 //          across inputs (so scratch sized by earlier shapes is reused); bit 7: NaN mode (the
 //          special byte −128 is NaN in q, k, v, and 127 is NaN in a bias)
-//   6      spoiler (with flag 128), 7 scale code
+//   6      spoiler (with flag 128)
+//   7      scale code (bits 0–2, with flag 32); bit 3: the backward's cut into blocks placed by
+//          positions (see above). Bits 3–7 were unused before: seeds written then have zeros there
+//          (fuzz/make_corpus.py), and any other seed only gains the cut.
 //   8      bits 0–1: soft-cap code; bits 2–6, float problems only (ignored for double): the storage
 //          of k (bits 2–3) and of v (bits 4–5) from {float, bfloat16, half, qint8}; bit 6: if k is
 //          bfloat16 or half, q and v are stored in that type too (else q is float). Bit 7 (without
@@ -104,6 +133,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <exception>
 #include <functional>
 #include <limits>
@@ -116,6 +146,7 @@
 #include "support/random.hpp"
 #include "support/reference.hpp"
 #include "support/reference_functions.hpp"
+#include "support/reference_gradients.hpp"
 #include "support/tolerance.hpp"
 
 namespace {
@@ -137,6 +168,7 @@ class Input {
     for (std::size_t i = 0; i < size; ++i)
       h = (h ^ data[i]) * 0x100000001B3ull;
     m_state = h;
+    m_hash = h;
   }
 
   std::uint8_t byte() { return m_next < m_size ? m_data[m_next++] : std::uint8_t(0); }
@@ -152,6 +184,11 @@ class Input {
 
   std::uint32_t seed() { return static_cast<std::uint32_t>(next_random() >> 32); }
 
+  /// A seed of the input's own for values that the layout does not read (the backward check's
+  /// d_out and cuts): it leaves the stream above alone, so they change nothing that an input
+  /// decoded to before.
+  std::uint32_t side_seed() const { return static_cast<std::uint32_t>(m_hash >> 32) ^ 0x5BD1E995u; }
+
  private:
   std::uint64_t next_random() {  // splitmix64
     std::uint64_t z = (m_state += 0x9E3779B97F4A7C15ull);
@@ -164,6 +201,7 @@ class Input {
   std::size_t m_size;
   std::size_t m_next = 0;
   std::uint64_t m_state;
+  std::uint64_t m_hash;
 };
 
 /// Sequence lengths: mostly tiny (0 … 5), often across one tile (up to 79), sometimes two or
@@ -225,6 +263,7 @@ struct Problem {
   bool functors = false;
   bool workspace = false;
   bool nan = false;
+  bool positions = false;  // the backward's split into blocks placed by AttentionOptions::positions
   Index n = 0, m = 0, d = 0, dv = 0;
   Index heads = 1, kv_heads = 0;
   std::optional<double> scale;
@@ -385,10 +424,17 @@ attn::QuantizedView strided_quantized(const attn::Matrix<Scalar>& x, Index group
           all.scales(), all.scale_stride(), group};
 }
 
+/// A mask part for the block of rows [first_row, first_row + rows) and columns [first_col,
+/// first_col + cols) of the whole problem, for a call placed there by AttentionOptions::positions:
+/// explicit matrices are cut to the block (they stay indexed by the call's rows and keys), parts
+/// of positions are the whole's.
+using PartBuilder = std::function<Mask(Index first_row, Index first_col, Index rows, Index cols)>;
+
 /// The mask, built twice (library and reference), and what the fuzzer expects of it.
 struct MaskSpec {
   Mask mask;
   ReferenceMask reference;
+  std::vector<PartBuilder> parts;    // mask's parts, to be cut to a block
   bool construction_throws = false;  // Mask::window, Mask::bias or operator& must throw
   std::string description;
   // Explicit parts' shapes, to decide whether the call must reject the mask.
@@ -399,9 +445,20 @@ struct MaskSpec {
 };
 
 template <typename Scalar>
-void add_part(MaskSpec& spec, const Mask& part, const ReferenceMask& reference) {
+void add_part(MaskSpec& spec, const Mask& part, const ReferenceMask& reference,
+              PartBuilder block = {}) {
   spec.mask = spec.mask & part;  // may throw: decided by the caller
   spec.reference = spec.reference & reference;
+  if (!block) block = [part](Index, Index, Index, Index) { return part; };  // (of positions)
+  spec.parts.push_back(std::move(block));
+}
+
+/// The mask of a block of the whole problem (see PartBuilder).
+Mask block_mask(const MaskSpec& spec, Index first_row, Index first_col, Index rows, Index cols) {
+  Mask mask;
+  for (const PartBuilder& part : spec.parts)
+    mask = mask & part(first_row, first_col, rows, cols);
+  return mask;
 }
 
 /// Decodes the mask; returns false if building it threw, as it had to.
@@ -466,7 +523,10 @@ bool decode_mask(Input& in, const Problem& p, MaskSpec& spec) {
         const bool mismatch = check_pair(spec.keep_shapes);
         spec.keep_shapes.emplace_back(rows, cols);
         try {
-          add_part<Scalar>(spec, Mask::keep(keep), ReferenceMask::keep(keep));
+          add_part<Scalar>(spec, Mask::keep(keep), ReferenceMask::keep(keep),
+                           [keep](Index i0, Index j0, Index r, Index c) {
+                             return Mask::keep(keep.block(i0, j0, r, c));
+                           });
         } catch (const attn::ShapeError&) {
           if (mismatch) return false;
           fail("operator& threw ShapeError for keep parts of one shape" + spec.description);
@@ -508,6 +568,7 @@ bool decode_mask(Input& in, const Problem& p, MaskSpec& spec) {
         };
         Mask bias_part;
         ReferenceMask reference;
+        PartBuilder bias_block;
         bool has_plus_infinity = false;
         const auto build = [&](const auto& bias) {
           using B = typename std::decay_t<decltype(bias)>::Scalar;
@@ -528,6 +589,9 @@ bool decode_mask(Input& in, const Problem& p, MaskSpec& spec) {
           }
           if (has_plus_infinity) fail("Mask::bias accepted +inf" + spec.description);
           reference = ReferenceMask::bias(bias);
+          bias_block = [bias](Index i0, Index j0, Index r, Index c) {
+            return Mask::bias(bias.block(i0, j0, r, c));
+          };
           return true;
         };
         spec.description += std::string(" & bias<") + (as_double ? "double" : "float") + ">(" +
@@ -537,7 +601,7 @@ bool decode_mask(Input& in, const Problem& p, MaskSpec& spec) {
         const bool mismatch = check_pair(spec.bias_shapes);
         spec.bias_shapes.emplace_back(rows, cols);
         try {
-          add_part<Scalar>(spec, bias_part, reference);
+          add_part<Scalar>(spec, bias_part, reference, bias_block);
         } catch (const attn::ShapeError&) {
           if (mismatch) return false;
           fail("operator& threw ShapeError for bias parts of one shape" + spec.description);
@@ -1024,6 +1088,434 @@ bool expect_shape_error_iff(bool invalid, const char* what, const std::string& c
   return true;
 }
 
+// ---------------------------------------------------------------------------------------------
+// The backward pass (attn::scaled_dot_product_attention_backward)
+// ---------------------------------------------------------------------------------------------
+
+/// Score functions are not differentiated yet (gradients.hpp static_asserts them out of the
+/// backward), so problems with one skip the backward check. This is the one switch for when they
+/// are: backward_takes then lets ScoreMasks with a score function through, and the reference
+/// (expected_gradients, through attn_test::reference_gradients) must learn the score function's
+/// derivative, and its bounds the score function's shift (FunctionSpec::shift).
+constexpr bool backward_differentiates_score_functions = false;
+
+/// Whether the backward check can call the backward with mask type M.
+template <typename M>
+constexpr bool backward_takes() {
+  using SM = std::decay_t<decltype(attn::detail::as_score_mask(std::declval<const M&>()))>;
+  return backward_differentiates_score_functions || !SM::has_score;
+}
+
+/// Whether an operand as the forward was given it is one the backward takes: an Eigen expression
+/// in Scalar (not a reduced storage type, a QuantizedView or a PagedView).
+template <typename Scalar, typename T>
+constexpr bool dense_in() {
+  using D = std::decay_t<T>;
+  if constexpr (std::is_base_of_v<Eigen::MatrixBase<D>, D>) {
+    return std::is_same_v<typename D::Scalar, Scalar>;
+  } else {
+    return false;
+  }
+}
+
+/// Only problems of at most this n·m·H·(d + dv + 1) get the backward check: its fp64 reference
+/// (reference_gradients: the weights, then the chain rule) costs about three times the forward's
+/// (whose limit is 2e6), some 0.6 µs per unit of work in this build, and the inputs that reach the
+/// backward's code are those the fuzzer keeps. 2.5e5 still holds two query tiles over two key
+/// blocks (n = m = 130 with d = dv = 8, or n = 70, m = 130 and two heads).
+constexpr double backward_work_limit = 2.5e5;
+
+template <typename Scalar>
+bool bitwise_equal(const attn::Matrix<Scalar>& a, const attn::Matrix<Scalar>& b) {
+  return a.rows() == b.rows() && a.cols() == b.cols() &&
+         (a.size() == 0 || std::memcmp(a.data(), b.data(),
+                                       sizeof(Scalar) * static_cast<std::size_t>(a.size())) == 0);
+}
+
+/// What the library gave for the backward check: the forward's output and log-sum-exp (through
+/// AttentionExtras) and the gradients.
+template <typename Scalar>
+struct LibraryBackward {
+  bool ran = false;
+  attn::Matrix<Scalar> out, lse, dq, dk, dv;
+};
+
+/// The forward with AttentionExtras::log_sum_exp (its output bitwise that of the checked call
+/// `forward`), then the backward on the operands exactly as the forward took them: by value, or
+/// (p.into) into blocks of larger sentinel-filled matrices, of which nothing else may change; with
+/// two threads (p.threads), again with the serial executor, which must give bitwise the same.
+template <typename Scalar, typename Q, typename K, typename V, typename M>
+void library_backward(const Q& q, const K& k, const V& v, const M& mask,
+                      const attn::AttentionOptions& options, const Problem& p,
+                      const attn::Matrix<Scalar>& forward, const attn::Matrix<Scalar>& d_out,
+                      LibraryBackward<Scalar>& r, const std::string& context) {
+  attn::AttentionExtras<Scalar> extras;
+  extras.log_sum_exp = &r.lse;
+  expect_shape_error_iff(false, "scaled_dot_product_attention with log_sum_exp", context, [&] {
+    r.out = attn::scaled_dot_product_attention(q, k, v, mask, options, extras);
+  });
+  if (!bitwise_equal(r.out, forward)) {
+    fail(
+        "scaled_dot_product_attention with AttentionExtras::log_sum_exp gave another output than "
+        "without" +
+        context);
+  }
+  if (r.lse.rows() != q.rows() || r.lse.cols() != options.num_heads)
+    fail("log_sum_exp is " + attn::detail::shape_string(r.lse) + context);
+  if (p.into) {
+    const Scalar sentinel = Scalar(-1234.5);
+    const auto wide = [&](Index rows, Index cols) {
+      return attn::Matrix<Scalar>::Constant(rows + 2, cols + 3, sentinel);
+    };
+    attn::Matrix<Scalar> dq = wide(q.rows(), q.cols()), dk = wide(k.rows(), k.cols()),
+                         dv = wide(v.rows(), v.cols());
+    expect_shape_error_iff(false, "scaled_dot_product_attention_backward_into", context, [&] {
+      attn::scaled_dot_product_attention_backward_into(
+          q, k, v, r.out, r.lse, d_out, dq.block(1, 1, q.rows(), q.cols()),
+          dk.block(1, 1, k.rows(), k.cols()), dv.block(1, 1, v.rows(), v.cols()), mask, options);
+    });
+    const auto take = [&](attn::Matrix<Scalar>& all, Index rows, Index cols, const char* name) {
+      attn::Matrix<Scalar> block = all.block(1, 1, rows, cols);
+      all.block(1, 1, rows, cols).setConstant(sentinel);
+      if (!(all.array() == sentinel).all())
+        fail(std::string("scaled_dot_product_attention_backward_into wrote outside ") + name +
+             context);
+      return block;
+    };
+    r.dq = take(dq, q.rows(), q.cols(), "dq");
+    r.dk = take(dk, k.rows(), k.cols(), "dk");
+    r.dv = take(dv, v.rows(), v.cols(), "dv");
+  } else {
+    expect_shape_error_iff(false, "scaled_dot_product_attention_backward", context, [&] {
+      attn::AttentionGradients<Scalar> g =
+          attn::scaled_dot_product_attention_backward(q, k, v, r.out, r.lse, d_out, mask, options);
+      r.dq = std::move(g.dq);
+      r.dk = std::move(g.dk);
+      r.dv = std::move(g.dv);
+    });
+  }
+  r.ran = true;
+  if (!p.threads) return;
+  attn::AttentionOptions serial = options;
+  serial.executor = attn::serial_executor;
+  attn::AttentionGradients<Scalar> g;
+  expect_shape_error_iff(false, "scaled_dot_product_attention_backward (serial)", context, [&] {
+    g = attn::scaled_dot_product_attention_backward(q, k, v, r.out, r.lse, d_out, mask, serial);
+  });
+  if (!bitwise_equal(g.dq, r.dq) || !bitwise_equal(g.dk, r.dk) || !bitwise_equal(g.dv, r.dv)) {
+    fail(std::string("scaled_dot_product_attention_backward") + (p.into ? "_into" : "") +
+         " with thread_executor(2) is not bitwise the serial executor's (dq " +
+         (bitwise_equal(g.dq, r.dq) ? "same" : "differs") + ", dk " +
+         (bitwise_equal(g.dk, r.dk) ? "same" : "differs") + ", dv " +
+         (bitwise_equal(g.dv, r.dv) ? "same" : "differs") + ")" + context);
+  }
+}
+
+/// The fp64 reference gradients and, entry by entry, a bound on the library's error.
+struct ExpectedGradients {
+  MatrixD dq, dk, dv;  // attn_test::reference_gradients
+  MatrixD dq_bound, dk_bound, dv_bound;
+  MatrixB dq_zero, dk_zero, dv_zero;  // rows (per head) that see no key, keys no query sees
+};
+
+/// The reference gradients, head by head (reference_gradients with one head, its visibility as a
+/// keep matrix, so that mask functions of the head enter as the forward's reference has them),
+/// and the error bound of each entry (see the top of the file): a first-order model of the
+/// backward's rounding, in terms of the magnitudes the reference's own weights P give.
+///
+/// With δ = 2·attention_tolerance(B, m) (B: the forward's logit bound), the kernel's P̂ = exp(ŝ −
+/// lse), recomputed logits less the forward's log-sum-exp, each within the forward's model of a
+/// logit error, has |P̂ − P| ≤ EP = min(1, P·(e^δ − 1)) + F (F: Scalar's smallest normal, for exp
+/// underflowing) and P̂ ≤ Pu = P + EP. With R_i = Σ_e |dO(i, e)|·max_j |V(j, e)| + 2·dv·tiny, a bound
+/// on |dP(i, j)| = |dO(i)·V(j)| and on |D_i| = |dO(i)·O(i)| (tiny: the smallest subnormal, for
+/// products that underflow), and γ_k = k·u (a length-k sum of rounded terms, in any order):
+///   |ΔdS(i, j)| ≤ R_i·(2·EP + Pu·(ΣEP_i + γ_m + 2·γ_dv + 12u + 4δ/softcap)) + 2·tiny
+/// (P's error times |dP − D| ≤ 2R; the error of D through the forward's O, ΣEP_i + γ_m of max|V|;
+/// the two length-dv dots; the few roundings of dS, 1 − t² and the scale; with a softcap, 1 − t²'s
+/// error through t), and then, summing over m keys for dQ and over the N = n·H/Hkv rows of a
+/// group for dK and dV:
+///   |ΔdQ(i, l)| ≤ |scale|·Σ_j (|ΔdS| + 2γ_m·Pu·R_i)·|K(j, l)| + (m + 2)·tiny
+///   |ΔdK(j, l)| ≤ |scale|·Σ_(h,i) (|ΔdS| + 2γ_N·Pu·R_i)·|Q(i, l)| + (N + 2)·tiny
+///   |ΔdV(j, e)| ≤ Σ_(h,i) (EP + γ_N·Pu)·|dO(i, e)| + (N + 2)·tiny,
+/// all times 2 for float (the second order, the reference's own error is negligible) and 4 for
+/// double (where the reference errs about as much as the library).
+template <typename Scalar>
+ExpectedGradients expected_gradients(const attn::Matrix<Scalar>& q, const attn::Matrix<Scalar>& k,
+                                     const attn::Matrix<Scalar>& v,
+                                     const attn::Matrix<Scalar>& d_out,
+                                     const std::vector<MatrixB>& visible_by_head,
+                                     const MatrixD& bias, Index heads, Index kv_heads, Index d,
+                                     Index dv, double scale, double softcap, double logit_bound) {
+  const Index n = q.rows(), m = k.rows(), group = heads / kv_heads;
+  constexpr double minus_infinity = -std::numeric_limits<double>::infinity();
+  const double u = Eigen::NumTraits<Scalar>::epsilon();
+  const double tiny = std::numeric_limits<Scalar>::denorm_min();
+  const double floor = std::numeric_limits<Scalar>::min();
+  const double delta = 2 * attn_test::attention_tolerance<Scalar>(logit_bound, m);
+  const double relative = std::expm1(delta);
+  const double rows = static_cast<double>(n * group);  // N
+  const double gamma_m = static_cast<double>(m) * u, gamma_n = rows * u;
+  const double gamma_dv = static_cast<double>(dv) * u;
+  const double cap = softcap > 0 ? 4 * delta / softcap : 0.0;
+  const double margin = std::is_same_v<Scalar, float> ? 2.0 : 4.0;
+
+  ExpectedGradients e{MatrixD::Zero(n, heads * d),         MatrixD::Zero(m, kv_heads * d),
+                      MatrixD::Zero(m, kv_heads * dv),     MatrixD::Zero(n, heads * d),
+                      MatrixD::Zero(m, kv_heads * d),      MatrixD::Zero(m, kv_heads * dv),
+                      MatrixB::Constant(n, heads, true),   MatrixB::Constant(m, kv_heads, true),
+                      MatrixB::Constant(m, kv_heads, true)};
+  if (n == 0 || m == 0) return e;  // (and Eigen blocks of empty matrices offset a null pointer)
+  const MatrixD qd = q.template cast<double>(), kd = k.template cast<double>();
+  const MatrixD vd = v.template cast<double>(), dod = d_out.template cast<double>();
+  for (Index h = 0; h < heads; ++h) {
+    const Index g = h / group;
+    const MatrixB& allowed = visible_by_head[static_cast<std::size_t>(h)];
+    const MatrixD qh = qd.middleCols(h * d, d), kg = kd.middleCols(g * d, d);
+    const MatrixD vg = vd.middleCols(g * dv, dv), doh = dod.middleCols(h * dv, dv);
+    const attn_test::ReferenceGradients r = attn_test::reference_gradients(
+        qh, kg, vg, doh, 1, 1, ReferenceMask::keep(allowed) & ReferenceMask::bias(bias), scale,
+        softcap);
+    e.dq.middleCols(h * d, d) = r.dq;
+    e.dk.middleCols(g * d, d) += r.dk;
+    e.dv.middleCols(g * dv, dv) += r.dv;
+
+    // The weights P for the bounds, as reference_attention defines them, through an Eigen product
+    // (the coefficient loops of the reference are slow in this build; the values compared come
+    // from reference_gradients above).
+    MatrixD p = scale * (qh * kg.transpose());
+    MatrixD ep = MatrixD::Zero(n, m);
+    for (Index i = 0; i < n; ++i) {
+      double row_max = minus_infinity;
+      for (Index j = 0; j < m; ++j) {
+        double& logit = p(i, j);
+        if (softcap > 0) logit = softcap * std::tanh(logit / softcap);
+        logit = allowed(i, j) ? logit + bias(i, j) : minus_infinity;
+        row_max = std::max(row_max, logit);
+      }
+      if (row_max == minus_infinity) {
+        p.row(i).setZero();
+        continue;
+      }
+      double sum = 0;
+      for (Index j = 0; j < m; ++j) {
+        p(i, j) = std::exp(p(i, j) - row_max);
+        sum += p(i, j);
+      }
+      for (Index j = 0; j < m; ++j) {
+        p(i, j) /= sum;
+        if (!allowed(i, j) || bias(i, j) == minus_infinity) continue;
+        ep(i, j) = std::min(1.0, p(i, j) * relative) + floor;
+        e.dq_zero(i, h) = false;
+        e.dk_zero(j, g) = false;
+        e.dv_zero(j, g) = false;
+      }
+    }
+    const MatrixD pu = p + ep;
+    attn_test::VectorD v_max = attn_test::VectorD::Zero(dv);
+    for (Index c = 0; c < dv; ++c)
+      v_max(c) = vg.col(c).cwiseAbs().maxCoeff();
+    const attn_test::VectorD r_rows =
+        (doh.cwiseAbs() * v_max).array() + 2 * static_cast<double>(dv) * tiny;
+    const attn_test::VectorD ep_sums = ep.rowwise().sum();
+    MatrixD ds_error(n, m);
+    for (Index i = 0; i < n; ++i) {
+      const double factor = ep_sums(i) + gamma_m + 2 * gamma_dv + 12 * u + cap;
+      for (Index j = 0; j < m; ++j) {
+        ds_error(i, j) =
+            r_rows(i) * (2 * ep(i, j) + pu(i, j) * factor) + (ep(i, j) > 0 ? 2 * tiny : 0.0);
+      }
+    }
+    const MatrixD weighted = pu.array().colwise() * r_rows.array();  // Pu·R_i
+    e.dq_bound.middleCols(h * d, d) =
+        (std::abs(scale) * (ds_error + 2 * gamma_m * weighted) * kg.cwiseAbs()).array() +
+        (static_cast<double>(m) + 2) * tiny;
+    e.dk_bound.middleCols(g * d, d) +=
+        std::abs(scale) * (ds_error + 2 * gamma_n * weighted).transpose() * qh.cwiseAbs();
+    e.dv_bound.middleCols(g * dv, dv) += (ep + gamma_n * pu).transpose() * doh.cwiseAbs();
+  }
+  e.dk_bound.array() += (rows + 2) * tiny;
+  e.dv_bound.array() += (rows + 2) * tiny;
+  e.dq_bound *= margin;
+  e.dk_bound *= margin;
+  e.dv_bound *= margin;
+  return e;
+}
+
+/// One gradient against the reference: finite, within its bound, and exactly zero in the rows
+/// (per head) that `zero` marks: a query row that sees no key, a key that no query sees.
+template <typename Scalar>
+void compare_gradient(const char* what, const attn::Matrix<Scalar>& got, const MatrixD& expected,
+                      const MatrixD& bound, const MatrixB& zero, Index width,
+                      const std::string& context) {
+  if (got.rows() != expected.rows() || got.cols() != expected.cols()) {
+    fail(std::string(what) + " is " + attn::detail::shape_string(got) + ", expected " +
+         attn::detail::shape_string(expected) + context);
+  }
+  for (Index i = 0; i < got.rows(); ++i) {
+    for (Index c = 0; c < got.cols(); ++c) {
+      const double x = static_cast<double>(got(i, c)), y = expected(i, c);
+      const double error = std::abs(x - y);
+      const Index head = c / width;
+      char buffer[320];
+      if (zero(i, head) && x != 0) {
+        std::snprintf(buffer, sizeof buffer,
+                      "%s(%ld, %ld) is %.9g, but its row sees no key of head %ld (expected 0)",
+                      what, static_cast<long>(i), static_cast<long>(c), x, static_cast<long>(head));
+        fail(buffer + context);
+      }
+      if (!std::isfinite(x) || !(error <= bound(i, c))) {
+        std::snprintf(buffer, sizeof buffer,
+                      "%s(%ld, %ld) (head %ld) is %.17g, the reference %.17g: error %.3g > bound "
+                      "%.3g",
+                      what, static_cast<long>(i), static_cast<long>(c), static_cast<long>(head), x,
+                      y, error, bound(i, c));
+        fail(buffer + context);
+      }
+    }
+  }
+}
+
+/// The backward check of one problem (see the top): the library's gradients against
+/// expected_gradients; then, with p.positions, the problem cut into query blocks × key parts, each
+/// a backward call placed by AttentionOptions::positions with the whole's out, log-sum-exp and
+/// d_out rows: summed over the key parts, the blocks' dq rows must be the whole's, and summed over
+/// the query blocks, the parts' dk and dv rows too (each within twice the whole's bound, as both
+/// are within it of the reference, plus the rounding of the sum).
+template <typename Scalar>
+void check_backward(const Problem& p, const MaskSpec& spec, const FunctionSpec& functions,
+                    const attn::Matrix<Scalar>& q, const attn::Matrix<Scalar>& k,
+                    const attn::Matrix<Scalar>& v, const attn::Matrix<Scalar>& d_out,
+                    const LibraryBackward<Scalar>& whole,
+                    const std::vector<MatrixB>& visible_by_head, const MatrixD& bias, Index heads,
+                    Index kv_heads, Index d, Index dv, double scale,
+                    const attn::AttentionOptions& options, attn_test::Random& side,
+                    double logit_bound, const std::string& context) {
+  const Index n = q.rows(), m = k.rows();
+  const ExpectedGradients e = expected_gradients(q, k, v, d_out, visible_by_head, bias, heads,
+                                                 kv_heads, d, dv, scale, p.softcap, logit_bound);
+  const char* const name = p.into ? "scaled_dot_product_attention_backward_into"
+                                  : "scaled_dot_product_attention_backward";
+  const std::string what = std::string(name) + ": ";
+  compare_gradient((what + "dq").c_str(), whole.dq, e.dq, e.dq_bound, e.dq_zero, d, context);
+  compare_gradient((what + "dk").c_str(), whole.dk, e.dk, e.dk_bound, e.dk_zero, d, context);
+  compare_gradient((what + "dv").c_str(), whole.dv, e.dv, e.dv_bound, e.dv_zero, dv, context);
+
+  // A key that no query of its kv head sees may hold anything (gradients.hpp): with NaN in those
+  // rows of k and v (that head's columns), the forward and the backward again must give the same
+  // gradients within the bounds, the NaN rows' dk and dv exactly zero.
+  attn::Matrix<Scalar> k_nan = k, v_nan = v;
+  bool any_hidden = false;
+  for (Index j = 0; j < m; ++j) {
+    for (Index g = 0; g < kv_heads; ++g) {
+      if (!e.dk_zero(j, g)) continue;
+      any_hidden = true;
+      k_nan.row(j).segment(g * d, d).setConstant(std::numeric_limits<Scalar>::quiet_NaN());
+      v_nan.row(j).segment(g * dv, dv).setConstant(std::numeric_limits<Scalar>::quiet_NaN());
+    }
+  }
+  if (any_hidden && n > 0) {
+    const std::string nan_context = context + ", NaN in the keys and values no query sees";
+    attn::Matrix<Scalar> out, lse;
+    attn::AttentionGradients<Scalar> g;
+    functions.with_mask(spec.mask, [&](const auto& mask) {
+      if constexpr (backward_takes<std::decay_t<decltype(mask)>>()) {
+        attn::AttentionExtras<Scalar> extras;
+        extras.log_sum_exp = &lse;
+        expect_shape_error_iff(
+            false, "scaled_dot_product_attention (hidden NaN)", nan_context, [&] {
+              out = attn::scaled_dot_product_attention(q, k_nan, v_nan, mask, options, extras);
+            });
+        expect_shape_error_iff(false, "scaled_dot_product_attention_backward (hidden NaN)",
+                               nan_context, [&] {
+                                 g = attn::scaled_dot_product_attention_backward(
+                                     q, k_nan, v_nan, out, lse, d_out, mask, options);
+                               });
+      } else {
+        fail("fuzzer bug: the hidden NaN check reached a mask the backward does not take" +
+             context);
+      }
+    });
+    compare_gradient("scaled_dot_product_attention_backward: dq", g.dq, e.dq, e.dq_bound, e.dq_zero,
+                     d, nan_context);
+    compare_gradient("scaled_dot_product_attention_backward: dk", g.dk, e.dk, e.dk_bound, e.dk_zero,
+                     d, nan_context);
+    compare_gradient("scaled_dot_product_attention_backward: dv", g.dv, e.dv, e.dv_bound, e.dv_zero,
+                     dv, nan_context);
+  }
+
+  // A tree's nodes are the last keys of one call: positions would not move it (the library
+  // cannot tell, as the fuzzer's mask function forwards to it).
+  if (!p.positions || functions.choice->kind == MaskFunction::tree || n == 0 || m == 0 ||
+      (n < 2 && m < 2)) {
+    return;
+  }
+  const Index i1 = n >= 2 ? side.integer(1, n - 1) : n;  // query blocks [0, i1), [i1, n)
+  const Index j1 = m >= 2 ? side.integer(1, m - 1) : m;  // key parts [0, j1), [j1, m)
+  const std::string cut =
+      ", positions: query blocks at " + std::to_string(i1) + ", key parts at " + std::to_string(j1);
+  attn::Matrix<Scalar> dq = attn::Matrix<Scalar>::Zero(n, q.cols());
+  attn::Matrix<Scalar> dk = attn::Matrix<Scalar>::Zero(m, k.cols());
+  attn::Matrix<Scalar> dv_sum = attn::Matrix<Scalar>::Zero(m, v.cols());
+  MatrixD dq_abs = MatrixD::Zero(n, q.cols()), dk_abs = MatrixD::Zero(m, k.cols());
+  MatrixD dv_abs = MatrixD::Zero(m, v.cols());
+  for (const Index i0 : {Index(0), i1}) {
+    for (const Index j0 : {Index(0), j1}) {
+      const Index rows = i0 == 0 ? i1 : n - i1, cols = j0 == 0 ? j1 : m - j1;
+      if (rows == 0 || cols == 0) continue;
+      attn::AttentionOptions placed = options;
+      placed.positions = attn::Positions{i0 + m - n, j0, 0};
+      attn::AttentionGradients<Scalar> g;
+      const std::string where = cut + ", block of rows [" + std::to_string(i0) + ", " +
+                                std::to_string(i0 + rows) + ") × keys [" + std::to_string(j0) +
+                                ", " + std::to_string(j0 + cols) + ")";
+      functions.with_mask(block_mask(spec, i0, j0, rows, cols), [&](const auto& mask) {
+        if constexpr (backward_takes<std::decay_t<decltype(mask)>>()) {
+          expect_shape_error_iff(
+              false, "scaled_dot_product_attention_backward with positions", context + where, [&] {
+                g = attn::scaled_dot_product_attention_backward(
+                    q.middleRows(i0, rows), k.middleRows(j0, cols), v.middleRows(j0, cols),
+                    whole.out.middleRows(i0, rows), whole.lse.middleRows(i0, rows),
+                    d_out.middleRows(i0, rows), mask, placed);
+              });
+        } else {
+          fail("fuzzer bug: the positions check reached a mask the backward does not take" +
+               context);
+        }
+      });
+      dq.middleRows(i0, rows) += g.dq;
+      dk.middleRows(j0, cols) += g.dk;
+      dv_sum.middleRows(j0, cols) += g.dv;
+      dq_abs.middleRows(i0, rows) += g.dq.template cast<double>().cwiseAbs();
+      dk_abs.middleRows(j0, cols) += g.dk.template cast<double>().cwiseAbs();
+      dv_abs.middleRows(j0, cols) += g.dv.template cast<double>().cwiseAbs();
+    }
+  }
+  const double u = Eigen::NumTraits<Scalar>::epsilon();
+  const auto agree = [&](const char* gradient, const attn::Matrix<Scalar>& parts,
+                         const attn::Matrix<Scalar>& all, const MatrixD& bound,
+                         const MatrixD& magnitude) {
+    for (Index i = 0; i < parts.rows(); ++i) {
+      for (Index c = 0; c < parts.cols(); ++c) {
+        const double x = static_cast<double>(parts(i, c)), y = static_cast<double>(all(i, c));
+        const double limit = 2 * bound(i, c) + 2 * u * magnitude(i, c);
+        if (!(std::abs(x - y) <= limit)) {
+          char buffer[256];
+          std::snprintf(buffer, sizeof buffer,
+                        "scaled_dot_product_attention_backward with positions: %s(%ld, %ld) "
+                        "summed over the blocks is %.17g, the whole call's %.17g: difference "
+                        "%.3g > %.3g",
+                        gradient, static_cast<long>(i), static_cast<long>(c), x, y, std::abs(x - y),
+                        limit);
+          fail(buffer + context + cut);
+        }
+      }
+    }
+  };
+  agree("dq", dq, whole.dq, e.dq_bound, dq_abs);
+  agree("dk", dk, whole.dk, e.dk_bound, dk_abs);
+  agree("dv", dv_sum, whole.dv, e.dv_bound, dv_abs);
+}
+
 template <typename Scalar>
 void run(Input& in, Problem& p, std::uint8_t spoiler, std::uint8_t qk_code, std::uint8_t v_code) {
   // Shapes as the flags say, then one of them spoiled.
@@ -1141,6 +1633,23 @@ void run(Input& in, Problem& p, std::uint8_t spoiler, std::uint8_t qk_code, std:
   static attn::Workspace workspace;  // outlives the input: later inputs reuse its scratch
   if (p.workspace) options.workspace = &workspace;
 
+  // The backward check (see the top): for valid problems with q, k and v in Scalar (not paged),
+  // no NaN and no score function, small enough for its reference; d_out from the input's side
+  // seed, in [−1, 1].
+  const bool score_function = functions.choice->alibi || functions.choice->wave;
+  const double backward_work = static_cast<double>(n) * static_cast<double>(m) *
+                               static_cast<double>(std::max<Index>(heads, 1)) *
+                               static_cast<double>(d + dv + 1);
+  const bool backward_wanted = valid && valid_out && !p.nan && !p.paged &&
+                               q_storage == Storage::scalar && k_storage == Storage::scalar &&
+                               v_storage == Storage::scalar &&
+                               (backward_differentiates_score_functions || !score_function) &&
+                               backward_work <= backward_work_limit;
+  attn_test::Random side(in.side_seed());
+  attn::Matrix<Scalar> d_out;
+  if (backward_wanted) d_out = side.uniform_matrix<Scalar>(n, heads * dv);
+  LibraryBackward<Scalar> backward;
+
   // The library, by value or into a block of a larger, sentinel-filled matrix, on q, k, v in their
   // storage; qe, ke, ve: the values it reads (the stored ones, in Scalar), for the reference.
   attn::Matrix<Scalar> out;
@@ -1180,6 +1689,18 @@ void run(Input& in, Problem& p, std::uint8_t spoiler, std::uint8_t qk_code, std:
           returned = expect_shape_error_iff(!valid, "scaled_dot_product_attention", context, [&] {
             out = attn::scaled_dot_product_attention(q_arg, k_arg, v_arg, mask, options);
           });
+        }
+        // The backward on the same operands and mask (the operands in Scalar, the mask without a
+        // score function: see backward_takes).
+        if constexpr (dense_in<Scalar, decltype(q_arg)>() && dense_in<Scalar, decltype(k_arg)>() &&
+                      dense_in<Scalar, decltype(v_arg)>() &&
+                      backward_takes<std::decay_t<decltype(mask)>>()) {
+          if (backward_wanted && returned) {
+            const attn::Matrix<Scalar> forward =
+                p.into ? attn::Matrix<Scalar>(storage.block(1, 1, out_rows, out_cols)) : out;
+            library_backward<Scalar>(q_arg, k_arg, v_arg, mask, options, p, forward, d_out,
+                                     backward, context);
+          }
         }
       };
       // Functions only with every operand in Scalar (they set the storage so): four more kernel
@@ -1391,6 +1912,12 @@ void run(Input& in, Problem& p, std::uint8_t spoiler, std::uint8_t qk_code, std:
     }
   }
 
+  if (backward.ran) {
+    check_backward(p, spec, functions, qe, ke, ve, d_out, backward, allowed_by_head, bias, heads,
+                   kv_heads, d, dv, scale, options, side,
+                   logit_bound + p.softcap + spec.bias_bound + functions.shift, context);
+  }
+
   // The functors on the same shapes and mask, with inputs and weights as in the layer tests
   // (entries in [−1, 1], PyTorch's initialisation), so tests/support/tolerance.hpp applies.
   // (The functors scale by 1/√d, have no soft-cap and use one head dim for keys and values.)
@@ -1597,7 +2124,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   p.workspace = heads_code & 64;
   p.nan = heads_code & 128;
   const std::uint8_t spoiler = in.byte();
-  const std::uint8_t scale_code = in.byte();
+  const std::uint8_t scale_code = in.byte();  // bits 0–2: the scale; bit 3: positions
+  p.positions = scale_code & 8;
   const std::uint8_t softcap_code = in.byte();  // bits 2–7: the storage of k, v and q
   if (!p.is_double) {
     static constexpr Storage kv_storages[] = {Storage::scalar, Storage::bfloat16, Storage::half,

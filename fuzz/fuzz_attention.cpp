@@ -53,8 +53,9 @@
 //
 // The backward (attn::scaled_dot_product_attention_backward) is checked for a valid problem whose
 // forward call returned, with q, k and v in Scalar (no reduced storage, not paged), not in NaN
-// mode, without a score function (not differentiated yet: backward_takes is the one switch for when
-// they are; mask functions are checked) and with n·m·H·(d + dv + 1) ≤ 2.5e5 (its reference costs
+// mode, with any mask function and score function (the score functions here are additive: the
+// reference takes their shift as a bias per head; backward_differentiates_score_functions is
+// the switch) and with n·m·H·(d + dv + 1) ≤ 2.5e5 (its reference costs
 // about three forward references). The forward is called again with AttentionExtras::log_sum_exp
 // (its output must be bitwise the checked call's), then the backward on the operands exactly as the
 // forward took them (strided and column-major included), with d_out in [−1, 1] from the input's
@@ -685,6 +686,7 @@ struct FunctionChoice {
 };
 
 struct FuzzScore {
+  static constexpr bool additive = true;  // s + a shift of (h, q, k), or −∞: derivative 1
   std::shared_ptr<const FunctionChoice> c;
   template <typename S>
   S operator()(S s, Index h, Index q, Index k) const {
@@ -1092,12 +1094,11 @@ bool expect_shape_error_iff(bool invalid, const char* what, const std::string& c
 // The backward pass (attn::scaled_dot_product_attention_backward)
 // ---------------------------------------------------------------------------------------------
 
-/// Score functions are not differentiated yet (gradients.hpp static_asserts them out of the
-/// backward), so problems with one skip the backward check. This is the one switch for when they
-/// are: backward_takes then lets ScoreMasks with a score function through, and the reference
-/// (expected_gradients, through attn_test::reference_gradients) must learn the score function's
-/// derivative, and its bounds the score function's shift (FunctionSpec::shift).
-constexpr bool backward_differentiates_score_functions = false;
+/// The fuzzer's score functions (ALiBi, the wave, both) are additive (FuzzScore::additive), so
+/// the backward differentiates them with a derivative of 1, and the reference takes them as a
+/// bias per head (expected_gradients' score_shift); their shift is in the logit bound
+/// (FunctionSpec::shift). Turning this off skips the backward check for them.
+constexpr bool backward_differentiates_score_functions = true;
 
 /// Whether the backward check can call the backward with mask type M.
 template <typename M>
@@ -1211,6 +1212,10 @@ void library_backward(const Q& q, const K& k, const V& v, const M& mask,
   }
 }
 
+/// An additive score function's shift at head h, query row i and key row j (visible pairs only);
+/// empty without one.
+using ScoreShift = std::function<double(Index h, Index i, Index j)>;
+
 /// The fp64 reference gradients and, entry by entry, a bound on the library's error.
 struct ExpectedGradients {
   MatrixD dq, dk, dv;  // attn_test::reference_gradients
@@ -1244,8 +1249,9 @@ ExpectedGradients expected_gradients(const attn::Matrix<Scalar>& q, const attn::
                                      const attn::Matrix<Scalar>& v,
                                      const attn::Matrix<Scalar>& d_out,
                                      const std::vector<MatrixB>& visible_by_head,
-                                     const MatrixD& bias, Index heads, Index kv_heads, Index d,
-                                     Index dv, double scale, double softcap, double logit_bound) {
+                                     const MatrixD& bias, const ScoreShift& score_shift,
+                                     Index heads, Index kv_heads, Index d, Index dv, double scale,
+                                     double softcap, double logit_bound) {
   const Index n = q.rows(), m = k.rows(), group = heads / kv_heads;
   constexpr double minus_infinity = -std::numeric_limits<double>::infinity();
   const double u = Eigen::NumTraits<Scalar>::epsilon();
@@ -1270,10 +1276,19 @@ ExpectedGradients expected_gradients(const attn::Matrix<Scalar>& q, const attn::
   for (Index h = 0; h < heads; ++h) {
     const Index g = h / group;
     const MatrixB& allowed = visible_by_head[static_cast<std::size_t>(h)];
+    // The head's bias: the mask's, plus the score function's shift where the key is visible.
+    MatrixD head_bias = bias;
+    if (score_shift) {
+      for (Index i = 0; i < n; ++i) {
+        for (Index j = 0; j < m; ++j) {
+          if (allowed(i, j)) head_bias(i, j) += score_shift(h, i, j);
+        }
+      }
+    }
     const MatrixD qh = qd.middleCols(h * d, d), kg = kd.middleCols(g * d, d);
     const MatrixD vg = vd.middleCols(g * dv, dv), doh = dod.middleCols(h * dv, dv);
     const attn_test::ReferenceGradients r = attn_test::reference_gradients(
-        qh, kg, vg, doh, 1, 1, ReferenceMask::keep(allowed) & ReferenceMask::bias(bias), scale,
+        qh, kg, vg, doh, 1, 1, ReferenceMask::keep(allowed) & ReferenceMask::bias(head_bias), scale,
         softcap);
     e.dq.middleCols(h * d, d) = r.dq;
     e.dk.middleCols(g * d, d) += r.dk;
@@ -1289,7 +1304,7 @@ ExpectedGradients expected_gradients(const attn::Matrix<Scalar>& q, const attn::
       for (Index j = 0; j < m; ++j) {
         double& logit = p(i, j);
         if (softcap > 0) logit = softcap * std::tanh(logit / softcap);
-        logit = allowed(i, j) ? logit + bias(i, j) : minus_infinity;
+        logit = allowed(i, j) ? logit + head_bias(i, j) : minus_infinity;
         row_max = std::max(row_max, logit);
       }
       if (row_max == minus_infinity) {
@@ -1303,7 +1318,7 @@ ExpectedGradients expected_gradients(const attn::Matrix<Scalar>& q, const attn::
       }
       for (Index j = 0; j < m; ++j) {
         p(i, j) /= sum;
-        if (!allowed(i, j) || bias(i, j) == minus_infinity) continue;
+        if (!allowed(i, j) || head_bias(i, j) == minus_infinity) continue;
         ep(i, j) = std::min(1.0, p(i, j) * relative) + floor;
         e.dq_zero(i, h) = false;
         e.dk_zero(j, g) = false;
@@ -1386,13 +1401,14 @@ void check_backward(const Problem& p, const MaskSpec& spec, const FunctionSpec& 
                     const attn::Matrix<Scalar>& q, const attn::Matrix<Scalar>& k,
                     const attn::Matrix<Scalar>& v, const attn::Matrix<Scalar>& d_out,
                     const LibraryBackward<Scalar>& whole,
-                    const std::vector<MatrixB>& visible_by_head, const MatrixD& bias, Index heads,
-                    Index kv_heads, Index d, Index dv, double scale,
-                    const attn::AttentionOptions& options, attn_test::Random& side,
+                    const std::vector<MatrixB>& visible_by_head, const MatrixD& bias,
+                    const ScoreShift& score_shift, Index heads, Index kv_heads, Index d, Index dv,
+                    double scale, const attn::AttentionOptions& options, attn_test::Random& side,
                     double logit_bound, const std::string& context) {
   const Index n = q.rows(), m = k.rows();
-  const ExpectedGradients e = expected_gradients(q, k, v, d_out, visible_by_head, bias, heads,
-                                                 kv_heads, d, dv, scale, p.softcap, logit_bound);
+  const ExpectedGradients e =
+      expected_gradients(q, k, v, d_out, visible_by_head, bias, score_shift, heads, kv_heads, d, dv,
+                         scale, p.softcap, logit_bound);
   const char* const name = p.into ? "scaled_dot_product_attention_backward_into"
                                   : "scaled_dot_product_attention_backward";
   const std::string what = std::string(name) + ": ";
@@ -1634,7 +1650,7 @@ void run(Input& in, Problem& p, std::uint8_t spoiler, std::uint8_t qk_code, std:
   if (p.workspace) options.workspace = &workspace;
 
   // The backward check (see the top): for valid problems with q, k and v in Scalar (not paged),
-  // no NaN and no score function, small enough for its reference; d_out from the input's side
+  // no NaN, small enough for its reference; d_out from the input's side
   // seed, in [−1, 1].
   const bool score_function = functions.choice->alibi || functions.choice->wave;
   const double backward_work = static_cast<double>(n) * static_cast<double>(m) *
@@ -1913,8 +1929,15 @@ void run(Input& in, Problem& p, std::uint8_t spoiler, std::uint8_t qk_code, std:
   }
 
   if (backward.ran) {
-    check_backward(p, spec, functions, qe, ke, ve, d_out, backward, allowed_by_head, bias, heads,
-                   kv_heads, d, dv, scale, options, side,
+    // The score functions are additive: their shift is the reference score of a zero logit.
+    ScoreShift score_shift;
+    if (rule.score) {
+      score_shift = [&rule, n, m](Index h, Index i, Index j) {
+        return rule.score(0.0, h, i + m - n, j);
+      };
+    }
+    check_backward(p, spec, functions, qe, ke, ve, d_out, backward, allowed_by_head, bias,
+                   score_shift, heads, kv_heads, d, dv, scale, options, side,
                    logit_bound + p.softcap + spec.bias_bound + functions.shift, context);
   }
 

@@ -359,11 +359,15 @@ TYPED_TEST(GradientsTest, HiddenNanValuesReachNoGradient) {
   in.v.row(47).setConstant(std::numeric_limits<Scalar>::quiet_NaN());
   in.k.row(48).setConstant(std::numeric_limits<Scalar>::quiet_NaN());
   const Mask mask = Mask::key_length(45);
-  const attn::AttentionGradients<Scalar> g = library_gradients(in, mask, options_of(s));
-  EXPECT_TRUE(g.dq.allFinite());
-  EXPECT_TRUE(g.dk.topRows(45).allFinite());
-  EXPECT_TRUE(g.dv.allFinite());
-  EXPECT_TRUE(g.dv.bottomRows(5).isZero(0));
+  // With a softcap too: tanh of a hidden NaN logit is NaN, and 1 − tanh² must not reach dS.
+  for (const double softcap : {0.0, 5.0}) {
+    const attn::AttentionGradients<Scalar> g = library_gradients(in, mask, options_of(s, softcap));
+    EXPECT_TRUE(g.dq.allFinite()) << "softcap " << softcap;
+    EXPECT_TRUE(g.dk.topRows(45).allFinite()) << "softcap " << softcap;
+    EXPECT_TRUE(g.dk.bottomRows(5).isZero(0)) << "softcap " << softcap;
+    EXPECT_TRUE(g.dv.allFinite()) << "softcap " << softcap;
+    EXPECT_TRUE(g.dv.bottomRows(5).isZero(0)) << "softcap " << softcap;
+  }
 }
 
 // Against torch autograd (tests/reference/generate_golden.py, float64) through its manual

@@ -43,7 +43,7 @@ struct BackwardProblem {
 template <typename Scalar>
 struct BackwardBlocks {
   using Tile = TileTraits<Scalar>;
-  static constexpr Index key_rows = 128 / Tile::columns * Tile::columns;
+  static constexpr Index key_rows = 256 / Tile::columns * Tile::columns;
   static constexpr Index query_rows = 128 / Tile::rows * Tile::rows;
   /// Columns rounded up to whole packets: the row length of the padded copies.
   static Index padded(Index cols) {
@@ -191,6 +191,7 @@ void backward_keys(const BackwardProblem<Scalar>& p, const TileMask<Scalar, SM>&
               const Scalar prob = s(r, c);
               Scalar ds = prob * (dp(r, c) - d_r);
               if constexpr (chain_score) ds *= u(r, c);
+              if (p.softcap > 0) ds *= Scalar(1) - t(r, c) * t(r, c);  // tanh of a NaN key: NaN
               dp(r, c) = prob == Scalar(0) ? Scalar(0) : ds;
             }
           }
@@ -198,8 +199,8 @@ void backward_keys(const BackwardProblem<Scalar>& p, const TileMask<Scalar, SM>&
           d_column.head(bq) = d_rows.col(h).segment(i0, bq);
           dp.array() = s.array() * (dp.array().colwise() - d_column.head(bq).array());
           if constexpr (chain_score) dp.array() *= u.array();
+          if (p.softcap > 0) dp.array() *= Scalar(1) - t.array().square();
         }
-        if (p.softcap > 0) dp.array() *= Scalar(1) - t.array().square();
         // dp now holds dS / scale: the scale is in the copies of K, and dK takes it when stored.
         register_product<true>(dv, bk_padded, bq, do_i, 1, do_stride, scratch.s.data(), stride,
                                scratch.dv_t.data(), stride);
@@ -230,26 +231,38 @@ template <typename Scalar, typename SM>
 void run_backward(const BackwardProblem<Scalar>& p, const SM& score_mask,
                   const Executor& executor) {
   const Index n = p.q.rows(), m = p.k.rows(), heads = p.num_heads, dv = p.value_dim;
-  MatrixView<Scalar>(p.dq).setZero();
   if (n == 0 || m == 0) {
+    MatrixView<Scalar>(p.dq).setZero();
     MatrixView<Scalar>(p.dk).setZero();
     MatrixView<Scalar>(p.dv).setZero();
     return;
   }
   const TileMask<Scalar, SM> mask(score_mask, n, m, heads, p.first_query_position,
                                   p.first_key_position, p.first_head);
+  // The passes over whole rows (D, and the sum of dQ's parts) run on the workers too, in blocks
+  // of rows: each row's result is the same whoever computes it, and serial they would cost a
+  // tenth of the time on two threads.
+  constexpr Index row_block = 64;
+  const auto for_rows = [&](const auto& pass) {
+    parallel_for(
+        (n + row_block - 1) / row_block,
+        [&](Index begin, Index end) { pass(begin * row_block, std::min(n, end * row_block)); },
+        executor);
+  };
   // D = rowsum(dO ∘ O) per row and head.
   Matrix<Scalar> d_rows(n, heads);
-  for (Index i = 0; i < n; ++i) {
-    for (Index h = 0; h < heads; ++h) {
-      d_rows(i, h) = p.d_out.row(i).segment(h * dv, dv).dot(p.out.row(i).segment(h * dv, dv));
+  for_rows([&](Index first, Index last) {
+    for (Index i = first; i < last; ++i) {
+      for (Index h = 0; h < heads; ++h) {
+        d_rows(i, h) = p.d_out.row(i).segment(h * dv, dv).dot(p.out.row(i).segment(h * dv, dv));
+      }
     }
-  }
+  });
   using Blocks = BackwardBlocks<Scalar>;
   const Index key_blocks = (m + Blocks::key_rows - 1) / Blocks::key_rows;
   // dQ's parts are written in whole packets: the first chunk adds into dQ itself when a head's
   // columns are whole packets, every other chunk into a partial (head h at columns h·d_padded),
-  // summed in chunk order afterwards.
+  // summed in chunk order afterwards. Each item first zeroes its heads' columns of its part.
   const Index d_padded = Blocks::padded(p.head_dim);
   const bool direct = d_padded == p.head_dim;
   const Index chunks =
@@ -259,30 +272,42 @@ void run_backward(const BackwardProblem<Scalar>& p, const SM& score_mask,
   };
   const Index width = heads * d_padded;
   const Index first_partial = direct ? 1 : 0;
-  Matrix<Scalar> partials = Matrix<Scalar>::Zero((chunks - first_partial) * n, width);
+  Matrix<Scalar> partials((chunks - first_partial) * n, width);
   const auto target = [&](Index c) {
     if (c < first_partial)
       return DqTarget<Scalar>{MatrixView<Scalar>(p.dq).data(), p.dq.outerStride(), p.head_dim};
     return DqTarget<Scalar>{partials.data() + (c - first_partial) * n * width, width, d_padded};
   };
-  const Index items = p.num_kv_heads * chunks;
+  const Index items = p.num_kv_heads * chunks, group = p.group();
   parallel_for(
       items,
       [&](Index begin, Index end) {
         BackwardScratch<Scalar> scratch(p.head_dim, dv);
         for (Index item = begin; item < end; ++item) {
           const Index g = item / chunks, c = item % chunks;
-          backward_keys(p, mask, d_rows, g, chunk_begin(c), chunk_begin(c + 1), target(c), scratch);
+          const DqTarget<Scalar> part = target(c);
+          MatrixView<Scalar>(part.data + g * group * part.head_stride, n, group * part.head_stride,
+                             Eigen::OuterStride<>(part.stride))
+              .setZero();
+          backward_keys(p, mask, d_rows, g, chunk_begin(c), chunk_begin(c + 1), part, scratch);
         }
       },
       executor);
-  for (Index c = first_partial; c < chunks; ++c) {
-    const auto part = partials.middleRows((c - first_partial) * n, n);
-    for (Index h = 0; h < heads; ++h) {
-      MatrixView<Scalar>(p.dq).middleCols(h * p.head_dim, p.head_dim) +=
-          part.middleCols(h * d_padded, p.head_dim);
+  if (chunks == first_partial) return;
+  for_rows([&](Index first, Index last) {
+    MatrixView<Scalar> dq(p.dq);
+    for (Index c = first_partial; c < chunks; ++c) {
+      const auto part = partials.middleRows((c - first_partial) * n + first, last - first);
+      for (Index h = 0; h < heads; ++h) {
+        auto rows = dq.block(first, h * p.head_dim, last - first, p.head_dim);
+        if (c == 0) {
+          rows = part.middleCols(h * d_padded, p.head_dim);  // (not direct: dQ is the sum)
+        } else {
+          rows += part.middleCols(h * d_padded, p.head_dim);
+        }
+      }
     }
-  }
+  });
 }
 
 }  // namespace attn::detail

@@ -147,7 +147,8 @@ ScoreMask<Fn> score_function(Fn fn) {
 
 /// A score function with its derivative, for the backward pass (attn/gradients.hpp):
 /// `derivative(score, head, q, k)` returns ∂fn(score, head, q, k)/∂score at that score. The
-/// forward calls only `fn`.
+/// forward calls only `fn`; the backward calls both for every pair of the blocks it visits
+/// (pairs a mask hides within them included, whose results it discards), so both must be pure.
 /// \code
 /// // A temperature per head, trainable through the logits:
 /// auto temperature = attn::score_function(

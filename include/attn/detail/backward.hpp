@@ -240,8 +240,8 @@ void run_backward(const BackwardProblem<Scalar>& p, const SM& score_mask,
   const TileMask<Scalar, SM> mask(score_mask, n, m, heads, p.first_query_position,
                                   p.first_key_position, p.first_head);
   // The passes over whole rows (D, and the sum of dQ's parts) run on the workers too, in blocks
-  // of rows: each row's result is the same whoever computes it, and serial they would cost a
-  // tenth of the time on two threads.
+  // of rows: each row's result is the same whoever computes it, and serial passes over memory
+  // would be what the threads cannot share.
   constexpr Index row_block = 64;
   const auto for_rows = [&](const auto& pass) {
     parallel_for(

@@ -405,9 +405,9 @@ def main():
     seeds["paged_spoiled"] = seed(flags=SPOIL, n=4, m=20, d=4, dv=4, spoiler=3,
                                   stored=storage(paged=True), rng=rng)
     # The backward check's cut into blocks placed by AttentionOptions::positions (byte 7, bit 3;
-    # the backward itself is checked for every valid float or double problem without NaN, reduced
-    # storage or a score function, with n·m·H·(d + dv + 1) ≤ 2.5e5); added last, so that the
-    # seeds above keep their bytes. Two key blocks (m > 128: two chunks of the backward), GQA, MQA,
+    # the backward itself is checked for every valid float or double problem without NaN or
+    # reduced storage, with n·m·H·(d + dv + 1) ≤ 2.5e5); added last, so that the seeds above keep
+    # their bytes. Several query and key blocks of the cut, GQA, MQA,
     # threads, _into, strided inputs, explicit parts cut to the blocks, mask functions, soft-cap.
     seeds["backward_positions_gqa_causal_keep"] = seed(
         flags=THREADS | INTO, n=70, m=130, d=8, dv=4, head_code=heads(2, 1), scale=POSITIONS,
@@ -422,10 +422,9 @@ def main():
     seeds["backward_positions_decode_mqa"] = seed(
         flags=THREADS, n=1, m=190, d=16, dv=16, head_code=heads(4, 1), scale=POSITIONS,
         mask=[CAUSAL], rng=rng)
-    # Regression, failing until the library is fixed: with a soft-cap, NaN in a key that the mask
-    # hides (the backward check puts NaN in the keys no query sees) must reach no gradient, but
-    # reaches dq and that key's dk through the derivative 1 − tanh² of its NaN logit, which
-    # detail/backward.hpp multiplies in after zeroing dS where P is 0.
+    # Regression: with a soft-cap, NaN in a key that the mask hides (the backward check puts NaN in
+    # the keys no query sees) must reach no gradient; it once reached dq and that key's dk through
+    # the derivative 1 − tanh² of its NaN logit, multiplied in after dS was zeroed where P is 0.
     seeds["regression_backward_softcap_hidden_nan_key"] = seed(
         flags=SOFTCAP, n=4, m=6, d=4, dv=4, softcap=1, mask=[key_length(5)], rng=rng)
     for name, data in sorted(seeds.items()):

@@ -64,7 +64,8 @@ void check_backward_shape(const char* who, const char* name, const Shaped& x, In
 /// Deterministic: the gradients are bitwise the same for any executor and thread count. Work
 /// items are (kv head, chunk of keys), the chunks cut by shape only; each item owns its keys' dK
 /// and dV and a partial dQ, and the partials are summed in chunk order afterwards — no atomics.
-/// The price: up to 32 MiB of partial dQ (n × H·d per chunk beyond the first, at most 8 chunks).
+/// The price: a partial dQ (n × H·d) per chunk beyond the first, allocated and summed per call;
+/// as many chunks as 16 work items need (kv heads × chunks), at most 8 and 32 MiB of partials.
 /// Memory otherwise O((n + m)·H·d): no n×m matrix.
 ///
 /// \throws ShapeError naming the argument and both shapes when a shape disagrees with q, k, v

@@ -51,16 +51,19 @@ struct BackwardBlocks {
   }
 };
 
-/// How many chunks the keys are cut into: enough work items for several threads on few heads,
-/// and at most 32 MiB of partial dQ (n × H·d each, padded to whole packets; the first chunk adds
-/// into dQ itself when `direct`). A function of the shape only.
-inline Index backward_chunks(Index n, Index key_blocks, Index heads, Index padded_head_dim,
-                             Index scalar_bytes, bool direct) {
+/// How many chunks the keys are cut into: enough for 16 work items (kv heads × chunks), so that
+/// threads share few heads, and no more: every chunk beyond the first costs a partial dQ (n × H·d,
+/// padded to whole packets) that is allocated, zeroed and summed per call, which is memory
+/// traffic the threads cannot share. At most 8 chunks and 32 MiB of partials (the first chunk
+/// adds into dQ itself when `direct`). A function of the shape only.
+inline Index backward_chunks(Index n, Index key_blocks, Index heads, Index kv_heads,
+                             Index padded_head_dim, Index scalar_bytes, bool direct) {
   const double partial_bytes = double(n) * double(heads * padded_head_dim) * double(scalar_bytes);
   const Index by_memory = partial_bytes > 0
                               ? Index(double(Index(32) << 20) / partial_bytes) + (direct ? 1 : 0)
                               : Index(8);
-  return std::max<Index>(1, std::min<Index>({Index(8), key_blocks, by_memory}));
+  const Index by_items = (16 + kv_heads - 1) / kv_heads;
+  return std::max<Index>(1, std::min<Index>({Index(8), key_blocks, by_memory, by_items}));
 }
 
 /// The scratch of one worker: a tile's logits (then P), tanh of the capped logits, dP (then dS)
@@ -265,8 +268,8 @@ void run_backward(const BackwardProblem<Scalar>& p, const SM& score_mask,
   // summed in chunk order afterwards. Each item first zeroes its heads' columns of its part.
   const Index d_padded = Blocks::padded(p.head_dim);
   const bool direct = d_padded == p.head_dim;
-  const Index chunks =
-      backward_chunks(n, key_blocks, heads, d_padded, Index(sizeof(Scalar)), direct);
+  const Index chunks = backward_chunks(n, key_blocks, heads, p.num_kv_heads, d_padded,
+                                       Index(sizeof(Scalar)), direct);
   const auto chunk_begin = [&](Index c) {
     return std::min(m, (key_blocks * c / chunks) * Blocks::key_rows);
   };

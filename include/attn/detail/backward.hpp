@@ -140,10 +140,9 @@ void backward_keys(const BackwardProblem<Scalar>& p, const TileMask<Scalar, SM>&
     const Index bk = std::min(Blocks::key_rows, key_end - j0);
     const Index bk_padded = Blocks::padded(bk);
     // The key block's copies; the padding columns of the transposes are zero (rows past bk).
-    if (bk < Blocks::key_rows) {
-      scratch.k_t.rightCols(Blocks::key_rows - bk).setZero();
-      scratch.v_t.rightCols(Blocks::key_rows - bk).setZero();
-    }
+    // (Not for a head dim of 0: a block of an empty matrix would offset a null pointer.)
+    if (bk < Blocks::key_rows && d > 0) scratch.k_t.rightCols(Blocks::key_rows - bk).setZero();
+    if (bk < Blocks::key_rows && dv > 0) scratch.v_t.rightCols(Blocks::key_rows - bk).setZero();
     const Scalar* k_block = p.k.data() + j0 * p.k.outerStride() + g * d;
     transpose_scaled(k_block, p.k.outerStride(), bk, d, p.scale, scratch.k_t.data(), stride);
     transpose_scaled(p.v.data() + j0 * p.v.outerStride() + g * dv, p.v.outerStride(), bk, dv,

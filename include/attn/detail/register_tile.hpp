@@ -6,6 +6,8 @@
 /// The kernel's inner loops on packets: the register tile of both prefill products (its shape
 /// from TileTraits), the block transpose, and the decode path's multi-row dot and axpy.
 
+#include <algorithm>
+
 #include "../types.hpp"
 #include "convert.hpp"
 #include "packet_math.hpp"
@@ -168,6 +170,15 @@ void register_product(Index rows, Index cols, Index depth, const Scalar* a, Inde
                       Index a_col, const Scalar* b, Index b_stride, Scalar* c, Index c_stride) {
   using Tile = TileTraits<Scalar>;
   const Index padded = (cols + Tile::packet_size - 1) / Tile::packet_size * Tile::packet_size;
+  // Empty operands may be null pointers, which must not be offset.
+  if (rows == 0 || cols == 0) return;
+  if (depth == 0) {
+    if (!Accumulate) {
+      for (Index r = 0; r < rows; ++r)
+        std::fill(c + r * c_stride, c + r * c_stride + padded, Scalar(0));
+    }
+    return;
+  }
   Index col = 0;
   for (; col + Tile::columns <= padded; col += Tile::columns) {
     register_rows<Tile::packets, Accumulate>(rows, depth, a, a_row, a_col, b + col, b_stride,

@@ -81,16 +81,10 @@ attn::AttentionGradients<Scalar> library_gradients(const Inputs<Scalar>& in, con
                                                      options);
 }
 
-// Tolerance of a gradient against the fp64 reference: the entries of q, k, v and dO are in
-// [−1, 1]. The backward recomputes P with the forward's error (attention_tolerance T, relative to
-// the O(1) values), then forms dP = dO·Vᵀ (a length-dv sum), dS = P ∘ (dP − D) and products of
-// length m (dQ) or n·H/Hkv (dK, dV) of terms each within a few u of exact: a gradient entry errs
-// by about T·(√dv + 1)·(the gradient's own scale), and the gradients' entries are O(1) here.
-// A factor 8 keeps a margin while a wrong index (a head, a row, a missing factor) is O(0.1).
+// support/tolerance.hpp's gradient_tolerance for the shape.
 template <typename Scalar>
 double gradient_tolerance(const Shape& s) {
-  return 8 * attn_test::attention_tolerance<Scalar>(std::sqrt(double(s.d)), std::max(s.n, s.m)) *
-         (std::sqrt(double(s.dv)) + 1);
+  return attn_test::gradient_tolerance<Scalar>(s.d, s.dv, std::max(s.n, s.m));
 }
 
 template <typename Scalar, typename M>

@@ -142,14 +142,25 @@ constexpr double max_slope = 0.5;
 // Calls visit(name, score mask, reference rule, shift) for each rule positions decide, for a
 // layer of `heads` heads over sequences of up to `length` positions. shift bounds how far the
 // score function moves a logit (what tolerance() adds to the logit bound). None of them is tied
-// to one sequence, so every one also serves packed batches.
-template <typename Visit>
+// to one sequence, so every one also serves packed batches. In double only the first and the
+// last (which composes four kinds): each rule is a kernel instantiation per Scalar and path,
+// and float meets every rule's logic at a tolerance a defect exceeds by orders of magnitude.
+template <typename Scalar, typename Visit>
 void for_each_rule(Index heads, Index length, const Visit& visit) {
   using attn_test::layer_causal;
   const double alibi_shift = max_slope * double(length);
   const std::vector<double> slopes = attn_test::layer_alibi_slopes(heads);
   visit("causal & alibi", Mask::causal() & attn::alibi(heads),
         layer_causal() & attn_test::layer_alibi(slopes), alibi_shift);
+  if constexpr (std::is_same_v<Scalar, double>) {
+    visit("alibi & sinks & score lambda & mask lambda",
+          attn::alibi(heads) & attn::sinks(4, 16) & attn::score_function(tempered_wave) &
+              attn::mask_function(strided_causal),
+          attn_test::layer_alibi(slopes) & attn_test::layer_sinks(4, 16) & wave_rule() &
+              strided_causal_rule(),
+          alibi_shift + wave_shift);
+    return;
+  }
   visit("sinks(4, 16)", attn::sinks(4, 16), attn_test::layer_sinks(4, 16), 0.0);
   visit("prefix_lm(10)", attn::prefix_lm(10), attn_test::layer_prefix_lm(10), 0.0);
   visit("causal & documents", Mask::causal() & attn::documents(documents),
@@ -206,7 +217,7 @@ TYPED_TEST(ScoreMaskLayersTest, OneSequenceMatchesTheReference) {
       const auto w = attn_test::random_weights<Scalar>(cfg, rng);
       const attn::SelfAttention<Scalar> layer(cfg, w);
       const attn::Matrix<Scalar> x = rng.uniform_matrix<Scalar>(length, cfg.model_dim);
-      for_each_rule(
+      for_each_rule<Scalar>(
           cfg.num_heads, length,
           [&](const char* name, const auto& mask, const LayerRule& rule, double shift) {
             EXPECT_TRUE(attn_test::matrix_near(
@@ -251,7 +262,7 @@ TYPED_TEST(ScoreMaskLayersTest, PackedBatchSeesEachSequenceFromItsStart) {
       const attn::SelfAttention<Scalar> layer(cfg, w);
       const attn::Matrix<Scalar> x = rng.uniform_matrix<Scalar>(sum(lengths), cfg.model_dim);
       const Index longest = *std::max_element(lengths.begin(), lengths.end());
-      for_each_rule(
+      for_each_rule<Scalar>(
           cfg.num_heads, longest,
           [&](const char* name, const auto& mask, const LayerRule& rule, double shift) {
             const attn::Matrix<Scalar> batch = layer(x, lengths, mask);

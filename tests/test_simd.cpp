@@ -4,8 +4,9 @@
 // attn/simd.hpp's report, and every public computation against the fp64 reference in one
 // translation unit, so that .ci/portability can build it cheaply for every instruction set,
 // compiler and -ffast-math cell: the kernel under each mask kind, grouped heads, soft-capping,
-// decoding and its extras, the partial merge, keys and values stored in 16 and 8 bits, and both
-// functors with a KV cache and a remembered memory. The other test files go deeper into each; this one is their common ground.
+// decoding and its extras, the partial merge, keys and values stored in 16 and 8 bits, the
+// backward pass, and both functors with a KV cache and a remembered memory. The other test files
+// go deeper into each; this one is their common ground.
 
 #include <gtest/gtest.h>
 
@@ -18,6 +19,7 @@
 #include "support/matrix_near.hpp"
 #include "support/random.hpp"
 #include "support/reference.hpp"
+#include "support/reference_gradients.hpp"
 #include "support/tolerance.hpp"
 
 namespace {
@@ -258,6 +260,62 @@ void expect_stored_kernel_matches(const char* name) {
     EXPECT_TRUE(attn_test::matrix_near(
         got, expected, attn_test::attention_tolerance<float>(std::sqrt(double(s.d)), s.m)))
         << name << ", n " << s.n << ", m " << s.m << ", d " << s.d;
+  }
+}
+
+// The backward (its own register-tile products, any shape, padded head dims) against the fp64
+// reference's gradients: whole and ragged tiles, grouped heads, dv ≠ d, masks that cut tiles,
+// soft-capping, and keys split into chunks for two threads. One mask type: one backward
+// instantiation per Scalar.
+TYPED_TEST(SimdPaths, BackwardMatchesTheReference) {
+  using Scalar = TypeParam;
+  struct GradientShape {
+    Index n, m, heads, kv_heads, d, dv;
+  };
+  Random rng(1207);
+  for (const GradientShape& s :
+       {GradientShape{130, 300, 2, 1, 13, 7}, GradientShape{70, 129, 2, 2, 64, 32},
+        GradientShape{1, 40, 1, 1, 8, 8}}) {
+    const auto q = rng.uniform_matrix<Scalar>(s.n, s.heads * s.d);
+    const auto k = rng.uniform_matrix<Scalar>(s.m, s.kv_heads * s.d);
+    const auto v = rng.uniform_matrix<Scalar>(s.m, s.kv_heads * s.dv);
+    const auto d_out = rng.uniform_matrix<Scalar>(s.n, s.heads * s.dv);
+    const attn::Matrix<bool> keep = rng.bernoulli_matrix(s.n, s.m, 0.7);
+    struct Case {
+      const char* name;
+      Mask mask;
+      ReferenceMask reference;
+      double softcap;
+    };
+    const std::vector<Case> cases = {
+        {"none", Mask(), ReferenceMask(), 0.0},
+        {"causal & window", Mask::causal() & Mask::window(40, 0),
+         ReferenceMask::causal() & ReferenceMask::window(40, 0), 0.0},
+        {"keep, softcap 5", Mask::keep(keep), ReferenceMask::keep(keep), 5.0},
+    };
+    for (const Case& c : cases) {
+      attn::AttentionOptions options;
+      options.num_heads = s.heads;
+      options.num_kv_heads = s.kv_heads;
+      options.softcap = c.softcap;
+      options.executor = attn::thread_executor(2);
+      attn::Matrix<Scalar> lse;
+      attn::AttentionExtras<Scalar> extras;
+      extras.log_sum_exp = &lse;
+      const attn::Matrix<Scalar> out =
+          attn::scaled_dot_product_attention(q, k, v, c.mask, options, extras);
+      const attn::AttentionGradients<Scalar> got =
+          attn::scaled_dot_product_attention_backward(q, k, v, out, lse, d_out, c.mask, options);
+      const attn_test::ReferenceGradients want = attn_test::reference_gradients(
+          q, k, v, d_out, s.heads, s.kv_heads, c.reference, std::nullopt, c.softcap);
+      const double tol = attn_test::gradient_tolerance<Scalar>(s.d, s.dv, std::max(s.n, s.m));
+      const std::string context = std::string(c.name) + ", n " + std::to_string(s.n) + ", m " +
+                                  std::to_string(s.m) + ", d " + std::to_string(s.d) + ", dv " +
+                                  std::to_string(s.dv);
+      EXPECT_TRUE(attn_test::matrix_near(got.dq, want.dq, tol)) << context << ": dq";
+      EXPECT_TRUE(attn_test::matrix_near(got.dk, want.dk, tol)) << context << ": dk";
+      EXPECT_TRUE(attn_test::matrix_near(got.dv, want.dv, tol)) << context << ": dv";
+    }
   }
 }
 

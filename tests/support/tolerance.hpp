@@ -55,4 +55,17 @@ double layer_tolerance(Eigen::Index model_dim, Eigen::Index source_dim, Eigen::I
   return 8.0 * u * (root(model_dim) + root(source_dim) + root(head_dim) + depth + 2.0);
 }
 
+/// The kernel's backward (dq, dk, dv) against reference_gradients, for entries of q, k, v and dO
+/// in [−1, 1]: the backward recomputes P with the forward's error (attention_tolerance T,
+/// relative to the O(1) values), then forms dP = dO·Vᵀ (a length-dv sum), dS = P ∘ (dP − D) and
+/// products of length m (dQ) or n·H/Hkv (dK, dV) of terms each within a few u of exact, so a
+/// gradient entry errs by about T·(√dv + 1)·(the gradient's own scale), and the gradients' entries
+/// are O(1) here. A factor 8 keeps a margin while a wrong index (a head, a row, a missing factor)
+/// is O(0.1).
+template <typename Scalar>
+double gradient_tolerance(Eigen::Index head_dim, Eigen::Index value_dim, Eigen::Index length) {
+  return 8 * attention_tolerance<Scalar>(std::sqrt(static_cast<double>(head_dim)), length) *
+         (std::sqrt(static_cast<double>(value_dim)) + 1);
+}
+
 }  // namespace attn_test

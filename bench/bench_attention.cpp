@@ -719,6 +719,7 @@ int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::AddCustomContext("attn SIMD", attn::simd_instruction_set());
+  benchmark::AddCustomContext("attn CPU", attn_bench::cpu_model());
   register_all();
   SummaryReporter reporter;
   benchmark::RunSpecifiedBenchmarks(&reporter);

@@ -120,6 +120,7 @@ int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::AddCustomContext("attn SIMD", attn::simd_instruction_set());
+  benchmark::AddCustomContext("attn CPU", attn_bench::cpu_model());
   benchmark::RegisterBenchmark("AttnSoftmaxExp", BM_Exp<attn_exp>);
   benchmark::RegisterBenchmark("AttnSoftmaxExpByMagicNumber", BM_Exp<attn_exp_by_magic_number>);
   benchmark::RegisterBenchmark("AttnSoftmaxExpByConversion", BM_Exp<attn_exp_by_conversion>);

@@ -8,9 +8,25 @@
 
 #include <benchmark/benchmark.h>
 
+#include <fstream>
+#include <string>
 #include <vector>
 
 namespace attn_bench {
+
+/// The CPU's name as Linux gives it (/proc/cpuinfo's first "model name"), for the benchmarks'
+/// context ("attn CPU", which bench/plot.py puts on its charts); "unknown CPU" elsewhere.
+inline std::string cpu_model() {
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(cpuinfo, line)) {
+    if (line.rfind("model name", 0) == 0) {
+      const std::size_t colon = line.find(':');
+      if (colon != std::string::npos && colon + 2 <= line.size()) return line.substr(colon + 2);
+    }
+  }
+  return "unknown CPU";
+}
 
 class SummaryReporter : public benchmark::ConsoleReporter {
  public:

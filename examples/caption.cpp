@@ -25,7 +25,7 @@
 
 #include <attn/attn.hpp>
 
-#include "png.hpp"
+#include "picture.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -186,8 +186,8 @@ example::Image attention_panel(const example::Image& scene, const Matrix& weight
 // The scene, then one panel per word with a bar of the word's colour beneath it.
 example::Image overview(const example::Image& scene, const Matrix& weights) {
   const int side = image_size * zoom;
-  example::Image out(margin + 4 * (side + margin), margin + side + margin / 2 + bar + margin,
-                     {32, 32, 32});
+  example::Image out(margin + 4 * (side + margin), margin + side + margin / 2 + bar + 28,
+                     {32, 32, 32});  // (the bottom 28 px hold the panels' names)
   out.paste(upscale(scene, zoom), margin, margin);
   const example::Rgb word_colours[] = {red, green, blue};
   for (Index word = 0; word < word_count; ++word) {
@@ -237,9 +237,22 @@ int main() {
 
     const char* path = "caption_attention.png";
     const example::Image picture = overview(scene, weights);
-    example::write_png(path, picture);
-    std::printf("\nwrote %s (%d x %d px): the picture, then where red, green and blue look\n", path,
-                picture.width(), picture.height());
+    // Each panel named beneath its bar: the picture, then the word whose attention it shows.
+    std::vector<example::Text> names;
+    const int side = image_size * zoom, label_y = margin + side + margin / 2 + bar + 18;
+    for (Index panel = 0; panel <= word_count; ++panel) {
+      const std::string name = panel == 0 ? std::string("patches: keys, values")
+                                          : "query \"" + std::string(words[panel - 1]) + "\"";
+      names.push_back({double(margin + int(panel) * (side + margin) + side / 2),
+                       double(label_y),
+                       name,
+                       12,
+                       example::Text::Anchor::middle,
+                       false,
+                       {230, 230, 230}});
+    }
+    if (example::write_png(path, picture, names))
+      std::printf("\nwrote %s: the picture, then where red, green and blue look\n", path);
     if (!ok) {
       std::printf("FAILED: a word did not find its shape\n");
       return 1;

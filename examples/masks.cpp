@@ -20,7 +20,7 @@
 
 #include <attn/attn.hpp>
 
-#include "png.hpp"
+#include "picture.hpp"
 
 #include <algorithm>
 #include <cstdio>
@@ -186,9 +186,8 @@ int main() {
 
     const char* path = "masks.png";
     const example::Image image = picture(full, chunks);
-    example::write_png(path, image);
-    std::printf("\nwrote %s (%d x %d px): the grids above, in the same order\n", path,
-                image.width(), image.height());
+    if (example::write_png(path, image))
+      std::printf("\nwrote %s: the grids above, in the same order\n", path);
     if (!aligned) {
       std::printf("FAILED: a chunk's lines differ from the last lines of its full grid\n");
       return 1;

@@ -25,7 +25,7 @@
 #include <string>
 #include <vector>
 
-#include "png.hpp"
+#include "picture.hpp"
 
 namespace {
 
@@ -387,8 +387,17 @@ int main(int argc, char** argv) {
       std::printf(" %.2f", double(weights(i, j)));
     std::printf("\n");
   }
-  example::write_png("train_attention.png", example::heatmap(weights, 32));
-  std::printf("wrote train_attention.png\n");
+  example::HeatmapLabels labels;
+  labels.title = "learned cross-attention, reversing " + spell(example);
+  labels.rows_name = "decoder step: the letter it emits";
+  labels.columns_name = "source letter";
+  const Text emitted = reversed(example);
+  for (Index i = 0; i < weights.rows(); ++i)
+    labels.rows.push_back(std::to_string(i) + ": " + char('a' + emitted[std::size_t(i)]));
+  for (const Index t : example)
+    labels.columns.push_back(std::string(1, char('a' + t)));
+  if (example::write_heatmap("train_attention.png", weights, labels))
+    std::printf("wrote train_attention.png\n");
 
   if (steps > 0) {
     // A short run: the loss must have fallen.

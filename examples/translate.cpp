@@ -59,7 +59,7 @@
 
 #include <attn/attn.hpp>
 
-#include "png.hpp"
+#include "picture.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -459,11 +459,19 @@ int main(int argc, char** argv) {
     }
 
     const char* path = "translate_attention.png";
-    const example::Image picture = example::heatmap(result.alignment, 32);
-    example::write_png(path, picture);
-    std::printf("\nwrote %s (%d x %d px): rows are the %d steps, columns the %d source tokens\n",
-                path, picture.width(), picture.height(), int(result.alignment.rows()),
-                int(result.alignment.cols()));
+    example::HeatmapLabels labels;
+    labels.title = "cross-attention, translating \"" + word + "\"";
+    labels.rows_name = "decoder step: the token it emits";
+    labels.columns_name = "source token (keys and values)";
+    for (Index t = 0; t < result.alignment.rows(); ++t)
+      labels.rows.push_back(
+          std::to_string(t) + ": " +
+          spell(t < Index(result.output.size()) ? result.output[std::size_t(t)] : eos));
+    for (const Index token : source)
+      labels.columns.push_back(spell(token));
+    if (example::write_heatmap(path, result.alignment, labels))
+      std::printf("\nwrote %s: rows are the %d steps, columns the %d source tokens\n", path,
+                  int(result.alignment.rows()), int(result.alignment.cols()));
 
     if (result.output != expected || !aligned) {
       std::printf("FAILED: expected %s, aligned to source positions %d .. 0\n",

@@ -83,8 +83,11 @@ class BlockMap {
     m_cells = std::move(cells);
   }
 
+  /// The n the map was built for: calls must have n queries.
   Index queries() const { return m_cells->n; }
+  /// The m the map was built for: calls must have m keys.
   Index keys() const { return m_cells->m; }
+  /// The query heads the map was built for.
   Index num_heads() const { return m_cells->heads; }
   /// 1 if one plane serves every head, else num_heads().
   Index planes() const { return m_cells->planes; }

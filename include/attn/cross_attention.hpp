@@ -35,8 +35,11 @@ class CrossAttention;
 template <typename Scalar_, typename Storage_ = Scalar_>
 class CrossAttentionMemory {
  public:
+  /// The type of the layer's computations (float or double).
   using Scalar = Scalar_;
+  /// The type keys and values are kept in.
   using Storage = Storage_;
+  /// What keys() and values() return.
   using View = StorageView<Storage>;
 
   /// Source rows (all sequences).
@@ -106,10 +109,12 @@ class CrossAttention {
                 "attn::CrossAttention: Scalar must be float or double");
 
  public:
+  /// The type of the computations (float or double).
   using Scalar = Scalar_;
   /// A remembered source with keys and values in Storage.
   template <typename Storage = Scalar>
   using MemoryIn = CrossAttentionMemory<Scalar, Storage>;
+  /// A remembered source in Scalar.
   using Memory = MemoryIn<Scalar>;
 
   /// \param config  model_dim E, num_heads, num_kv_heads, source_dim S (0 means E), bias; no
@@ -271,6 +276,7 @@ class CrossAttention {
     return y;
   }
 
+  /// The layer's shape, as constructed.
   const MultiHeadConfig& config() const { return m_core.config(); }
 
  private:
@@ -330,7 +336,9 @@ class CrossAttention {
   detail::MultiHeadCore<Scalar> m_core;
 };
 
+/// CrossAttention in float.
 using CrossAttentionf = CrossAttention<float>;
+/// CrossAttention in double.
 using CrossAttentiond = CrossAttention<double>;
 
 }  // namespace attn

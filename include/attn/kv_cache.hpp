@@ -49,7 +49,9 @@ class KVCache {
                 "attn::half or attn::qint8");
 
  public:
+  /// The type of the computations (float or double).
   using Scalar = Scalar_;
+  /// The type keys and values are kept in.
   using Storage = Storage_;
   /// What keys() and values() return: ConstMatrixView<Storage>, or QuantizedView for qint8.
   using View = StorageView<Storage>;
@@ -133,7 +135,9 @@ class KVCache {
   Index m_head_dim = 1;
 };
 
+/// A KVCache of floats.
 using KVCachef = KVCache<float>;
+/// A KVCache of doubles.
 using KVCached = KVCache<double>;
 
 }  // namespace attn

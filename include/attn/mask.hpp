@@ -106,6 +106,7 @@ class Mask {
     mask.m_keep = std::make_shared<const Matrix<bool>>(allowed);
     return mask;
   }
+  /// The same as keep(const Eigen::MatrixBase<Derived>&), moving `allowed` rather than copying it.
   static Mask keep(Matrix<bool>&& allowed) {
     Mask mask;
     mask.m_keep = std::make_shared<const Matrix<bool>>(std::move(allowed));
@@ -122,6 +123,7 @@ class Mask {
                   "attn::Mask::bias takes a float or double matrix: use .cast<float>()");
     return from_bias(Matrix<Scalar>(additive));
   }
+  /// The same as bias(const Eigen::MatrixBase<Derived>&), moving `additive` rather than copying.
   template <typename Scalar>
   static Mask bias(Matrix<Scalar>&& additive) {
     static_assert(detail::is_supported_scalar<Scalar>,

@@ -40,10 +40,14 @@ struct MultiHeadConfig {
   /// sequence (a cache's rows continue from its position()). head_dim 0 means the layer's.
   std::optional<RotaryConfig> rotary = std::nullopt;
 
+  /// Hkv: num_kv_heads, or num_heads where that is 0.
   Index kv_heads() const { return num_kv_heads == 0 ? num_heads : num_kv_heads; }
+  /// d = model_dim / num_heads (0 without heads).
   Index head_dim() const { return num_heads > 0 ? model_dim / num_heads : 0; }
   /// Width of the projected keys (and of the values): Hkv · head_dim.
   Index kv_dim() const { return kv_heads() * head_dim(); }
+  /// S, the width of the rows keys and values are projected from: source_dim, or model_dim
+  /// where that is 0.
   Index source_features() const { return source_dim == 0 ? model_dim : source_dim; }
 
   /// \throws ShapeError naming `who` and the offending numbers.
@@ -128,15 +132,24 @@ template <typename Scalar_>
 struct MultiHeadWeights {
   static_assert(detail::is_supported_scalar<Scalar_>,
                 "attn::MultiHeadWeights: Scalar must be float or double");
+  /// The type of the computations (float or double).
   using Scalar = Scalar_;
 
+  /// E × E: the query projection.
   Matrix<Scalar> q_weight;
+  /// Hkv·d × S: the key projection.
   Matrix<Scalar> k_weight;
+  /// Hkv·d × S: the value projection.
   Matrix<Scalar> v_weight;
+  /// E × E: the output projection.
   Matrix<Scalar> out_weight;
+  /// E, or empty: the query projection's bias.
   Vector<Scalar> q_bias;
+  /// Hkv·d, or empty: the key projection's bias.
   Vector<Scalar> k_bias;
+  /// Hkv·d, or empty: the value projection's bias.
   Vector<Scalar> v_bias;
+  /// E, or empty: the output projection's bias.
   Vector<Scalar> out_bias;
 
   /// From nn.MultiheadAttention with kdim = vdim = embed_dim: in_proj_weight (E + 2·Hkv·d) × E

@@ -86,9 +86,13 @@ class PagedKVCache {
                 "attn::bfloat16, attn::half or attn::qint8");
 
  public:
+  /// The type of the computations (float or double).
   using Scalar = Scalar_;
+  /// The type keys and values are kept in.
   using Storage = Storage_;
+  /// What a sequence's keys and values are read through.
   using View = PagedView<Storage>;
+  /// Rows per page unless the constructor is told otherwise.
   static constexpr Index default_page_size = 64;
 
   /// \param pages     pages in the pool.

@@ -34,8 +34,11 @@ View view_rows(const View& view, Index first, Index count) {
 /// A run of a sequence's rows that lie one after another in one page of a pool: positions
 /// [position, position + rows) of the sequence are rows [row, row + rows) of the pool's storage.
 struct PageRun {
+  /// The sequence position of the run's first row.
   Index position;
+  /// The pool row that holds it.
   Index row;
+  /// How many rows the run holds (at least one).
   Index rows;
 };
 
@@ -53,6 +56,7 @@ struct Paged {};
 template <typename Storage_>
 class PagedView {
  public:
+  /// The type keys and values are kept in.
   using Storage = Storage_;
   /// One run's rows, as a contiguous view.
   using RunView = StorageView<Storage>;
@@ -64,9 +68,11 @@ class PagedView {
   PagedView(const RunView& pool, const PageRun* runs, Index count)
       : m_pool(pool), m_runs(runs), m_count(count) {}
 
+  /// The sequence's rows: the end of the last run.
   Index rows() const {
     return m_count == 0 ? 0 : m_runs[m_count - 1].position + m_runs[m_count - 1].rows;
   }
+  /// Columns of every row.
   Index cols() const { return m_pool.cols(); }
   /// The row stride within a run.
   Index outerStride() const { return m_pool.outerStride(); }
@@ -75,7 +81,9 @@ class PagedView {
   Index group() const {
     return m_pool.group();
   }
+  /// The runs, in position order.
   const PageRun* runs() const { return m_runs; }
+  /// How many runs runs() points to.
   Index run_count() const { return m_count; }
 
   /// Rows [j, end of the run holding j), as one contiguous view. Precondition: 0 ≤ j < rows().

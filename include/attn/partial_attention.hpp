@@ -21,6 +21,7 @@ namespace attn {
 /// log-sum-exp of its logits, enough to combine it exactly with results over other subsets.
 template <typename Scalar_>
 struct PartialAttention {
+  /// The type of the computations (float or double).
   using Scalar = Scalar_;
   /// n × H·dv: softmax over this part's keys, times their values (zero rows where none visible).
   Matrix<Scalar> out;

@@ -31,6 +31,7 @@ enum class RotaryLayout {
 
 /// Stretching the positions a model was trained on over a longer context.
 struct RotaryScaling {
+  /// How positions are stretched.
   enum class Kind {
     /// Angles p·θ_i; factor must be 1.
     none,
@@ -43,6 +44,7 @@ struct RotaryScaling {
     /// from each call's sequence length; this one is fixed at construction.
     ntk
   };
+  /// The method; none by default.
   Kind kind = Kind::none;
   /// The stretch: finite, > 0, and 1 when kind is none.
   double factor = 1;
@@ -63,7 +65,9 @@ struct RotaryConfig {
   Index rotary_dim = 0;
   /// The frequencies are θ_i = base^(−2i/r), i < r/2. Must be finite and > 0.
   double base = 10000;
+  /// Which pairs of a row rotate together (see RotaryLayout).
   RotaryLayout layout = RotaryLayout::half_split;
+  /// Context stretching; none by default.
   RotaryScaling scaling{};
 
   /// r with 0 resolved: the number of features of a head that rotate.

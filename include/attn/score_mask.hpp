@@ -66,8 +66,11 @@ template <typename ScoreFn = detail::NoScore, typename MaskFn = detail::NoMaskFu
           typename BlockFn = detail::NoBlocks>
 class ScoreMask {
  public:
+  /// The score function's type.
   using score_type = ScoreFn;
+  /// The mask function's type.
   using mask_type = MaskFn;
+  /// The block predicate's type.
   using blocks_type = BlockFn;
 
   /// No mask: every key visible, logits unchanged.
@@ -78,6 +81,7 @@ class ScoreMask {
                                         std::is_same_v<M, detail::NoMaskFunction> &&
                                         std::is_same_v<B, detail::NoBlocks>>>
   ScoreMask(Mask base) : m_base(std::move(base)) {}  // NOLINT: implicit on purpose
+  /// The parts as they are; score_function, mask_function and `&` build these.
   ScoreMask(Mask base, ScoreFn score, MaskFn mask, BlockFn blocks)
       : m_base(std::move(base)),
         m_score(std::move(score)),
@@ -86,8 +90,11 @@ class ScoreMask {
 
   /// The structured or explicit part.
   const Mask& base() const { return m_base; }
+  /// The score function (detail::NoScore when none).
   const ScoreFn& score() const { return m_score; }
+  /// The mask function (detail::NoMaskFunction when none).
   const MaskFn& mask() const { return m_mask; }
+  /// The block predicate (detail::NoBlocks when none).
   const BlockFn& blocks() const { return m_blocks; }
 
   /// The same score and mask with block visibility taken from a predicate of the user's, or from
@@ -112,6 +119,7 @@ class ScoreMask {
   friend ScoreMask operator&(const ScoreMask& a, const Mask& b) {
     return {a.m_base & b, a.m_score, a.m_mask, a.m_blocks};
   }
+  /// Both: `a`'s parts and `b`'s (the same as `b & a`).
   friend ScoreMask operator&(const Mask& a, const ScoreMask& b) { return b & a; }
 
  private:

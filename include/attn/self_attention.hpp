@@ -102,6 +102,7 @@ class SelfAttention {
                 "attn::SelfAttention: Scalar must be float or double");
 
  public:
+  /// The type of the computations (float or double).
   using Scalar = Scalar_;
 
   /// \param config  model_dim E, num_heads, num_kv_heads, bias; source_dim must be 0 or E.
@@ -361,6 +362,7 @@ class SelfAttention {
     return KVCache<Scalar, Storage>(capacity, m_core.config().kv_dim(), m_core.config().head_dim());
   }
 
+  /// The layer's shape, as constructed.
   const MultiHeadConfig& config() const { return m_core.config(); }
 
  private:
@@ -481,7 +483,9 @@ class SelfAttention {
   detail::MultiHeadCore<Scalar> m_core;
 };
 
+/// SelfAttention in float.
 using SelfAttentionf = SelfAttention<float>;
+/// SelfAttention in double.
 using SelfAttentiond = SelfAttention<double>;
 
 }  // namespace attn

@@ -94,6 +94,8 @@ bool fits(float x) {
 class QuantizedView {
  public:
   QuantizedView() = default;
+  /// A view of `rows` × `cols` values with row stride `stride`, and their scales, one per
+  /// `group` columns, with row stride `scale_stride`. Nothing is copied.
   QuantizedView(const std::int8_t* values, Index rows, Index cols, Index stride,
                 const float* scales, Index scale_stride, Index group)
       : m_values(values),
@@ -104,12 +106,19 @@ class QuantizedView {
         m_scale_stride(scale_stride),
         m_group(group) {}
 
+  /// Rows viewed.
   Index rows() const { return m_rows; }
+  /// Values per row.
   Index cols() const { return m_cols; }
+  /// The first row's values.
   const std::int8_t* data() const { return m_values; }
+  /// Values from one row to the next.
   Index outerStride() const { return m_stride; }
+  /// The first row's scales.
   const float* scales() const { return m_scales; }
+  /// Scales from one row to the next.
   Index scale_stride() const { return m_scale_stride; }
+  /// Columns that share a scale.
   Index group() const { return m_group; }
 
   /// The value element (r, c) stands for: scale · q.
@@ -181,8 +190,11 @@ class QuantizedMatrix {
     return q;
   }
 
+  /// Rows held.
   Index rows() const { return m_values.rows(); }
+  /// Values per row.
   Index cols() const { return m_values.cols(); }
+  /// Columns that share a scale.
   Index group() const { return m_group; }
   /// Bytes of storage: one per value and four per group's scale.
   std::size_t bytes() const {
@@ -196,6 +208,7 @@ class QuantizedMatrix {
             m_scales.data(), m_scales.cols(),
             m_group};
   }
+  /// Every value times its group's scale, in float.
   Matrix<float> dequantize() const { return view().dequantize(); }
 
   /// \throws ShapeError naming `who` and `argument` unless every element of x (rows of

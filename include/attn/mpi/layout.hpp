@@ -29,8 +29,11 @@ enum class Layout {
 /// Rows [local, local + rows) of a rank's shard stand at positions [position, position + rows) of
 /// the whole sequence.
 struct Segment {
+  /// Where the segment starts in the whole sequence.
   Index position = 0;
+  /// Where it starts among the rank's own rows.
   Index local = 0;
+  /// How many rows it holds.
   Index rows = 0;
 };
 

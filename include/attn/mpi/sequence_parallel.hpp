@@ -41,6 +41,7 @@ enum class Schedule {
 
 /// Options of a sequence-parallel call beyond the kernel's.
 struct ParallelOptions {
+  /// How keys and values reach the ranks that need them (see Schedule).
   Schedule schedule = Schedule::ring;
   /// How the query rows and the key/value rows are spread over the ranks (both the same way).
   Layout layout = Layout::contiguous;

@@ -44,8 +44,11 @@ namespace attn::mpi {
 template <typename Scalar_, typename Storage_ = Scalar_>
 class ShardedKVCache {
  public:
+  /// The type of the computations (float or double).
   using Scalar = Scalar_;
+  /// The type keys and values are kept in.
   using Storage = Storage_;
+  /// Each rank's own cache of the positions it holds.
   using Cache = KVCache<Scalar, Storage>;
 
   /// Collective.

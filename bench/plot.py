@@ -84,7 +84,7 @@ def machine_name(context, override):
 
 
 def plot_prefill(values, machine, path):
-    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    fig, ax = plt.subplots(figsize=(7.5, 5.2))
     for causal, style in ((0, "-"), (1, "--")):
         kernel = select(values, "Kernel", causal=causal, threads=1)
         kernel = [(a, v) for a, v in kernel if a.get("n") == a.get("m")]
@@ -108,7 +108,8 @@ def plot_prefill(values, machine, path):
     ax.set_ylabel("GFLOP/s, one thread")
     ax.set_title(f"Prefill, float, 8 heads of 64\n{machine}", fontsize=10)
     ax.set_ylim(bottom=0)
-    ax.legend(fontsize=8, frameon=False, loc="lower right")
+    # Below the axes: the lines fill the plot from top to bottom.
+    ax.legend(fontsize=8, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

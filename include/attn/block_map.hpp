@@ -31,12 +31,8 @@ namespace attn {
 /// all heads when the mask function and predicate take no head, else one plane per head. Copies
 /// share the cells.
 ///
-/// \code
-/// auto mask = attn::mask_function([](attn::Index q, attn::Index k) { return (q ^ k) % 7 != 0; });
-/// attn::BlockMap map(mask, n, m);                      // once per shape
-/// auto fast = mask.with_blocks(map);                   // every layer, every call of (n, m)
-/// attn::Matrix<float> out = attn::scaled_dot_product_attention(q, k, v, fast, options);
-/// \endcode
+/// Example (examples/reference_kernel.cpp, compiled and run as a test):
+/// \snippet reference_kernel.cpp block_map
 class BlockMap {
  public:
   /// A map holds one (n, m): the functors' packed batches refuse it.

@@ -11,13 +11,8 @@
 /// Positions are absolute and bottom-right aligned (see ScoreMask): query row i of n stands at
 /// i + m − n, key row j at j.
 ///
-/// \code
-/// using attn::Mask;
-/// auto alibi  = Mask::causal() & attn::alibi(num_heads);           // ALiBi, standard slopes
-/// auto packed = Mask::causal() & attn::documents({512, 300, 212}); // causal within documents
-/// auto stream = attn::sinks(/*count*/ 4, /*window*/ 1024);         // StreamingLLM
-/// attn::Matrix<float> out = attn::scaled_dot_product_attention(q, k, v, packed, options);
-/// \endcode
+/// Example (examples/reference_kernel.cpp, compiled and run as a test):
+/// \snippet reference_kernel.cpp builtin_masks
 
 #include <algorithm>
 #include <cmath>

@@ -32,6 +32,9 @@ class CrossAttention;
 /// source it was made from. Usable only with a functor of the same config. The keys and values
 /// are kept in `Storage` (see KVCache: Scalar, or for float also attn::bfloat16, attn::half or
 /// attn::qint8), rounded once when remembered.
+///
+/// Example (examples/reference_layers.cpp, compiled and run as a test):
+/// \snippet reference_layers.cpp cross_attention
 template <typename Scalar_, typename Storage_ = Scalar_>
 class CrossAttentionMemory {
  public:
@@ -86,23 +89,8 @@ class CrossAttentionMemory {
 ///
 /// \tparam Scalar_ float or double.
 ///
-/// \code
-/// attn::MultiHeadConfig cfg{/*model_dim*/ 64, /*num_heads*/ 4};
-/// cfg.source_dim = 48;                                            // encoder width
-/// auto w = attn::MultiHeadWeights<float>::from_pytorch(q_proj_weight, k_proj_weight, v_proj_weight,
-///                                                       in_proj_bias, out_proj_weight, out_proj_bias);
-/// attn::CrossAttention<float> cross(cfg, w);
-/// attn::Matrix<float> source = attn::Matrix<float>::Random(30, 48);  // e.g. encoder output
-/// attn::Matrix<float> target = attn::Matrix<float>::Random(5, 64);   // decoder states
-/// attn::Matrix<float> y = cross(target, source);                    // 5 × 64
-/// auto memory = cross.remember(source);                             // K and V once
-/// attn::Matrix<float> step = cross(target.bottomRows(1), memory);   // per decoding step
-/// // The same step into storage of your own, with scratch kept between steps:
-/// attn::Workspace workspace;
-/// attn::MultiHeadOptions options;
-/// options.workspace = &workspace;
-/// cross.attend_into(target.bottomRows(1), memory, step, attn::Mask(), options);
-/// \endcode
+/// Example (examples/reference_layers.cpp, compiled and run as a test):
+/// \snippet reference_layers.cpp cross_attention
 template <typename Scalar_>
 class CrossAttention {
   static_assert(detail::is_supported_scalar<Scalar_>,

@@ -24,6 +24,9 @@ namespace attn {
 /// Thrown for every invalid shape or parameter. The message names the function, the argument, what
 /// was expected and what was given, e.g. "CrossAttention: source.cols() is 40, expected source_dim
 /// 48". Inputs and outputs are left untouched when it is thrown.
+///
+/// Example (examples/reference_kernel.cpp, compiled and run as a test):
+/// \snippet reference_kernel.cpp errors
 class ShapeError : public std::invalid_argument {
  public:
   using std::invalid_argument::invalid_argument;
@@ -31,6 +34,9 @@ class ShapeError : public std::invalid_argument {
 
 /// Thrown when appending to a KVCache, or to a sequence of a PagedKVCache, would need more room
 /// than is left; the cache is left unchanged.
+///
+/// Example (examples/reference_layers.cpp, compiled and run as a test):
+/// \snippet reference_layers.cpp kv_cache
 class CapacityError : public ShapeError {
  public:
   using ShapeError::ShapeError;
@@ -38,6 +44,9 @@ class CapacityError : public ShapeError {
 
 /// Thrown when a PagedKVCache is asked about a sequence it does not hold (never created, or
 /// dropped); the cache is left unchanged.
+///
+/// Example (examples/reference_layers.cpp, compiled and run as a test):
+/// \snippet reference_layers.cpp paged_kv_cache
 class SequenceError : public std::invalid_argument {
  public:
   using std::invalid_argument::invalid_argument;

@@ -18,6 +18,9 @@
 namespace attn {
 
 /// The gradients of a loss with respect to the kernel's q, k and v.
+///
+/// Example (examples/reference_kernel.cpp, compiled and run as a test):
+/// \snippet reference_kernel.cpp gradients
 template <typename Scalar>
 struct AttentionGradients {
   Matrix<Scalar> dq;  ///< n × H·d

@@ -29,17 +29,8 @@ namespace attn {
 /// Not synchronised: one cache belongs to one sequence being decoded; concurrent decodes use one
 /// cache each (the functor itself may be shared).
 ///
-/// \code
-/// attn::SelfAttention<float> layer(cfg, weights);
-/// attn::KVCache<float> cache = layer.make_cache(/*capacity*/ 2048);
-/// attn::Matrix<float> y = layer(prompt, cache);      // prefill: causal over the prompt
-/// while (decoding) {
-///   y = layer(next_token_row, cache);                 // one step: sees everything cached
-/// }
-/// cache.reset();                                      // next sequence, same storage
-/// // Half the bytes: keys and values kept in bfloat16.
-/// attn::KVCache<float, attn::bfloat16> small = layer.make_cache<attn::bfloat16>(2048);
-/// \endcode
+/// Example (examples/reference_layers.cpp, compiled and run as a test):
+/// \snippet reference_layers.cpp kv_cache
 template <typename Scalar_, typename Storage_ = Scalar_>
 class KVCache {
   static_assert(detail::is_supported_scalar<Scalar_>,

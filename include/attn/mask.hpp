@@ -45,14 +45,8 @@ namespace attn {
 /// your own) is a score or mask function compiled into the kernel: see ScoreMask
 /// (score_mask.hpp) and the built-ins (builtin_masks.hpp). A Mask combines with them by `&`.
 ///
-/// \code
-/// attn::Mask causal = attn::Mask::causal();
-/// attn::Mask local = attn::Mask::causal() & attn::Mask::window(128, 0);   // sliding window
-/// attn::Mask padded = attn::Mask::key_length(37);  // keys 37, 38, … of K and V are padding
-/// attn::Matrix<bool> allowed = attn::Matrix<bool>::Constant(n, m, true);
-/// allowed(0, 3) = false;
-/// attn::Mask explicit_keep = attn::Mask::keep(allowed);
-/// \endcode
+/// Example (examples/reference_kernel.cpp, compiled and run as a test):
+/// \snippet reference_kernel.cpp masks
 class Mask {
  public:
   /// Reach of a window that does not end.

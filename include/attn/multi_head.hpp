@@ -24,6 +24,9 @@ namespace attn {
 /// num_kv_heads Hkv heads of the same head_dim (grouped-query attention when Hkv < H; query head
 /// h reads kv head h / (H / Hkv)). source_dim is the feature size of the sequence keys and values
 /// are projected from in cross-attention (PyTorch's kdim = vdim).
+///
+/// Example (examples/reference_layers.cpp, compiled and run as a test):
+/// \snippet reference_layers.cpp self_attention
 struct MultiHeadConfig {
   /// E: feature size of queries, of the attention output and of the layer's output.
   Index model_dim = 0;
@@ -87,15 +90,8 @@ struct MultiHeadConfig {
 /// construction, these may change from call to call). The functor turns them into the
 /// AttentionOptions of its scaled_dot_product_attention_into call, with its own head counts.
 ///
-/// \code
-/// attn::Workspace workspace;                       // one per thread that decodes
-/// attn::MultiHeadOptions options;
-/// options.workspace = &workspace;
-/// attn::Matrix<float> y(1, cfg.model_dim);
-/// for (int step = 0; step < steps; ++step) {       // no heap allocation after the first step
-///   self_attn.attend_into(x.row(step), cache, y, attn::Mask::causal(), options);
-/// }
-/// \endcode
+/// Example (examples/reference_layers.cpp, compiled and run as a test):
+/// \snippet reference_layers.cpp multi_head_options
 struct MultiHeadOptions {
   /// Factor on q·k; empty means 1/√head_dim.
   std::optional<double> scale;
@@ -128,6 +124,9 @@ struct MultiHeadOptions {
 ///
 /// S is the source dim (E for self-attention). Biases are empty when the layer has none.
 /// \tparam Scalar_ float or double.
+///
+/// Example (examples/reference_layers.cpp, compiled and run as a test):
+/// \snippet reference_layers.cpp self_attention
 template <typename Scalar_>
 struct MultiHeadWeights {
   static_assert(detail::is_supported_scalar<Scalar_>,

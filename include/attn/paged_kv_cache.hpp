@@ -68,15 +68,8 @@ using SequenceId = std::int64_t;
 /// Not synchronised: calls that change the cache must not overlap each other or a kernel call
 /// reading one of its views; kernel calls reading views may run concurrently.
 ///
-/// \code
-/// attn::PagedKVCache<float> pool = layer.make_paged_cache(/*pages*/ 512);
-/// attn::SequenceId prompt = pool.create();
-/// layer(system_prompt, pool, prompt);                  // prefill once
-/// std::vector<attn::SequenceId> users;
-/// for (int u = 0; u < 16; ++u) users.push_back(pool.fork(prompt));   // no copy
-/// // ... each step: one row per user, decoded together:
-/// attn::Matrix<float> y = layer.attend_batch(x, pool, users);
-/// \endcode
+/// Example (examples/reference_layers.cpp, compiled and run as a test):
+/// \snippet reference_layers.cpp paged_kv_cache
 template <typename Scalar_, typename Storage_ = Scalar_>
 class PagedKVCache {
   static_assert(detail::is_supported_scalar<Scalar_>,

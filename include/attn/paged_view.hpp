@@ -33,6 +33,9 @@ View view_rows(const View& view, Index first, Index count) {
 
 /// A run of a sequence's rows that lie one after another in one page of a pool: positions
 /// [position, position + rows) of the sequence are rows [row, row + rows) of the pool's storage.
+///
+/// Example (examples/reference_layers.cpp, compiled and run as a test):
+/// \snippet reference_layers.cpp paged_kv_cache
 struct PageRun {
   /// The sequence position of the run's first row.
   Index position;
@@ -43,6 +46,9 @@ struct PageRun {
 };
 
 /// Marks a key or value type as paged: the kernel's problem stores PagedView<Storage> for it.
+///
+/// Example (examples/reference_layers.cpp, compiled and run as a test):
+/// \snippet reference_layers.cpp paged_kv_cache
 template <typename Storage>
 struct Paged {};
 
@@ -53,6 +59,9 @@ struct Paged {};
 /// A view, like ConstMatrixView: it holds pointers to the pool's storage and to the table of
 /// runs, and is valid until either changes (an append, fork, reorder, truncate, eviction or drop
 /// of that sequence). Pass it to scaled_dot_product_attention as k or v.
+///
+/// Example (examples/reference_layers.cpp, compiled and run as a test):
+/// \snippet reference_layers.cpp paged_kv_cache
 template <typename Storage_>
 class PagedView {
  public:

@@ -148,12 +148,8 @@ class PoolExecutor {
 /// on the thread that makes it: the outer call already occupies the threads, and a pool thread
 /// waiting for work queued behind itself would deadlock.
 ///
-/// \code
-/// attn::AttentionOptions options;
-/// options.executor = attn::thread_executor(4);  // once: the pool's threads start here
-/// for (int step = 0; step < steps; ++step)
-///   attn::scaled_dot_product_attention_into(q, cache_k, cache_v, out, attn::Mask::causal(), options);
-/// \endcode
+/// Example (examples/reference_kernel.cpp, compiled and run as a test):
+/// \snippet reference_kernel.cpp executor
 inline Executor thread_executor(int threads) {
   if (threads <= 1) return serial_executor;
   auto pool = std::make_shared<detail::PoolExecutor>(threads);

@@ -19,6 +19,9 @@ namespace attn {
 
 /// Attention over a subset of the keys: the normalised result over that subset and the
 /// log-sum-exp of its logits, enough to combine it exactly with results over other subsets.
+///
+/// Example (examples/reference_kernel.cpp, compiled and run as a test):
+/// \snippet reference_kernel.cpp partial_attention
 template <typename Scalar_>
 struct PartialAttention {
   /// The type of the computations (float or double).

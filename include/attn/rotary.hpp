@@ -30,6 +30,9 @@ enum class RotaryLayout {
 };
 
 /// Stretching the positions a model was trained on over a longer context.
+///
+/// Example (examples/reference_layers.cpp, compiled and run as a test):
+/// \snippet reference_layers.cpp rotary
 struct RotaryScaling {
   /// How positions are stretched.
   enum class Kind {
@@ -56,6 +59,9 @@ struct RotaryScaling {
 };
 
 /// Shape and frequencies of a rotary embedding.
+///
+/// Example (examples/reference_layers.cpp, compiled and run as a test):
+/// \snippet reference_layers.cpp rotary
 struct RotaryConfig {
   /// d: features per head; must be >= 1.
   Index head_dim = 0;
@@ -152,20 +158,8 @@ struct RotaryConfig {
 /// reused across the row's heads (and, for rotary dims up to 128, across consecutive rows at the
 /// same position, so shift computes them once).
 ///
-/// \code
-/// attn::RotaryConfig cfg;
-/// cfg.head_dim = 128;                                // LLaMA: every feature rotates, half_split
-/// cfg.base = 500000;
-/// attn::Rotary rope(cfg);
-/// // A fused projection [Q | K | V] of n new tokens, n × (H + 2·Hkv)·128, at positions p0, p0 + 1…
-/// // Q and K are adjacent column blocks of whole heads, so one call rotates both and computes
-/// // each row's cos and sin once.
-/// rope.apply(qkv.leftCols((H + Hkv) * 128), p0);
-/// // Rows at explicit positions (packed sequences, a tree of draft tokens):
-/// rope.apply(q, std::vector<attn::Index>{0, 1, 2, 0, 1});
-/// // Keys cached at positions s.. after `evicted` positions were dropped before them:
-/// rope.shift(keys_after_gap, -evicted);              // now at positions s − evicted..
-/// \endcode
+/// Example (examples/reference_layers.cpp, compiled and run as a test):
+/// \snippet reference_layers.cpp rotary
 class Rotary {
  public:
   /// \param config head_dim, rotary_dim, base, layout, scaling; copied.

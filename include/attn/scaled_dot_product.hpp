@@ -26,6 +26,9 @@
 namespace attn {
 
 /// Where a call stands in a larger problem (see AttentionOptions::positions).
+///
+/// Example (examples/reference_kernel.cpp, compiled and run as a test):
+/// \snippet reference_kernel.cpp partial_attention
 struct Positions {
   /// Query row i stands at position first_query + i.
   Index first_query = 0;
@@ -36,6 +39,9 @@ struct Positions {
 };
 
 /// Options of scaled_dot_product_attention beyond the mask.
+///
+/// Example (examples/reference_kernel.cpp, compiled and run as a test):
+/// \snippet reference_kernel.cpp attention_options
 struct AttentionOptions {
   /// Query heads H: q's columns are H blocks of head_dim.
   Index num_heads = 1;
@@ -68,6 +74,9 @@ struct AttentionOptions {
 
 /// Optional outputs of the kernel beyond the attention result. Each is resized by the call (after
 /// every check has passed) and left alone when null.
+///
+/// Example (examples/reference_kernel.cpp, compiled and run as a test):
+/// \snippet reference_kernel.cpp extras
 template <typename Scalar>
 struct AttentionExtras {
   /// Out: n × H, the log-sum-exp of each row's logits (−∞ where no key is visible): what
@@ -366,13 +375,8 @@ void scaled_dot_product_attention_into(const Eigen::MatrixBase<DQ>& q, const K& 
 /// Scaled dot-product attention, returning a new (n, H·dv) matrix; see
 /// scaled_dot_product_attention_into for the contract.
 ///
-/// \code
-/// attn::Matrix<float> q = attn::Matrix<float>::Random(10, 64);   // 10 queries
-/// attn::Matrix<float> k = attn::Matrix<float>::Random(20, 64);   // 20 keys
-/// attn::Matrix<float> v = attn::Matrix<float>::Random(20, 32);
-/// attn::Matrix<float> o = attn::scaled_dot_product_attention(q, k, v, attn::Mask::causal());
-/// // o is 10×32; query i sees keys 0 … i + 10
-/// \endcode
+/// Example (examples/reference_kernel.cpp, compiled and run as a test):
+/// \snippet reference_kernel.cpp scaled_dot_product
 template <typename DQ, typename K, typename V, typename M = Mask,
           typename = std::enable_if_t<detail::is_mask_argument<M>>>
 Matrix<detail::result_t<DQ>> scaled_dot_product_attention(

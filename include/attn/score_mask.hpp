@@ -52,16 +52,8 @@ namespace attn {
 /// Composition with `&`: a key is visible iff every part lets it through; score functions apply
 /// left to right. A query row that sees no key gets a zero row (and a log-sum-exp of −∞).
 ///
-/// \code
-/// // ALiBi-like bias and a causal mask on the same call:
-/// auto bias = attn::score_function([](float s, attn::Index h, attn::Index q, attn::Index k) {
-///   return s - 0.5f * float(h + 1) * float(q - k);
-/// });
-/// auto out = attn::scaled_dot_product_attention(q, k, v, attn::Mask::causal() & bias, options);
-/// // Keys in blocks of 4 hidden from every other query, with the structure stated per block:
-/// auto striped = attn::mask_function(
-///     [](attn::Index q, attn::Index k) { return q % 2 == 0 || k % 8 < 4; });
-/// \endcode
+/// Example (examples/reference_kernel.cpp, compiled and run as a test):
+/// \snippet reference_kernel.cpp score_mask
 template <typename ScoreFn = detail::NoScore, typename MaskFn = detail::NoMaskFunction,
           typename BlockFn = detail::NoBlocks>
 class ScoreMask {
@@ -157,12 +149,9 @@ ScoreMask<Fn> score_function(Fn fn) {
 /// `derivative(score, head, q, k)` returns ∂fn(score, head, q, k)/∂score at that score. The
 /// forward calls only `fn`; the backward calls both for every pair of the blocks it visits
 /// (pairs a mask hides within them included, whose results it discards), so both must be pure.
-/// \code
-/// // A temperature per head, trainable through the logits:
-/// auto temperature = attn::score_function(
-///     [&](float s, attn::Index h, attn::Index, attn::Index) { return s * t[h]; },
-///     [&](float, attn::Index h, attn::Index, attn::Index) { return t[h]; });
-/// \endcode
+///
+/// Example (examples/reference_kernel.cpp, compiled and run as a test):
+/// \snippet reference_kernel.cpp score_derivative
 template <typename Fn, typename Derivative>
 ScoreMask<detail::DifferentiableScore<Fn, Derivative>> score_function(Fn fn,
                                                                       Derivative derivative) {

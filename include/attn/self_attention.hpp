@@ -79,23 +79,8 @@ struct PagedSequence {
 ///
 /// \tparam Scalar_ float or double.
 ///
-/// \code
-/// attn::MultiHeadConfig cfg{/*model_dim*/ 64, /*num_heads*/ 4};
-/// auto w = attn::MultiHeadWeights<float>::from_pytorch(in_proj_weight, in_proj_bias,
-///                                                       out_proj_weight, out_proj_bias);
-/// attn::SelfAttention<float> self_attn(cfg, w);
-/// attn::Matrix<float> x = attn::Matrix<float>::Random(10, 64);      // 10 tokens
-/// attn::Matrix<float> y = self_attn(x, attn::Mask::causal());       // 10 × 64
-/// // Two sequences of 4 and 6 tokens packed row-wise, attending only within themselves:
-/// attn::Matrix<float> y2 = self_attn(x, {4, 6}, attn::Mask::causal());
-/// // Decoding into storage of your own, with scratch kept between steps:
-/// attn::KVCache<float> cache = self_attn.make_cache(/*capacity*/ 1024);
-/// attn::Workspace workspace;
-/// attn::MultiHeadOptions options;
-/// options.workspace = &workspace;
-/// attn::Matrix<float> step(1, 64);
-/// self_attn.attend_into(x.row(0), cache, step, attn::Mask::causal(), options);
-/// \endcode
+/// Example (examples/reference_layers.cpp, compiled and run as a test):
+/// \snippet reference_layers.cpp self_attention
 template <typename Scalar_>
 class SelfAttention {
   static_assert(detail::is_supported_scalar<Scalar_>,

@@ -45,6 +45,9 @@ using half = Eigen::half;
 /// is for the exact scale: when max |x| is below 127 times float's smallest normal value,
 /// ≈ 1.5e-36, the scale is subnormal and rounded to fewer bits, and below ≈ 9e-44 it is 0.)
 /// Memory: 1 byte per value plus 4 bytes per group.
+///
+/// Example (examples/reference_kernel.cpp, compiled and run as a test):
+/// \snippet reference_kernel.cpp quantized
 struct qint8 {};
 
 namespace detail {
@@ -91,6 +94,9 @@ bool fits(float x) {
 /// and one float scale per row and group of group() columns, at
 /// scales()[r·scale_stride() + c / group()]. Its accessors mirror Eigen's Map (rows, cols, data,
 /// outerStride), so code that walks rows reads either.
+///
+/// Example (examples/reference_kernel.cpp, compiled and run as a test):
+/// \snippet reference_kernel.cpp quantized
 class QuantizedView {
  public:
   QuantizedView() = default;
@@ -153,11 +159,8 @@ class QuantizedView {
 
 /// Rows of float values quantised to qint8 (see attn::qint8), with storage of their own.
 ///
-/// \code
-/// attn::Matrix<float> k = attn::Matrix<float>::Random(1000, 8 * 64);   // 8 heads of 64
-/// attn::QuantizedMatrix k8 = attn::QuantizedMatrix::quantize(k, /*group*/ 64);
-/// // k8.bytes() is 1000·512 bytes of values + 1000·8 floats of scales
-/// \endcode
+/// Example (examples/reference_kernel.cpp, compiled and run as a test):
+/// \snippet reference_kernel.cpp quantized
 class QuantizedMatrix {
  public:
   QuantizedMatrix() = default;

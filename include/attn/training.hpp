@@ -9,13 +9,8 @@
 /// inputs and of every weight and bias, in the layer's PyTorch layout (MultiHeadWeights), so that
 /// an optimiser updates them field by field.
 ///
-/// \code
-/// attn::LayerTape<float> tape;
-/// attn::Matrix<float> y = attn::forward(layer, x, tape, attn::Mask::causal());
-/// attn::Matrix<float> dy = ...;                        // ∂loss/∂y
-/// attn::LayerGradients<float> g = attn::backward(layer, tape, dy, attn::Mask::causal());
-/// // g.d_input: ∂loss/∂x; g.weights.q_weight, …, g.weights.out_bias: ∂loss/∂ each weight
-/// \endcode
+/// Example (examples/reference_layers.cpp, compiled and run as a test):
+/// \snippet reference_layers.cpp training
 
 #include <vector>
 
@@ -29,6 +24,9 @@ namespace attn {
 /// What a layer's forward keeps for its backward: the inputs, the projections (after rotary
 /// embeddings), the heads' results and their log-sum-exps. About (n + m)·(3·E + 2·kv_dim) values;
 /// no n×m matrix.
+///
+/// Example (examples/reference_layers.cpp, compiled and run as a test):
+/// \snippet reference_layers.cpp training
 template <typename Scalar>
 struct LayerTape {
   Matrix<Scalar> input;   ///< x, or the target
@@ -40,6 +38,9 @@ struct LayerTape {
 };
 
 /// The gradients of a loss with respect to a layer's inputs and weights.
+///
+/// Example (examples/reference_layers.cpp, compiled and run as a test):
+/// \snippet reference_layers.cpp training
 template <typename Scalar>
 struct LayerGradients {
   /// ∂loss/∂ each weight and bias, in the layer's layout (biases empty when it has none).

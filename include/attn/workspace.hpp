@@ -37,14 +37,8 @@ namespace attn {
 ///
 /// One Workspace serves one call at a time: threads that call concurrently need one each.
 ///
-/// \code
-/// attn::Workspace workspace;
-/// attn::AttentionOptions options;
-/// options.workspace = &workspace;
-/// for (int step = 0; step < steps; ++step) {
-///   attn::scaled_dot_product_attention_into(q, cache_k, cache_v, out, attn::Mask::causal(), options);
-/// }
-/// \endcode
+/// Example (examples/reference_kernel.cpp, compiled and run as a test):
+/// \snippet reference_kernel.cpp workspace
 class Workspace {
  public:
   /// Slots for the workers of one call (at most one per thread the executor runs at once).

@@ -28,6 +28,9 @@ enum class Layout {
 
 /// Rows [local, local + rows) of a rank's shard stand at positions [position, position + rows) of
 /// the whole sequence.
+///
+/// Example (examples/reference_mpi.cpp, compiled and run as a test):
+/// \snippet reference_mpi.cpp sequence_parallel
 struct Segment {
   /// Where the segment starts in the whole sequence.
   Index position = 0;

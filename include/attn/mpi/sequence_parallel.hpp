@@ -40,6 +40,9 @@ enum class Schedule {
 };
 
 /// Options of a sequence-parallel call beyond the kernel's.
+///
+/// Example (examples/reference_mpi.cpp, compiled and run as a test):
+/// \snippet reference_mpi.cpp sequence_parallel
 struct ParallelOptions {
   /// How keys and values reach the ranks that need them (see Schedule).
   Schedule schedule = Schedule::ring;

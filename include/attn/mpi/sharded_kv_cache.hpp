@@ -35,12 +35,8 @@ namespace attn::mpi {
 /// same order. Every rank knows every rank's row count, so all of them agree on where a new row
 /// goes and on whether it fits.
 ///
-/// \code
-/// attn::mpi::ShardedKVCache<float> cache(MPI_COMM_WORLD, 8192, 8 * 64, 64);
-/// cache.append_shards(k_rows, v_rows, attn::mpi::Layout::contiguous);  // after a prefill
-/// // A decode step: rank 0 holds the new token's q (1 × 8·64), k and v (1 × 8·64).
-/// attn::Matrix<float> o = cache.attend(q, k, v, attn::Mask::causal(), options);  // every rank
-/// \endcode
+/// Example (examples/reference_mpi.cpp, compiled and run as a test):
+/// \snippet reference_mpi.cpp sharded_kv_cache
 template <typename Scalar_, typename Storage_ = Scalar_>
 class ShardedKVCache {
  public:

@@ -7,26 +7,16 @@
 // holds.
 
 #include <attn/attn.hpp>
+
+#include "reference_check.hpp"
+
 #include <cmath>
-#include <cstdlib>
-#include <iostream>
-#include <string>
 #include <vector>
 
 namespace {
 
-int failures = 0;
-
-void check(bool ok, const std::string& what) {
-  std::cout << (ok ? "ok    " : "FAILED") << "  " << what << "\n";
-  if (!ok) ++failures;
-}
-
-template <typename A, typename B>
-bool close(const A& a, const B& b, double tolerance = 1e-5) {
-  return a.rows() == b.rows() && a.cols() == b.cols() &&
-         (a - b).cwiseAbs().maxCoeff() <= tolerance * (1 + b.cwiseAbs().maxCoeff());
-}
+using reference::check;
+using reference::close;
 
 void self_attention() {
   //! [self_attention]
@@ -253,9 +243,5 @@ int main() {
   paged_kv_cache();
   rotary();
   training();
-  if (failures > 0) {
-    std::cout << failures << " example(s) did not hold\n";
-    return EXIT_FAILURE;
-  }
-  std::cout << "every example held\n";
+  return reference::exit_status();
 }

@@ -18,6 +18,15 @@ namespace {
 using reference::check;
 using reference::close;
 
+// The given rows of x, in order: the keys or values a query may see, for attention over them
+// without a mask.
+attn::Matrix<float> pick_rows(const attn::Matrix<float>& x, const std::vector<attn::Index>& which) {
+  attn::Matrix<float> picked(attn::Index(which.size()), x.cols());
+  for (std::size_t r = 0; r < which.size(); ++r)
+    picked.row(attn::Index(r)) = x.row(which[r]);
+  return picked;
+}
+
 void scaled_dot_product() {
   //! [scaled_dot_product]
   attn::Matrix<float> q = attn::Matrix<float>::Random(10, 64);  // 10 queries
@@ -91,9 +100,13 @@ void masks() {
   const attn::Matrix<float> short_keys = attn::scaled_dot_product_attention(q, k, v, padded);
   check(close(short_keys, attn::scaled_dot_product_attention(q, k.topRows(4), v.topRows(4))),
         "Mask: key_length(4) hides the keys from 4 on");
-  check(attn::scaled_dot_product_attention(q, k, v, causal).allFinite() &&
-            attn::scaled_dot_product_attention(q, k, v, explicit_keep).allFinite(),
-        "Mask: causal and keep give finite rows");
+  check(close(attn::scaled_dot_product_attention(q, k, v, causal).row(2),
+              attn::scaled_dot_product_attention(q.row(2), k.topRows(3), v.topRows(3))),
+        "Mask: causal shows row 2 keys 0-2");
+  check(close(attn::scaled_dot_product_attention(q, k, v, explicit_keep).row(0),
+              attn::scaled_dot_product_attention(q.row(0), pick_rows(k, {0, 1, 2, 4, 5}),
+                                                 pick_rows(v, {0, 1, 2, 4, 5}))),
+        "Mask: keep hides key 3 from row 0");
 }
 
 void builtin_masks() {
@@ -115,9 +128,28 @@ void builtin_masks() {
               attn::scaled_dot_product_attention(q.bottomRows(3), k.bottomRows(3), v.bottomRows(3),
                                                  Mask::causal(), options)),
         "documents: no token attends across a document boundary");
-  check(attn::scaled_dot_product_attention(q, k, v, with_alibi, options).allFinite() &&
-            attn::scaled_dot_product_attention(q, k, v, stream, options).allFinite(),
-        "alibi and sinks give finite rows");
+  // sinks(2, 4): the last row sees the two sinks, the four keys before it and itself.
+  const std::vector<attn::Index> seen = {0, 1, 7, 8, 9, 10, 11};
+  check(close(attn::scaled_dot_product_attention(q, k, v, stream, options).bottomRows(1),
+              attn::scaled_dot_product_attention(q.bottomRows(1), pick_rows(k, seen),
+                                                 pick_rows(v, seen), Mask(), options)),
+        "sinks: the last row sees the sinks and its window");
+  // ALiBi: head h adds −slope_h·(i − j) to the logit of query i and key j.
+  const std::vector<double> slopes = attn::alibi_slopes(num_heads);
+  const attn::Matrix<float> alibi_out =
+      attn::scaled_dot_product_attention(q, k, v, with_alibi, options);
+  bool alibi_ok = true;
+  for (attn::Index h = 0; h < num_heads; ++h) {
+    attn::Matrix<float> bias(12, 12);
+    for (attn::Index i = 0; i < 12; ++i)
+      for (attn::Index j = 0; j < 12; ++j)
+        bias(i, j) = float(-slopes[std::size_t(h)] * double(i - j));
+    alibi_ok = alibi_ok && close(alibi_out.middleCols(h * 8, 8),
+                                 attn::scaled_dot_product_attention(
+                                     q.middleCols(h * 8, 8), k.middleCols(h * 8, 8),
+                                     v.middleCols(h * 8, 8), Mask::causal() & Mask::bias(bias)));
+  }
+  check(alibi_ok, "alibi: each head's slope times the distance, subtracted from the logits");
 }
 
 void score_mask() {
